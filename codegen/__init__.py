@@ -1,0 +1,11 @@
+"""cellgen: recurrent-cell kernels (NumPy and C) generated from SymPy equations.
+
+The public API is `codegen.load`; the pipeline behind it runs
+equations -> cell -> derivation -> kernel description -> backend printer + template -> files.
+"""
+
+from .errors import CellgenError, EquationError, UnknownCellError
+from .load import CellKernel, load
+
+__all__ = ["CellKernel", "CellgenError", "EquationError", "UnknownCellError", "load"]
+__version__ = "0.1.0"

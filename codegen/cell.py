@@ -1,0 +1,414 @@
+"""A recurrent cell as named SymPy equations: the small language of the files in equations/.
+
+An equation file builds a `Cell` and calls its methods, one line per equation:
+
+    cell = Cell("mgu", description="Minimal gated unit", reference="Zhou et al. 2016")
+    x = cell.input("x")
+    (h_prev,) = cell.states("h")
+    W_f, W_h, U_f, U_h = cell.matrices("W_f W_h U_f U_h")
+    b_f, b_h = cell.vectors("b_f b_h")
+    f = cell.eq("f", sigmoid(W_f @ x + U_f @ h_prev + b_f), "forget gate")
+    ...
+    cell.update("h", (1 - f) * h_prev + f * h_hat, "hidden state")
+
+Every vector is hidden-sized (H) except the input x (I), which enters only through matrix
+products W @ x. Each check runs as the equation is written, so an error names the equation
+and its line; `Cell.spec()` checks the whole and freezes it into a `CellSpec`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sympy
+
+from .activations import ACTIVATIONS, Activation
+from .errors import EquationError
+
+SymbolKind = Literal["input", "state_prev", "vector", "matmul", "intermediate", "state_new"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A learned parameter: a matrix (H, I) or (H, H), or a vector (H,)."""
+
+    name: str
+    kind: Literal["matrix", "vector"]
+    shape: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MatMul:
+    """The product `matrix @ operand`, standing in the equations as the symbol `name`."""
+
+    name: str
+    matrix: str
+    operand: str
+    operand_expr: sympy.Expr  # as the user wrote it, for LaTeX
+
+
+@dataclass(frozen=True)
+class Equation:
+    """`name = expr`; `state` is set when the equation gives a state its new value."""
+
+    name: str
+    expr: sympy.Expr
+    doc: str
+    state: str | None = None
+    line: int | None = None
+    auto: bool = False  # introduced by cellgen to name the operand of a matrix product
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A validated cell: everything the derivation needs, nothing about any language."""
+
+    name: str
+    description: str
+    reference: str
+    source: str
+    input: str
+    states: tuple[str, ...]
+    output: str
+    params: tuple[Param, ...]
+    matmuls: tuple[MatMul, ...]
+    equations: tuple[Equation, ...]
+    kinds: tuple[tuple[str, SymbolKind], ...]
+
+    def kind(self, name: str) -> SymbolKind:
+        return dict(self.kinds)[name]
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        sizes = {"I": input_size, "H": hidden_size}
+        return {p.name: tuple(sizes[d] for d in p.shape) for p in self.params}
+
+
+def prev_name(state: str) -> str:
+    """The symbol of a state's value from the previous step."""
+    return f"{state}_prev"
+
+
+class Matrix:
+    """A weight matrix; it enters an equation only as `M @ v`."""
+
+    def __init__(self, cell: Cell, name: str) -> None:
+        self.cell = cell
+        self.name = name
+
+    def __matmul__(self, operand: object) -> sympy.Symbol:
+        return self.cell._matmul(self, operand)
+
+    def _misuse(self, *_: object) -> sympy.Expr:
+        raise EquationError(
+            f"{self.name} is a matrix: apply it to a vector with {self.name} @ v",
+            line=_caller_line(),
+        )
+
+    __mul__ = __rmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _misuse
+    __truediv__ = __rtruediv__ = __pow__ = __neg__ = _misuse
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _caller_line() -> int | None:
+    """The line of the equation file that called into this module."""
+    here = Path(__file__).resolve().parent
+    frame = inspect.currentframe()
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.suffix == ".py" and here not in path.resolve().parents and path.exists():
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+class Cell:
+    """Builder for a cell definition; see the module docstring for the language."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str,
+        reference: str,
+        output: str | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.reference = reference
+        self._output = output
+        self._input: str | None = None
+        self._states: list[str] = []
+        self._params: list[Param] = []
+        self._matrices: dict[str, Matrix] = {}
+        self._matmuls: dict[str, MatMul] = {}
+        self._equations: list[Equation] = []
+        self._kinds: dict[str, SymbolKind] = {}
+        self._hidden_sized_matrices: set[str] = set()
+        self._reserved: set[str] = set()  # states' new values, defined by their updates
+
+    # declarations -------------------------------------------------------------------------
+
+    def input(self, name: str = "x") -> sympy.Symbol:
+        """The input vector x_t (size I)."""
+        if self._input is not None:
+            self._fail(f"the input is already declared as {self._input}; a cell has one input")
+        self._declare(name, "input")
+        self._input = name
+        return sympy.Symbol(name)
+
+    def states(self, *names: str) -> tuple[sympy.Symbol, ...]:
+        """States carried between steps; returns their previous values h_{t-1}, ..."""
+        names = _split(names)
+        for name in names:
+            self._declare(name, "state_new", reserve_only=True)
+            self._declare(prev_name(name), "state_prev")
+            self._states.append(name)
+        return tuple(sympy.Symbol(prev_name(n)) for n in names)
+
+    def matrices(self, *names: str) -> tuple[Matrix, ...]:
+        """Weight matrices; their shapes, (H, I) or (H, H), follow from what they multiply."""
+        out = []
+        for name in _split(names):
+            self._declare(name, "matrix")
+            self._matrices[name] = Matrix(self, name)
+            self._params.append(Param(name, "matrix", ("H", "?")))
+            out.append(self._matrices[name])
+        return tuple(out)
+
+    def vectors(self, *names: str) -> tuple[sympy.Symbol, ...]:
+        """Vector parameters of size H, such as biases and peephole weights."""
+        out = []
+        for name in _split(names):
+            self._declare(name, "vector")
+            self._params.append(Param(name, "vector", ("H",)))
+            out.append(sympy.Symbol(name))
+        return tuple(out)
+
+    # equations ----------------------------------------------------------------------------
+
+    def eq(self, name: str, expr: object, doc: str = "") -> sympy.Symbol:
+        """An intermediate equation `name = expr`; returns its symbol."""
+        expr = self._check_expr(name, expr)
+        self._declare(name, "intermediate", equation=name)
+        self._equations.append(Equation(name, expr, doc, line=_caller_line()))
+        return sympy.Symbol(name)
+
+    def update(self, state: str | sympy.Symbol, expr: object, doc: str = "") -> sympy.Symbol:
+        """The new value of a state; returns its symbol (h_t)."""
+        name = str(state)
+        if name.endswith("_prev") and name[: -len("_prev")] in self._states:
+            name = name[: -len("_prev")]
+        if name not in self._states:
+            self._fail(
+                f"'{name}' is not a state; declare it with cell.states(...) first",
+                equation=name,
+            )
+        if any(e.state == name for e in self._equations):
+            self._fail(f"state '{name}' is updated twice", equation=name)
+        expr = self._check_expr(name, expr)
+        self._equations.append(Equation(name, expr, doc, state=name, line=_caller_line()))
+        self._kinds[name] = "state_new"
+        return sympy.Symbol(name)
+
+    # the finished cell --------------------------------------------------------------------
+
+    def spec(self, source: str = "") -> CellSpec:
+        """Check the cell as a whole and freeze it."""
+        if self._input is None:
+            self._fail("the cell declares no input; add x = cell.input('x')")
+        if not self._states:
+            self._fail("the cell declares no state; add h_prev, = cell.states('h')")
+        updated = {e.state for e in self._equations if e.state}
+        for state in self._states:
+            if state not in updated:
+                self._fail(
+                    f"state '{state}' has no update; add cell.update('{state}', ...)",
+                    equation=state,
+                )
+        used = self._used_symbols()
+        matmuls = tuple(m for m in self._matmuls.values() if m.name in used)
+        used_matrices = {m.matrix for m in matmuls}
+        for p in self._params:
+            if p.name not in used and p.name not in used_matrices:
+                self._fail(f"parameter '{p.name}' is declared but no equation uses it")
+        if self._input not in {m.operand for m in matmuls}:
+            self._fail(f"no equation uses the input {self._input}; multiply it by a matrix")
+        output = self._output or self._states[0]
+        if output not in self._states:
+            self._fail(f"output '{output}' is not a state; states are {self._states}")
+        params = tuple(
+            Param(p.name, "matrix", ("H", "H" if p.name in self._hidden_sized_matrices else "I"))
+            if p.kind == "matrix"
+            else p
+            for p in self._params
+        )
+        return CellSpec(
+            name=self.name,
+            description=self.description,
+            reference=self.reference,
+            source=source,
+            input=self._input,
+            states=tuple(self._states),
+            output=output,
+            params=params,
+            matmuls=matmuls,
+            equations=tuple(self._equations),
+            kinds=tuple(sorted(self._kinds.items())),
+        )
+
+    # internals ----------------------------------------------------------------------------
+
+    def _fail(self, problem: str, equation: str | None = None) -> None:
+        raise EquationError(problem, equation=equation, line=_caller_line())
+
+    def _declare(
+        self,
+        name: str,
+        kind: SymbolKind | Literal["matrix"],
+        *,
+        equation: str | None = None,
+        reserve_only: bool = False,
+    ) -> None:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            self._fail(f"{name!r} is not a valid name: use letters, digits and _", equation)
+        if name.startswith(("d_", "_", "cse")):
+            self._fail(f"'{name}': names starting with d_, _ or cse are reserved", equation)
+        if name in self._kinds or name in self._matrices or name in self._reserved:
+            self._fail(f"the name '{name}' is already defined", equation)
+        if reserve_only:
+            self._reserved.add(name)
+        elif kind != "matrix":
+            self._kinds[name] = kind
+
+    def _check_expr(self, name: str, expr: object) -> sympy.Expr:
+        try:
+            expr = sympy.sympify(expr, strict=True)
+        except (sympy.SympifyError, TypeError):
+            self._fail(f"the right-hand side {expr!r} is not a SymPy expression", name)
+        if not isinstance(expr, sympy.Expr):
+            self._fail(f"the right-hand side {expr} is not an expression", name)
+        self._check_functions(name, expr)
+        for sym in sorted(expr.free_symbols, key=str):
+            self._check_symbol(name, sym.name)
+        if self._input in {s.name for s in expr.free_symbols}:
+            others = sorted(s.name for s in expr.free_symbols if s.name != self._input)
+            partner = f" and {others[0]} (hidden-sized, H)" if others else ""
+            self._fail(
+                f"{self._input} is input-sized (I){partner}: elementwise arithmetic needs "
+                f"equal sizes; bring {self._input} to size H with a matrix, W @ {self._input}",
+                name,
+            )
+        return expr
+
+    def _check_functions(self, name: str, expr: sympy.Expr) -> None:
+        for node in sympy.preorder_traversal(expr):
+            if isinstance(node, sympy.Function) and not isinstance(node, Activation):
+                fname = type(node).__name__
+                self._fail(
+                    f"unsupported function {fname}(); cellgen supports "
+                    + ", ".join(sorted(ACTIVATIONS)),
+                    name,
+                )
+            if isinstance(node, sympy.Pow) and not node.exp.is_Integer:
+                self._fail(
+                    f"unsupported power {node}: only whole-number exponents are supported", name
+                )
+            if (
+                isinstance(node, (sympy.core.relational.Relational, sympy.Piecewise))
+                or node.is_Boolean
+            ):
+                self._fail(f"unsupported expression {node}", name)
+
+    def _check_symbol(self, name: str, sym: str) -> None:
+        if sym in self._kinds:
+            return
+        if sym == name:
+            self._fail(
+                f"the equation uses its own result '{name}'; to use the value from the "
+                "previous step, declare it as a state and use its _prev symbol",
+                name,
+            )
+        if sym in self._reserved:
+            self._fail(
+                f"'{sym}' is the new value of a state, which is defined only by its update; "
+                f"use {prev_name(sym)} for the previous value",
+                name,
+            )
+        self._fail(f"undefined symbol '{sym}'; declare it or define its equation above", name)
+
+    def _matmul(self, matrix: Matrix, operand: object) -> sympy.Symbol:
+        try:
+            operand = sympy.sympify(operand, strict=True)
+        except (sympy.SympifyError, TypeError):
+            self._fail(f"{matrix.name} @ {operand!r}: the operand is not a vector expression")
+        if isinstance(operand, sympy.Symbol) and operand.name == self._input:
+            operand_name, sized = operand.name, "I"
+        else:
+            names = {s.name for s in operand.free_symbols}
+            if self._input in names:
+                self._fail(
+                    f"{matrix.name} @ ({operand}): {self._input} is input-sized (I) and cannot "
+                    "be combined elementwise with other vectors before the product"
+                )
+            if isinstance(operand, sympy.Symbol):
+                self._check_symbol("", operand.name)
+                operand_name = operand.name
+            else:
+                operand_name = self._name_operand(operand)
+            sized = "H"
+        if sized == "H":
+            self._hidden_sized_matrices.add(matrix.name)
+        for m in self._matmuls.values():
+            if m.matrix == matrix.name and (m.operand == self._input) != (sized == "I"):
+                self._fail(
+                    f"{matrix.name} multiplies both an input-sized and a hidden-sized vector"
+                )
+        product = f"{matrix.name}_{operand_name}"
+        if product not in self._matmuls:
+            if product in self._kinds:
+                self._fail(f"the name '{product}' is already defined")
+            self._matmuls[product] = MatMul(product, matrix.name, operand_name, operand)
+            self._kinds[product] = "matmul"
+        return sympy.Symbol(product)
+
+    def _name_operand(self, operand: sympy.Expr) -> str:
+        """Name a compound operand such as r * h_prev with an auto equation `r_h_prev`."""
+        self._check_expr("", operand)
+        for eq in self._equations:
+            if eq.auto and eq.expr == operand:
+                return eq.name
+        base = "_".join(sorted(s.name for s in operand.free_symbols)) or "operand"
+        name, k = base, 1
+        while name in self._kinds or name in self._matrices:
+            k += 1
+            name = f"{base}{k}"
+        self._kinds[name] = "intermediate"
+        self._equations.append(Equation(name, operand, "", line=_caller_line(), auto=True))
+        return name
+
+    def _used_symbols(self) -> set[str]:
+        used: set[str] = set()
+        for eq in self._equations:
+            used |= {s.name for s in eq.expr.free_symbols}
+        # a matmul's operand equation is used by the matmul
+        for m in self._matmuls.values():
+            if m.name in used:
+                used.add(m.operand)
+        return used
+
+
+def _split(names: tuple[str, ...]) -> list[str]:
+    """Accept cell.vectors("b_f b_i") as well as cell.vectors("b_f", "b_i")."""
+    out: list[str] = []
+    for n in names:
+        out.extend(str(n).replace(",", " ").split())
+    return out

@@ -1,0 +1,164 @@
+"""The `cellgen` command line: list, generate, latex, verify.
+
+User errors (an unknown cell, a broken equation file, a missing compiler) print one line to
+stderr and exit 2; --debug shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CellgenError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _cells(args: argparse.Namespace) -> list[str]:
+    """The cells a command acts on: named ones and --equations files, else every built-in."""
+    from .registry import builtin_cells, resolve
+
+    cells = list(getattr(args, "cells", []) or []) + list(getattr(args, "equations", []) or [])
+    for cell in cells:
+        resolve(cell)  # an unknown name fails here, before any work
+    return cells or builtin_cells()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import builtin_cells, load_cell
+
+    cells = [load_cell(c) for c in builtin_cells()]
+    width = max(len(c.name) for c in cells)
+    for cell in cells:
+        print(f"{cell.name:<{width}}  {cell.description}")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .paths import builtin_generated_dir, checkout_root
+    from .render import changed_files, diff, generate_files, write_files
+
+    if args.out:
+        out = Path(args.out)
+    elif checkout_root() is not None:
+        out = builtin_generated_dir()
+    else:
+        raise CellgenError(
+            "cellgen is installed, not run from a checkout: say where to write with --out DIR"
+        )
+    files = generate_files(_cells(args))  # everything in memory first: errors write nothing
+    if args.check:
+        changed = changed_files(files, out)
+        for rel in changed:
+            print(f"would change: {out / rel}")
+            if args.diff:
+                print(diff(files, out, rel), end="")
+        if changed:
+            print(f"{len(changed)} generated file(s) out of date; run `cellgen generate`")
+            return EXIT_FAIL
+        print(f"{len(files)} generated file(s) up to date in {out}")
+        return EXIT_OK
+    written = write_files(files, out)
+    for rel in written:
+        print(f"wrote {out / rel}")
+    print(f"{len(written)} file(s) written, {len(files) - len(written)} unchanged, in {out}")
+    return EXIT_OK
+
+
+def cmd_latex(args: argparse.Namespace) -> int:
+    from .latex import backward_latex, document, forward_latex
+    from .registry import load_cell
+
+    cell = load_cell(args.cell)
+    print(f"% {cell.name}: {cell.description} ({cell.source})")
+    if args.backward:
+        print("% adjoints of one step: delta q = dL/dq; the in-adjoint of a state is")
+        print("% dL/dy_t (for h) plus the adjoint arriving from step t+1; += sums over t.")
+        print(document(backward_latex(cell)), end="")
+    else:
+        print(document(forward_latex(cell)), end="")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    backends = ["numpy", "c"] if args.backend == "all" else [args.backend]
+    rows = []
+    for cell in _cells(args):
+        for backend in backends:
+            rows += verify(cell, backend, seed=args.seed)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1))
+    else:
+        header = f"{'cell':<10} {'backend':<7} {'tensor':<12} {'shape':<11} {'method':<8} "
+        header += f"{'max abs':>9} {'rel':>9} {'tol':>8}  verdict"
+        print(header)
+        for r in rows:
+            shape = "x".join(str(k) for k in r.shape)
+            line = f"{r.cell:<10} {r.backend:<7} {r.tensor:<12} {shape:<11} {r.method:<8} "
+            line += f"{r.max_abs:9.2e} {r.max_rel:9.2e} {r.tolerance:8.0e}  {r.verdict}"
+            if r.verdict != "PASS":
+                line += f"  worst at {r.worst}: {r.analytic:.6g} vs {r.reference:.6g}"
+            print(line)
+    failed = [r for r in rows if r.verdict != "PASS"]
+    if not args.json:
+        print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cellgen",
+        description="Recurrent-cell kernels (NumPy and C, forward and backpropagation through "
+        "time) generated from SymPy equations, with LaTeX and gradient verification.",
+        epilog="A CELL is a built-in name (see `cellgen list`) or the path of an equation file.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("list", help="list the built-in cells")
+    s.set_defaults(run=cmd_list)
+
+    s = sub.add_parser("generate", help="regenerate kernels from equations (default: all cells)")
+    s.add_argument("cells", nargs="*", metavar="CELL")
+    s.add_argument("--equations", action="append", metavar="PATH", help="an equation file")
+    s.add_argument("--out", metavar="DIR", help="write here instead of the checkout's generated/")
+    s.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 listing out-of-date files"
+    )
+    s.add_argument("--diff", action="store_true", help="with --check, show unified diffs")
+    s.set_defaults(run=cmd_generate)
+
+    s = sub.add_parser("latex", help="print a cell's equations as LaTeX")
+    s.add_argument("cell", metavar="CELL")
+    s.add_argument("--backward", action="store_true", help="print the derived adjoints")
+    s.set_defaults(run=cmd_latex)
+
+    s = sub.add_parser(
+        "verify", help="check every gradient against finite differences (default: all cells)"
+    )
+    s.add_argument("cells", nargs="*", metavar="CELL")
+    s.add_argument("--equations", action="append", metavar="PATH", help="an equation file")
+    s.add_argument("--backend", choices=["numpy", "c", "all"], default="all")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random test point")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.set_defaults(run=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CellgenError as err:
+        if args.debug:
+            raise
+        print(f"cellgen: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,240 @@
+"""codegen.load: a cell's generated kernels behind one validated interface, NumPy or C.
+
+    k = codegen.load("lstm", backend="c", dtype="float64")
+    ys, final, cache = k.forward(xs, state0, params)
+    dxs, dstate0, dparams = k.backward(dys, cache, dfinal=None)
+
+Arguments are checked here, before any generated code runs: a wrong shape, a missing or unknown
+parameter, a wrong dtype, or (for C) non-contiguous data raise ValueError naming the argument
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import CellgenError
+from .paths import builtin_generated_dir, cache_dir
+from .registry import builtin_cells, resolve
+
+BACKENDS = ("numpy", "c")
+DTYPES = ("float32", "float64")
+Arrays = dict[str, np.ndarray]
+
+
+def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> CellKernel:
+    """The kernels of a built-in cell (by name) or of an equation file (by path).
+
+    backend "numpy": the generated module, following the dtype of its inputs (float32 or
+    float64; complex128 too, for complex-step checks) unless `dtype` fixes it.
+    backend "c": the generated C compiled with $CC or cc (cached), for `dtype` float64 (the
+    default) or float32.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
+        raise ValueError(f"unsupported dtype '{dtype}'; choose float32 or float64")
+    generated = generated_dir_for(cell)
+    name = Path(str(cell)).stem if str(cell) not in builtin_cells() else str(cell)
+    module = import_generated(generated / "numpy" / f"{name}.py")
+    if backend == "numpy":
+        return CellKernel(module, "numpy", None if dtype is None else str(np.dtype(dtype)))
+    from .backends.c.ffi import CFunctions
+
+    dtype = str(np.dtype(dtype or "float64"))
+    functions = CFunctions(
+        generated / "c" / f"{module.CELL}.c",
+        module.CELL,
+        module.STATES,
+        module.OUTPUT,
+        tuple(module.PARAM_SHAPES),
+        dtype,
+    )
+    return CellKernel(module, "c", dtype, functions)
+
+
+def generated_dir_for(cell: str | Path) -> Path:
+    """generated/ for a built-in cell; for an equation file, its kernels generated in the cache."""
+    if str(cell) in builtin_cells():
+        return builtin_generated_dir()
+    from .kernel import build_kernel
+    from .registry import load_cell
+    from .render import kernel_files
+
+    path = resolve(cell)
+    spec = load_cell(path)
+    files = kernel_files(build_kernel(spec))
+    digest = hashlib.sha256(
+        b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
+    ).hexdigest()[:24]
+    out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
+    if not out.is_dir():
+        from .render import write_files
+
+        write_files(files, out)
+    return out
+
+
+def import_generated(path: Path) -> ModuleType:
+    """Import a generated NumPy module from its file."""
+    if not path.is_file():
+        raise CellgenError(f"no generated kernel at {path}; run `cellgen generate`")
+    key = "cellgen_generated_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    sys.modules[key] = module
+    return module
+
+
+class CellKernel:
+    """Forward and backward kernels of one cell on one backend."""
+
+    def __init__(self, module: ModuleType, backend: str, dtype: str | None, c=None) -> None:
+        self._module = module
+        self._c = c
+        self.name: str = module.CELL
+        self.backend = backend
+        self.dtype = dtype
+        self.states: tuple[str, ...] = tuple(module.STATES)
+        self.output: str = module.OUTPUT
+        self.params: tuple[str, ...] = tuple(module.PARAM_SHAPES)
+        self._shapes = dict(module.PARAM_SHAPES)
+
+    def __repr__(self) -> str:
+        return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
+
+    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        sizes = {"I": int(input_size), "H": int(hidden_size)}
+        return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}
+
+    def forward(
+        self, xs: np.ndarray, state0: Arrays, params: Arrays
+    ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
+        xs, state0, params = self._check_forward(xs, state0, params)
+        if self._c is not None:
+            ys, final, cache = self._c.forward(xs, state0, params)
+        else:
+            ys, final, cache = self._module.forward(xs, state0, params)
+        cache = dict(cache)
+        cache["__cellgen__"] = (self.name, self.backend)
+        return ys, final, cache
+
+    def backward(
+        self, dys: np.ndarray, cache: dict[str, Any], dfinal: Arrays | None = None
+    ) -> tuple[np.ndarray, Arrays, Arrays]:
+        if not isinstance(cache, dict) or cache.get("__cellgen__") != (self.name, self.backend):
+            raise ValueError(
+                f"cache: expected the cache returned by this kernel's forward "
+                f"({self.name}, {self.backend})"
+            )
+        ys = cache["ys"]
+        dtype = ys.dtype
+        dys = self._array("dys", dys, ys.shape, "(T, B, H)", dtype)
+        dfinal = dict(dfinal or {})
+        unknown = sorted(set(dfinal) - set(self.states))
+        if unknown:
+            raise ValueError(
+                f"dfinal: unknown state '{unknown[0]}'; {self.name} has states {self.states}"
+            )
+        B, H = ys.shape[1], ys.shape[2]
+        dfinal = {
+            s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
+        }
+        if self._c is not None:
+            return self._c.backward(dys, cache, dfinal)
+        return self._module.backward(dys, cache, dfinal)
+
+    # validation ---------------------------------------------------------------------------
+
+    def _check_forward(self, xs, state0, params) -> tuple[np.ndarray, Arrays, Arrays]:
+        xs_arr = np.asarray(xs) if not isinstance(xs, np.ndarray) else xs
+        if xs_arr.ndim != 3 or 0 in xs_arr.shape:
+            raise ValueError(
+                f"xs: expected a non-empty array of shape (T, B, I), got shape {xs_arr.shape}"
+            )
+        dtype = self._dtype_of("xs", xs_arr)
+        T, B, I = xs_arr.shape
+        if not isinstance(state0, dict):
+            raise ValueError(f"state0: expected a dict with keys {self.states}")
+        missing = [s for s in self.states if s not in state0]
+        if missing:
+            raise ValueError(
+                f"state0: missing state '{missing[0]}' of shape (B, H); "
+                f"{self.name} has states {self.states}"
+            )
+        unknown = sorted(set(state0) - set(self.states))
+        if unknown:
+            raise ValueError(
+                f"state0: unknown state '{unknown[0]}'; {self.name} has states {self.states}"
+            )
+        first = np.asarray(state0[self.output])
+        if first.ndim != 2 or first.shape[0] != B or first.shape[1] == 0:
+            raise ValueError(
+                f"state0['{self.output}']: expected shape (B, H) = ({B}, H), got {first.shape}"
+            )
+        H = first.shape[1]
+        state0 = {
+            s: self._array(f"state0['{s}']", state0[s], (B, H), "(B, H)", dtype)
+            for s in self.states
+        }
+        if not isinstance(params, dict):
+            raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
+        shapes = self.param_shapes(I, H)
+        missing = [p for p in self.params if p not in params]
+        if missing:
+            p = missing[0]
+            raise ValueError(
+                f"params: missing parameter '{p}' of shape {self._shape_text(p)} = {shapes[p]}"
+            )
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ValueError(
+                f"params: unknown parameter '{unknown[0]}'; {self.name} has "
+                + ", ".join(self.params)
+            )
+        params = {
+            p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
+            for p in self.params
+        }
+        xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
+        return xs_arr, state0, params
+
+    def _shape_text(self, param: str) -> str:
+        return "(" + ", ".join(self._shapes[param]) + ")"
+
+    def _dtype_of(self, name: str, arr: np.ndarray) -> np.dtype:
+        allowed = DTYPES if self._c is not None else (*DTYPES, "complex128")
+        if self.dtype is not None:
+            allowed = (self.dtype,)
+        if str(arr.dtype) not in allowed:
+            raise ValueError(
+                f"{name}: dtype {arr.dtype} is not supported by this {self.backend} kernel; "
+                f"expected {' or '.join(allowed)}"
+            )
+        return arr.dtype
+
+    def _array(self, name, value, shape, shape_text, dtype) -> np.ndarray:
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if arr.shape != tuple(shape):
+            raise ValueError(
+                f"{name}: expected shape {shape_text} = {tuple(shape)}, got {arr.shape}"
+            )
+        if arr.dtype != dtype:
+            raise ValueError(
+                f"{name}: dtype {arr.dtype} does not match xs ({dtype}); "
+                "pass every array in one dtype"
+            )
+        if self._c is not None and not arr.flags.c_contiguous:
+            raise ValueError(
+                f"{name}: the C kernel needs C-contiguous data; pass np.ascontiguousarray({name})"
+            )
+        return arr
