@@ -91,7 +91,11 @@ class relu(Activation):
 
 
 class softsign(Activation):
-    """x / (1 + |x|); its derivative 1 / (1 + |x|)**2 equals (1 - |y|)**2."""
+    """x / (1 + |x|); its derivative 1 / (1 + |x|)**2 equals (1 - |y|)**2.
+
+    The derivative is continuous but its own derivative jumps at x = 0, so finite differences
+    of higher order (Richardson) lose accuracy when a step straddles 0.
+    """
 
     latex_name = r"\operatorname{softsign}"
 

@@ -114,6 +114,12 @@ class Matrix:
     __mul__ = __rmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _misuse
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = _misuse
 
+    def __rmatmul__(self, operand: object) -> sympy.Expr:
+        raise EquationError(
+            f"{operand} @ {self.name}: write the matrix first, {self.name} @ {operand}",
+            line=_caller_line(),
+        )
+
     def __repr__(self) -> str:
         return self.name
 
@@ -141,6 +147,14 @@ class Cell:
         reference: str,
         output: str | None = None,
     ) -> None:
+        self._line = _caller_line()
+        if not _is_name(name) or name.startswith("_"):
+            self._fail(
+                f"the cell name {name!r} is not a valid name: use ASCII letters, digits and _, "
+                "starting with a letter, and name the file after it"
+            )
+        _check_text("description", description, self._line)
+        _check_text("reference", reference, self._line)
         self.name = name
         self.description = description
         self.reference = reference
@@ -154,6 +168,12 @@ class Cell:
         self._kinds: dict[str, SymbolKind] = {}
         self._hidden_sized_matrices: set[str] = set()
         self._reserved: set[str] = set()  # states' new values, defined by their updates
+        self._lines: dict[str, int | None] = {}  # where each name was declared
+
+    @property
+    def line(self) -> int | None:
+        """The line of the equation file that created the cell."""
+        return self._line
 
     # declarations -------------------------------------------------------------------------
 
@@ -197,6 +217,7 @@ class Cell:
 
     def eq(self, name: str, expr: object, doc: str = "") -> sympy.Symbol:
         """An intermediate equation `name = expr`; returns its symbol."""
+        _check_text("description", doc, _caller_line(), equation=name)
         expr = self._check_expr(name, expr)
         self._declare(name, "intermediate", equation=name)
         self._equations.append(Equation(name, expr, doc, line=_caller_line()))
@@ -213,7 +234,10 @@ class Cell:
                 equation=name,
             )
         if any(e.state == name for e in self._equations):
-            self._fail(f"state '{name}' is updated twice", equation=name)
+            self._fail(
+                f"state '{name}' is updated twice; give each state one cell.update", equation=name
+            )
+        _check_text("description", doc, _caller_line(), equation=name)
         expr = self._check_expr(name, expr)
         self._equations.append(Equation(name, expr, doc, state=name, line=_caller_line()))
         self._kinds[name] = "state_new"
@@ -224,27 +248,63 @@ class Cell:
     def spec(self, source: str = "") -> CellSpec:
         """Check the cell as a whole and freeze it."""
         if self._input is None:
-            self._fail("the cell declares no input; add x = cell.input('x')")
+            raise EquationError(
+                "the cell declares no input; add x = cell.input('x')", line=self._line
+            )
         if not self._states:
-            self._fail("the cell declares no state; add h_prev, = cell.states('h')")
+            raise EquationError(
+                "the cell declares no state; add (h_prev,) = cell.states('h')", line=self._line
+            )
         updated = {e.state for e in self._equations if e.state}
         for state in self._states:
             if state not in updated:
-                self._fail(
-                    f"state '{state}' has no update; add cell.update('{state}', ...)",
+                raise EquationError(
+                    f"state '{state}' has no update; add cell.update('{state}', ...) giving "
+                    "its new value",
                     equation=state,
+                    line=self._lines.get(state),
                 )
         used = self._used_symbols()
+        for eq in self._equations:
+            if eq.state is None and not eq.auto and eq.name not in used:
+                raise EquationError(
+                    f"the result '{eq.name}' is never used; use it in a later equation or "
+                    "remove the equation",
+                    equation=eq.name,
+                    line=eq.line,
+                )
         matmuls = tuple(m for m in self._matmuls.values() if m.name in used)
         used_matrices = {m.matrix for m in matmuls}
         for p in self._params:
             if p.name not in used and p.name not in used_matrices:
-                self._fail(f"parameter '{p.name}' is declared but no equation uses it")
+                declare = "cell.matrices" if p.kind == "matrix" else "cell.vectors"
+                raise EquationError(
+                    f"parameter '{p.name}' is declared but no equation uses it; use it in an "
+                    f"equation or remove it from {declare}(...)",
+                    line=self._lines.get(p.name),
+                )
+        for state in self._states:
+            # such a "state" carries nothing from step to step: almost surely a slip
+            if prev_name(state) not in used:
+                raise EquationError(
+                    f"state '{state}' never uses its previous value {prev_name(state)}, so it "
+                    f"carries nothing between steps; use {prev_name(state)} in an equation, or "
+                    f"compute '{state}' with cell.eq instead of declaring it a state",
+                    equation=state,
+                    line=self._lines.get(prev_name(state)),
+                )
         if self._input not in {m.operand for m in matmuls}:
-            self._fail(f"no equation uses the input {self._input}; multiply it by a matrix")
+            raise EquationError(
+                f"no equation uses the input {self._input}; multiply it by a matrix, "
+                f"W @ {self._input}",
+                line=self._lines.get(self._input),
+            )
         output = self._output or self._states[0]
         if output not in self._states:
-            self._fail(f"output '{output}' is not a state; states are {self._states}")
+            raise EquationError(
+                f"output '{output}' is not a state; choose one of {', '.join(self._states)}",
+                line=self._line,
+            )
         params = tuple(
             Param(p.name, "matrix", ("H", "H" if p.name in self._hidden_sized_matrices else "I"))
             if p.kind == "matrix"
@@ -278,12 +338,21 @@ class Cell:
         equation: str | None = None,
         reserve_only: bool = False,
     ) -> None:
-        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            self._fail(f"{name!r} is not a valid name: use letters, digits and _", equation)
-        if name.startswith(("d_", "_", "cse")):
-            self._fail(f"'{name}': names starting with d_, _ or cse are reserved", equation)
+        if not _is_name(name):
+            self._fail(
+                f"{name!r} is not a valid name: use ASCII letters, digits and _, starting with "
+                "a letter",
+                equation,
+            )
+        if name.startswith(("d_", "_", "cse")) or name.endswith("_"):
+            self._fail(
+                f"'{name}': names starting with d_, _ or cse, or ending with _, are reserved for "
+                "generated code; choose another name",
+                equation,
+            )
         if name in self._kinds or name in self._matrices or name in self._reserved:
-            self._fail(f"the name '{name}' is already defined", equation)
+            self._fail(f"the name '{name}' is already defined; choose another name", equation)
+        self._lines.setdefault(name, _caller_line())
         if reserve_only:
             self._reserved.add(name)
         elif kind != "matrix":
@@ -296,6 +365,12 @@ class Cell:
             self._fail(f"the right-hand side {expr!r} is not a SymPy expression", name)
         if not isinstance(expr, sympy.Expr):
             self._fail(f"the right-hand side {expr} is not an expression", name)
+        if not expr.free_symbols:
+            self._fail(
+                f"the right-hand side is the constant {expr}; an equation must depend on the "
+                "input, a state or a parameter (write the number where it is used instead)",
+                name,
+            )
         self._check_functions(name, expr)
         for sym in sorted(expr.free_symbols, key=str):
             self._check_symbol(name, sym.name)
@@ -313,20 +388,36 @@ class Cell:
         for node in sympy.preorder_traversal(expr):
             if isinstance(node, sympy.Function) and not isinstance(node, Activation):
                 fname = type(node).__name__
+                origin = " (this is SymPy's; cellgen's activations come from codegen.activations)"
                 self._fail(
-                    f"unsupported function {fname}(); cellgen supports "
-                    + ", ".join(sorted(ACTIVATIONS)),
+                    f"unsupported function {fname}(){origin if fname in ACTIVATIONS else ''}; "
+                    f"use one of {', '.join(sorted(ACTIVATIONS))}, imported with "
+                    "`from codegen.activations import ...`",
                     name,
                 )
             if isinstance(node, sympy.Pow) and not node.exp.is_Integer:
                 self._fail(
-                    f"unsupported power {node}: only whole-number exponents are supported", name
+                    f"unsupported power {self._show(node)}: only whole-number exponents are "
+                    "supported",
+                    name,
                 )
             if (
                 isinstance(node, (sympy.core.relational.Relational, sympy.Piecewise))
                 or node.is_Boolean
             ):
-                self._fail(f"unsupported expression {node}", name)
+                self._fail(
+                    f"unsupported expression {self._show(node)}: equations are arithmetic and "
+                    "activations; for a comparison or a branch use relu or hard_sigmoid",
+                    name,
+                )
+
+    def _show(self, expr: sympy.Expr) -> str:
+        """An expression as the user wrote it, with products shown as W @ v."""
+        products = {
+            sympy.Symbol(m.name): sympy.Symbol(f"({m.matrix} @ {m.operand_expr})")
+            for m in self._matmuls.values()
+        }
+        return str(expr.xreplace(products))
 
     def _check_symbol(self, name: str, sym: str) -> None:
         if sym in self._kinds:
@@ -343,13 +434,22 @@ class Cell:
                 f"use {prev_name(sym)} for the previous value",
                 name,
             )
-        self._fail(f"undefined symbol '{sym}'; declare it or define its equation above", name)
+        self._fail(
+            f"undefined symbol '{sym}'; declare it (cell.vectors, cell.matrices, cell.states) or "
+            "define its equation above",
+            name,
+        )
 
     def _matmul(self, matrix: Matrix, operand: object) -> sympy.Symbol:
         try:
             operand = sympy.sympify(operand, strict=True)
         except (sympy.SympifyError, TypeError):
-            self._fail(f"{matrix.name} @ {operand!r}: the operand is not a vector expression")
+            self._fail(
+                f"{matrix.name} @ {operand!r}: the operand is not a vector expression; "
+                "a matrix multiplies the input, a state or an expression of them"
+            )
+        if not operand.free_symbols:
+            self._fail(f"{matrix.name} @ {operand}: a matrix cannot multiply a constant")
         if isinstance(operand, sympy.Symbol) and operand.name == self._input:
             operand_name, sized = operand.name, "I"
         else:
@@ -357,12 +457,17 @@ class Cell:
             if self._input in names:
                 self._fail(
                     f"{matrix.name} @ ({operand}): {self._input} is input-sized (I) and cannot "
-                    "be combined elementwise with other vectors before the product"
+                    "be combined elementwise with hidden-sized (H) vectors; multiply "
+                    f"{self._input} alone ({matrix.name} @ {self._input}) and combine the products"
                 )
             if isinstance(operand, sympy.Symbol):
                 self._check_symbol("", operand.name)
+            if isinstance(operand, sympy.Symbol) and self._kinds[operand.name] in (
+                "state_prev",
+                "intermediate",
+            ):
                 operand_name = operand.name
-            else:
+            else:  # a compound, or a value the kernels keep elsewhere (parameter, product, state)
                 operand_name = self._name_operand(operand)
             sized = "H"
         if sized == "H":
@@ -370,7 +475,8 @@ class Cell:
         for m in self._matmuls.values():
             if m.matrix == matrix.name and (m.operand == self._input) != (sized == "I"):
                 self._fail(
-                    f"{matrix.name} multiplies both an input-sized and a hidden-sized vector"
+                    f"{matrix.name} multiplies both the input-sized {self._input} and a "
+                    "hidden-sized vector; use a separate matrix for each"
                 )
         product = f"{matrix.name}_{operand_name}"
         if product not in self._matmuls:
@@ -404,6 +510,30 @@ class Cell:
             if m.name in used:
                 used.add(m.operand)
         return used
+
+
+def _is_name(name: object) -> bool:
+    """An ASCII identifier, usable in Python and C alike."""
+    return (
+        isinstance(name, str)
+        and name.isascii()
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+    )
+
+
+def _check_text(what: str, text: object, line: int | None, equation: str | None = None) -> None:
+    """Descriptions end up in comments and docstrings of generated code: one plain line."""
+    if not isinstance(text, str):
+        raise EquationError(f"the {what} must be a string", line=line, equation=equation)
+    bad = next((s for s in ("\n", "\r", "*/", '"""', "\\") if s in text), None)
+    if bad is not None:
+        raise EquationError(
+            f'the {what} {text!r} contains {bad!r}; write it as one line without */, """ '
+            "or backslashes",
+            line=line,
+            equation=equation,
+        )
 
 
 def _split(names: tuple[str, ...]) -> list[str]:

@@ -91,6 +91,20 @@ class Kernel:
         return self.roles[name]
 
 
+def adjoint_copies(kernel: Kernel) -> dict[str, str]:
+    """Product adjoints that are plain copies of another value: `d_W_f_x = d_f_pre` gives
+    {"d_W_f_x": "d_f_pre"}. Products whose adjoints copy the same value can share one buffer
+    (the LSTM's W_f x and U_f h_prev both receive d_f_pre)."""
+    out = {}
+    for step in kernel.backward:
+        if isinstance(step, Block):
+            for a in step.assignments:
+                copy = isinstance(a.expr, sympy.Symbol)
+                if copy and kernel.roles.get(a.name) is Role.ADJ_PRODUCT:
+                    out[a.name] = a.expr.name
+    return out
+
+
 def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel:
     """Schedule a derivation into per-step forward and backward sequences."""
     d = derivation or derive(cell)

@@ -128,7 +128,8 @@ class CellLatexPrinter(LatexPrinter):
         return out
 
     def _print_Mul(self, expr: sympy.Mul) -> str:
-        coeff, factors = expr.as_coeff_mul()
+        coeff, rest = expr.as_coeff_Mul()
+        factors = sympy.Mul.make_args(rest)
         sign = ""
         if coeff < 0:
             sign, coeff = "-", -coeff

@@ -41,8 +41,7 @@ def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> 
         raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose float32 or float64")
-    generated = generated_dir_for(cell)
-    name = Path(str(cell)).stem if str(cell) not in builtin_cells() else str(cell)
+    generated, name = generated_dir_for(cell)
     module = import_generated(generated / "numpy" / f"{name}.py")
     if backend == "numpy":
         return CellKernel(module, "numpy", None if dtype is None else str(np.dtype(dtype)))
@@ -60,13 +59,14 @@ def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> 
     return CellKernel(module, "c", dtype, functions)
 
 
-def generated_dir_for(cell: str | Path) -> Path:
-    """generated/ for a built-in cell; for an equation file, its kernels generated in the cache."""
+def generated_dir_for(cell: str | Path) -> tuple[Path, str]:
+    """Where a cell's kernels are, and its name: generated/ for a built-in cell; for an
+    equation file, its kernels generated into the cache (once per distinct output)."""
     if str(cell) in builtin_cells():
-        return builtin_generated_dir()
+        return builtin_generated_dir(), str(cell)
     from .kernel import build_kernel
     from .registry import load_cell
-    from .render import kernel_files
+    from .render import kernel_files, write_files
 
     path = resolve(cell)
     spec = load_cell(path)
@@ -75,11 +75,8 @@ def generated_dir_for(cell: str | Path) -> Path:
         b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
     ).hexdigest()[:24]
     out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
-    if not out.is_dir():
-        from .render import write_files
-
-        write_files(files, out)
-    return out
+    write_files(files, out)  # writes only what is missing or differs, each file atomically
+    return out, spec.name
 
 
 def import_generated(path: Path) -> ModuleType:

@@ -1,6 +1,7 @@
-"""The part of expression printing NumPy and C share: infix arithmetic with whole powers.
+"""Infix arithmetic with whole powers, as C prints expressions (a backend subclasses it).
 
-Subclasses in each backend say how to spell numbers, functions and symbols.
+Subclasses say how to spell numbers, functions and symbols. (The NumPy backend lowers
+expressions to calls with out= instead; see backends/numpy/lowering.py.)
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ class InfixPrinter(StrPrinter):
         parts += [self.parenthesize(f, prec) for f in numer]
         text = self.times.join(parts) if parts else self.number(sympy.S.One)
         for d in denom:
-            text += " / " + self.parenthesize(d, prec + 1)
+            inner = self.parenthesize(d, prec + 1)
+            if d.is_Pow or d.is_Mul:  # a power prints as a product: x / (u * u), not x / u * u
+                inner = f"({inner})"
+            text += " / " + inner
         return text
 
     def _print_Add(self, expr: sympy.Add, order: str | None = None) -> str:

@@ -1,0 +1,388 @@
+"""`cellgen bench`: the generated NumPy and C kernels against torch.nn.LSTM and torch.nn.GRU.
+
+Every implementation runs the same problem (cell, shape, dtype, weights) in the same process.
+Timings are taken in rounds: a round times each implementation and pass once, in an order that
+rotates from round to round, so that a slow spell of the machine hits all of them alike. Before
+each sample the bench pauses briefly and makes one untimed call: OpenBLAS and OpenMP worker
+threads spin for a while after a call, and would otherwise slow down whichever runtime comes
+next. A sample is the mean of enough back-to-back calls to last `min_time`; a result is the
+median over the rounds.
+
+GFLOP/s count the matrix products only (2 T B H K per product, three times that for forward and
+backward); `% peak` divides by the speed of one large matrix product in NumPy measured at the
+start of the same run. torch's forward is timed with autograd recording, the forward that a
+backward needs, like ours.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .errors import CellgenError
+
+DEFAULT_CELLS = ("lstm", "gru_reset_after")
+DEFAULT_SHAPES = ("T32,B32,I256,H256", "T64,B16,I128,H128", "T100,B1,I32,H32", "T1000,B1,I64,H64")
+DTYPES = ("float32", "float64")
+BACKENDS = ("numpy", "c")
+PASSES = ("forward", "forward+backward")
+TORCH_LAYERS = {"lstm": "LSTM", "gru_reset_after": "GRU"}  # cells that torch.nn computes
+
+
+class BenchError(CellgenError, ValueError):
+    """A bench request that cannot run: a malformed shape, an unknown dtype or backend."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sequence length T, batch B, input size I, hidden size H."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """'T32,B32,I256,H256', '32,32,256,256' or '32x32x256x256'."""
+        parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+        values = []
+        for part, letter in zip(parts, "TBIH", strict=False):
+            m = re.fullmatch(rf"{letter}?(\d+)", part, re.I)
+            if m:
+                values.append(int(m.group(1)))
+        if len(parts) != 4 or len(values) != 4 or min(values) < 1:
+            raise BenchError(
+                f"shape '{text}': expected four positive sizes T,B,I,H such as T32,B32,I256,H256"
+            )
+        return cls(*values)
+
+    def __str__(self) -> str:
+        return f"T{self.T},B{self.B},I{self.I},H{self.H}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """The timing of one implementation on one problem and pass."""
+
+    cell: str
+    shape: str
+    dtype: str
+    passes: str  # "forward" or "forward+backward"
+    impl: str  # "numpy", "c" or "torch"
+    median_ms: float
+    min_ms: float
+    rounds: int
+    calls_per_sample: int
+    gflops: float  # matrix-product GFLOP per second at the median
+    peak_fraction: float  # gflops / the large-GEMM peak of this dtype
+    torch_ratio: float | None  # median_ms / torch's median_ms, when torch ran
+    max_rel_diff: float  # largest |ys - ys of the NumPy kernel| / largest |ys|
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "rows": [asdict(r) for r in self.rows]}
+
+    def json(self) -> str:
+        return json.dumps(self.as_dict(), indent=1)
+
+    def table(self) -> str:
+        """The rows as a fixed-width table, with the run's conditions above it."""
+        m = self.meta
+        peaks = ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in m["peak_gflops"].items())
+        lines = [
+            f"cellgen bench: median of {m['rounds']} interleaved rounds; ratio = ours / torch "
+            "for the same pass, shape and dtype",
+            f"large-GEMM peak (NumPy, {m['peak_size']}^3): {peaks}; "
+            f"load average {m['load_average']}; torch {m['torch'] or 'not installed'}",
+            "",
+            f"{'cell':<16} {'shape':<20} {'dtype':<8} {'pass':<8} {'impl':<6} "
+            f"{'ms':>10} {'GFLOP/s':>8} {'%peak':>6} {'/torch':>7}",
+        ]
+        for r in self.rows:
+            ratio = f"{r.torch_ratio:7.2f}" if r.torch_ratio is not None else f"{'':>7}"
+            lines.append(
+                f"{r.cell:<16} {r.shape:<20} {r.dtype:<8} "
+                f"{'fwd' if r.passes == 'forward' else 'fwd+bwd':<8} {r.impl:<6} "
+                f"{r.median_ms:10.3f} {r.gflops:8.1f} {100 * r.peak_fraction:6.1f} {ratio}"
+            )
+        return "\n".join(lines)
+
+
+# problems and implementations ---------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    xs: np.ndarray
+    state0: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    dys: np.ndarray
+
+
+def make_problem(kernel: Any, shape: Shape, dtype: str, seed: int = 0) -> Problem:
+    """Random inputs and weights at the scale of a default-initialised layer."""
+    rng = np.random.default_rng(seed)
+    T, B, I, H = shape.T, shape.B, shape.I, shape.H
+    bound = 1 / math.sqrt(H)
+    params = {
+        name: rng.uniform(-bound, bound, size).astype(dtype)
+        for name, size in kernel.param_shapes(I, H).items()
+    }
+    return Problem(
+        xs=rng.normal(size=(T, B, I)).astype(dtype),
+        state0={s: rng.uniform(-0.5, 0.5, (B, H)).astype(dtype) for s in kernel.states},
+        params=params,
+        dys=rng.normal(size=(T, B, H)).astype(dtype),
+    )
+
+
+class Ours:
+    """A generated kernel (NumPy or C) as the two timed calls."""
+
+    def __init__(self, kernel: Any, p: Problem) -> None:
+        self.kernel, self.p = kernel, p
+
+    def forward(self) -> np.ndarray:
+        return self.kernel.forward(self.p.xs, self.p.state0, self.p.params)[0]
+
+    def forward_backward(self) -> None:
+        cache = self.kernel.forward(self.p.xs, self.p.state0, self.p.params)[2]
+        self.kernel.backward(self.p.dys, cache)
+
+
+class Torch:
+    """torch.nn.LSTM or torch.nn.GRU holding the same weights, on the same inputs."""
+
+    def __init__(self, cell: str, p: Problem) -> None:
+        import torch
+
+        from . import interop
+
+        I, H = p.xs.shape[2], p.dys.shape[2]
+        dtype = torch.float32 if p.xs.dtype == np.float32 else torch.float64
+        layer = getattr(torch.nn, TORCH_LAYERS[cell])(I, H, dtype=dtype)
+        convert = interop.to_torch_lstm if cell == "lstm" else interop.to_torch_gru
+        convert(p.params, layer)
+        self.torch, self.layer = torch, layer
+        self.xs = torch.from_numpy(p.xs).requires_grad_()
+        states = [torch.from_numpy(p.state0[s][None].copy()).requires_grad_() for s in ("h", "c")
+                  if s in p.state0]  # fmt: skip
+        self.hx = tuple(states) if cell == "lstm" else states[0]
+        self.dys = torch.from_numpy(p.dys)
+        self.leaves = [self.xs, *states, *layer.parameters()]
+
+    def forward(self) -> np.ndarray:
+        with self.torch.enable_grad():
+            ys, _ = self.layer(self.xs, self.hx)
+        return ys.detach().numpy()
+
+    def forward_backward(self) -> None:
+        for leaf in self.leaves:
+            leaf.grad = None  # fresh gradients each call, as our backward returns
+        ys, _ = self.layer(self.xs, self.hx)
+        ys.backward(self.dys)
+
+
+def torch_version() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    return f"{torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def product_flops(cell: str | Path, shape: Shape) -> int:
+    """Floating-point operations of the forward's matrix products: 2 T B H K per product."""
+    from .registry import load_cell
+
+    spec = load_cell(cell)
+    k = sum(shape.I if m.operand == spec.input else shape.H for m in spec.matmuls)
+    return 2 * shape.T * shape.B * shape.H * k
+
+
+# timing -------------------------------------------------------------------------------------
+
+
+def calls_for(fn: Callable[[], object], min_time: float) -> int:
+    """How many back-to-back calls make a sample of at least min_time (after a warm-up)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    return max(1, math.ceil(min_time / max(once, 1e-9)))
+
+
+def sample(fn: Callable[[], object], calls: int, settle: float) -> float:
+    """Seconds per call over `calls` back-to-back calls, after a pause and one untimed call."""
+    if settle:
+        time.sleep(settle)
+    fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def interleaved(
+    tasks: dict[str, Callable[[], object]], rounds: int, min_time: float, settle: float
+) -> dict[str, tuple[list[float], int]]:
+    """Per task: the seconds per call of each round, and the calls per sample."""
+    calls = {name: calls_for(fn, min_time) for name, fn in tasks.items()}
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    names = list(tasks)
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(sample(tasks[name], calls[name], settle))
+    return {name: (times[name], calls[name]) for name in names}
+
+
+def gemm_peak(dtype: str, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of one large square matrix product in NumPy: the machine's practical peak."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = np.empty((size, size), dtype)
+    np.matmul(a, b, out=out)
+    best = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(best)) / 1e9
+
+
+# the run ------------------------------------------------------------------------------------
+
+
+def run(
+    cells: Sequence[str | Path] = DEFAULT_CELLS,
+    shapes: Sequence[Shape] | None = None,
+    dtypes: Sequence[str] = DTYPES,
+    backends: Sequence[str] = BACKENDS,
+    *,
+    rounds: int = 7,
+    min_time: float = 0.02,
+    settle: float = 0.05,
+    with_torch: bool = True,
+    peak_size: int = 1024,
+    progress: TextIO | None = None,
+) -> Report:
+    """Time every (cell, shape, dtype): our backends and, where it exists, torch; one report."""
+    import codegen
+
+    shapes = list(shapes) if shapes is not None else [Shape.parse(s) for s in DEFAULT_SHAPES]
+    for d in dtypes:
+        if d not in DTYPES:
+            raise BenchError(f"dtype '{d}': choose float32 or float64")
+    for b in backends:
+        if b not in BACKENDS:
+            raise BenchError(f"backend '{b}': choose numpy or c")
+    if rounds < 1:
+        raise BenchError("rounds: at least 1")
+    torch_info = torch_version() if with_torch else None
+    peak = {d: gemm_peak(d, peak_size) for d in dtypes}
+    cases = [(c, s, d) for c in cells for s in shapes for d in dtypes]
+    rows: list[Row] = []
+    for n, (cell, shape, dtype) in enumerate(cases, 1):
+        if progress is not None:
+            progress.write(f"\r[{n}/{len(cases)}] {cell} {shape} {dtype} ...".ljust(72))
+            progress.flush()
+        rows += _case(cell, shape, dtype, backends, torch_info is not None, peak[dtype],
+                      rounds, min_time, settle, codegen)  # fmt: skip
+    if progress is not None:
+        progress.write("\r" + " " * 72 + "\r")
+        progress.flush()
+    meta = {
+        "rounds": rounds,
+        "min_time_s": min_time,
+        "settle_s": settle,
+        "peak_size": peak_size,
+        "peak_gflops": peak,
+        "torch": torch_info,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": _load_average(),
+        "command": " ".join(sys.argv) if sys.argv else "",
+    }
+    return Report(rows, meta)
+
+
+def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, settle, codegen):
+    """The rows of one (cell, shape, dtype): every implementation and pass, interleaved."""
+    reference = codegen.load(cell, "numpy", dtype)
+    p = make_problem(reference, shape, dtype)
+    impls: dict[str, Any] = {}
+    for backend in backends:
+        impls[backend] = Ours(codegen.load(cell, backend, dtype), p)
+    name = reference.name
+    if with_torch and name in TORCH_LAYERS:
+        impls["torch"] = Torch(name, p)
+    expected = Ours(reference, p).forward()
+    scale = max(float(np.max(np.abs(expected))), 1e-300)
+    diffs = {
+        k: float(np.max(np.abs(impl.forward() - expected))) / scale for k, impl in impls.items()
+    }
+    tasks: dict[str, Callable[[], object]] = {}
+    for k, impl in impls.items():
+        tasks[f"{k}|forward"] = impl.forward
+        tasks[f"{k}|forward+backward"] = impl.forward_backward
+    timed = interleaved(tasks, rounds, min_time, settle)
+    flops = product_flops(cell, shape)
+    medians = {key: float(np.median(ts)) for key, (ts, _) in timed.items()}
+    rows = []
+    for key, (ts, calls) in timed.items():
+        impl, passes = key.split("|")
+        median = medians[key]
+        total = flops * (1 if passes == "forward" else 3)
+        torch_key = f"torch|{passes}"
+        rows.append(
+            Row(
+                cell=name,
+                shape=str(shape),
+                dtype=dtype,
+                passes=passes,
+                impl=impl,
+                median_ms=median * 1e3,
+                min_ms=min(ts) * 1e3,
+                rounds=len(ts),
+                calls_per_sample=calls,
+                gflops=total / median / 1e9,
+                peak_fraction=total / median / 1e9 / peak,
+                torch_ratio=median / medians[torch_key] if torch_key in medians else None,
+                max_rel_diff=diffs[impl],
+            )
+        )
+    order = {p: k for k, p in enumerate(PASSES)}
+    impl_order = {b: k for k, b in enumerate((*BACKENDS, "torch"))}
+    return sorted(rows, key=lambda r: (order[r.passes], impl_order[r.impl]))
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def parse_shapes(texts: Iterable[str]) -> list[Shape]:
+    return [Shape.parse(t) for t in texts]
