@@ -11,6 +11,7 @@ and what was expected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -179,13 +180,19 @@ class CellKernel:
                 f"state0['{self.output}']: expected shape (B, H) = ({B}, H), got {first.shape}"
             )
         H = first.shape[1]
+        if not isinstance(params, dict):
+            raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
+        shapes = self._shapes_for(I, H)
+        if self._all_valid(state0, (B, H), params, shapes, dtype):  # the common case, quickly
+            return (
+                self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype),
+                {s: state0[s] for s in self.states},
+                {p: params[p] for p in self.params},
+            )
         state0 = {
             s: self._array(f"state0['{s}']", state0[s], (B, H), "(B, H)", dtype)
             for s in self.states
         }
-        if not isinstance(params, dict):
-            raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
-        shapes = self.param_shapes(I, H)
         missing = [p for p in self.params if p not in params]
         if missing:
             p = missing[0]
@@ -204,6 +211,29 @@ class CellKernel:
         }
         xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
         return xs_arr, state0, params
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few sizes per kernel, kept with it
+    def _shapes_for(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        return self.param_shapes(input_size, hidden_size)
+
+    def _all_valid(self, state0, state_shape, params, shapes, dtype) -> bool:
+        """True when every state and parameter is present, well-shaped, of dtype (and, for C,
+        contiguous), and nothing else is given; the slow path then finds and names a problem."""
+        contiguous = self._c is not None
+        if len(state0) != len(self.states) or len(params) != len(self.params):
+            return False
+        for arrays, names in ((state0, self.states), (params, self.params)):
+            for name in names:
+                a = arrays.get(name)
+                shape = state_shape if arrays is state0 else shapes[name]
+                if (
+                    type(a) is not np.ndarray
+                    or a.shape != shape
+                    or a.dtype != dtype
+                    or (contiguous and not a.flags.c_contiguous)
+                ):
+                    return False
+        return True
 
     def _shape_text(self, param: str) -> str:
         return "(" + ", ".join(self._shapes[param]) + ")"

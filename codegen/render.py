@@ -8,6 +8,7 @@ only after every cell generated without error, so a failure leaves generated/ as
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -36,7 +37,9 @@ def _environment(templates: Path) -> jinja2.Environment:
     )
 
 
+@functools.cache
 def renderer(backend_dir: Path, backend: str) -> Render:
+    """Fills one backend's templates; built once per process, so each template compiles once."""
     env = _environment(backend_dir / "templates")
 
     def render(template: str, **context: object) -> str:
