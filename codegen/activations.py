@@ -20,7 +20,6 @@ class Activation(sympy.Function):
 
     nargs = 1
     latex_name: ClassVar[str] = ""
-    piecewise: ClassVar[bool] = False  # derivative undefined at a few kinks
 
     @classmethod
     def derivative_from_output(cls, y: sympy.Expr) -> sympy.Expr:
@@ -83,7 +82,6 @@ class relu(Activation):
     """max(x, 0)."""
 
     latex_name = r"\operatorname{relu}"
-    piecewise = True
 
     @classmethod
     def derivative_from_output(cls, y: sympy.Expr) -> sympy.Expr:
@@ -108,9 +106,7 @@ class hard_sigmoid(Activation):
     """clip(x / 5 + 1 / 2, 0, 1), the Keras and ONNX (alpha = 0.2, beta = 0.5) hard sigmoid."""
 
     latex_name = r"\operatorname{hard\_sigmoid}"
-    piecewise = True
     slope = sympy.Rational(1, 5)
-    offset = sympy.Rational(1, 2)
 
     @classmethod
     def derivative_from_output(cls, y: sympy.Expr) -> sympy.Expr:

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .errors import CellgenError
+from .verify import Problem, random_problem
 
 DEFAULT_CELLS = ("lstm", "gru_reset_after")
 DEFAULT_SHAPES = ("T32,B32,I256,H256", "T64,B16,I128,H128", "T100,B1,I32,H32", "T1000,B1,I64,H64")
@@ -127,31 +128,6 @@ class Report:
 
 
 # problems and implementations ---------------------------------------------------------------
-
-
-@dataclass
-class Problem:
-    xs: np.ndarray
-    state0: dict[str, np.ndarray]
-    params: dict[str, np.ndarray]
-    dys: np.ndarray
-
-
-def make_problem(kernel: Any, shape: Shape, dtype: str, seed: int = 0) -> Problem:
-    """Random inputs and weights at the scale of a default-initialised layer."""
-    rng = np.random.default_rng(seed)
-    T, B, I, H = shape.T, shape.B, shape.I, shape.H
-    bound = 1 / math.sqrt(H)
-    params = {
-        name: rng.uniform(-bound, bound, size).astype(dtype)
-        for name, size in kernel.param_shapes(I, H).items()
-    }
-    return Problem(
-        xs=rng.normal(size=(T, B, I)).astype(dtype),
-        state0={s: rng.uniform(-0.5, 0.5, (B, H)).astype(dtype) for s in kernel.states},
-        params=params,
-        dys=rng.normal(size=(T, B, H)).astype(dtype),
-    )
 
 
 class Ours:
@@ -330,7 +306,8 @@ def run(
 def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, settle, codegen):
     """The rows of one (cell, shape, dtype): every implementation and pass, interleaved."""
     reference = codegen.load(cell, "numpy", dtype)
-    p = make_problem(reference, shape, dtype)
+    sizes = {"T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H}
+    p = random_problem(reference, seed=0, sizes=sizes).astype(dtype)
     impls: dict[str, Any] = {}
     for backend in backends:
         impls[backend] = Ours(codegen.load(cell, backend, dtype), p)

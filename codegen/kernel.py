@@ -83,12 +83,18 @@ class Kernel:
     def states(self) -> tuple[str, ...]:
         return self.cell.states
 
-    @property
-    def vector_params(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.cell.params if p.kind == "vector")
-
     def role(self, name: str) -> Role:
         return self.roles[name]
+
+    @property
+    def functions(self) -> set[str]:
+        """The activations and indicators the kernels call, by name."""
+        used: set[str] = set()
+        for step in self.forward + self.backward:
+            if isinstance(step, Block):
+                for a in step.assignments:
+                    used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
+        return used
 
 
 def adjoint_copies(kernel: Kernel) -> dict[str, str]:

@@ -80,10 +80,10 @@ def machine_identity() -> str:
     return "\n".join(parts)
 
 
-def build(c_file: Path, extra_flags: tuple[str, ...] = ()) -> Path:
+def build(c_file: Path) -> Path:
     """The shared library of one generated .c file (with its .h beside it), built once."""
     cc = compiler()
-    flags = (*FLAGS, *tuning_flags(cc), *WARNINGS, *extra_flags)
+    flags = (*FLAGS, *tuning_flags(cc), *WARNINGS)
     source = c_file.read_bytes() + c_file.with_suffix(".h").read_bytes()
     key = hashlib.sha256(
         b"\0".join(

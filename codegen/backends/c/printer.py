@@ -271,11 +271,7 @@ def _step_buffers(kernel: Kernel, steps) -> list[str]:
 
 def context(kernel: Kernel) -> dict:
     cell = kernel.cell
-    used: set[str] = set()
-    for step in kernel.forward + kernel.backward:
-        if isinstance(step, Block):
-            for a in step.assignments:
-                used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
+    used = kernel.functions
     non_output = [s for s in cell.states if s != cell.output]
     series = non_output + list(kernel.saved)  # the layout of `saved`, (T, B, H) each
     saved_set = set(kernel.saved)

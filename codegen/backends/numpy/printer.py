@@ -105,11 +105,7 @@ def context(kernel: Kernel) -> dict:
     cell = kernel.cell
     layout = build_layout(kernel)
     prevs = state_of_prev(kernel)
-    used: set[str] = set()
-    for step in kernel.forward + kernel.backward:
-        if isinstance(step, Block):
-            for a in step.assignments:
-                used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
+    used = kernel.functions
 
     def series(name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
@@ -358,10 +354,6 @@ def _find(steps, name: str) -> sympy.Expr:
 
 def _group(layout: Layout, gemm: Gemm) -> GroupLayout:
     return next(g for g in layout.groups if g.gemm == gemm)
-
-
-def _group_of(layout: Layout, product: str) -> GroupLayout:
-    return next(g for g in layout.groups if product in g.products)
 
 
 def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, body) -> list[str]:
