@@ -19,6 +19,7 @@ import sympy
 
 from .activations import Activation
 from .cell import CellSpec, Equation, prev_name
+from .names import NameRegistry
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,51 @@ class Primitive:
 
 @dataclass(frozen=True)
 class Adjoint:
-    """`d_<target> = expr`: the adjoint of a forward symbol within one step."""
+    """`name = expr`: the adjoint of the forward symbol `target` within one step."""
 
     target: str
+    name: str
     expr: sympy.Expr
 
-    @property
-    def name(self) -> str:
-        return adjoint_name(self.target)
+
+class AdjointNames:
+    """The names of the backward's symbols, made unique against every forward name.
+
+    Looked up by what they are the adjoint of, never built from strings and parsed back:
+    `of(s)` is the adjoint of symbol s (preferably d_s); `incoming(state)` the adjoint of a
+    state's new value arriving from outside the step (the loss at t and step t + 1);
+    `through_products(v)` what an intermediate v receives through the products that multiply it.
+    """
+
+    def __init__(self, cell: CellSpec, forward: tuple[Primitive, ...]) -> None:
+        symbols = [name for name, _ in cell.kinds] + [p.name for p in cell.params]
+        symbols += [p.name for p in forward] + list(cell.states)
+        self._registry = NameRegistry(symbols)
+        self._owner: dict[str, tuple[str, str]] = {}
+        # made in a fixed order, so that generation is deterministic
+        for name in sorted(set(symbols)):
+            self._make("adjoint", name, f"d_{name}")
+        for state in cell.states:
+            self._make("incoming", state, f"d_{state}_in")
+        for operand in sorted({m.operand for m in cell.matmuls}):
+            self._make("products", operand, f"d_{operand}_mm")
+
+    def _make(self, kind: str, symbol: str, base: str) -> None:
+        name = self._registry.make((kind, symbol), base)
+        self._owner[name] = (kind, symbol)
+
+    def of(self, symbol: str) -> str:
+        return self._registry[("adjoint", symbol)]
+
+    def incoming(self, state: str) -> str:
+        return self._registry[("incoming", state)]
+
+    def through_products(self, operand: str) -> str:
+        return self._registry[("products", operand)]
+
+    def owner(self, name: str) -> tuple[str, str] | None:
+        """What a backward name stands for: ("adjoint" | "incoming" | "products", symbol)."""
+        return self._owner.get(name)
 
 
 @dataclass(frozen=True)
@@ -52,30 +90,18 @@ class Derivation:
     forward: tuple[Primitive, ...]
     level: dict[str, int]  # primitive or matmul name -> pointwise stage
     backward: tuple[Adjoint, ...]
+    names: AdjointNames
 
     @property
     def max_level(self) -> int:
         return max(self.level.values(), default=0)
 
 
-def adjoint_name(name: str) -> str:
-    return f"d_{name}"
-
-
-def incoming_name(state: str) -> str:
-    """The adjoint of a state's new value arriving from outside the step (loss, next step)."""
-    return f"d_{state}_in"
-
-
-def gemm_name(operand: str) -> str:
-    """The adjoint an intermediate receives through the matrix products that multiply it."""
-    return f"d_{operand}_mm"
-
-
 def derive(cell: CellSpec) -> Derivation:
     forward = lift(cell)
     level = levels(cell, forward)
-    return Derivation(cell, forward, level, adjoints(cell, forward))
+    names = AdjointNames(cell, forward)
+    return Derivation(cell, forward, level, adjoints(cell, forward, names), names)
 
 
 # pass 1 ------------------------------------------------------------------------------------
@@ -162,15 +188,18 @@ def levels(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, int]:
 
 
 def local_derivative(prim: Primitive, wrt: sympy.Symbol) -> sympy.Expr:
-    """d prim / d wrt, with an activation's derivative written from its saved output."""
+    """d prim / d wrt, with an activation's derivative from its rule (codegen/activations.py),
+    which reads the saved output or, for a few activations, the saved input."""
     if isinstance(prim.expr, Activation):
         (arg,) = prim.expr.args
-        outer = type(prim.expr).derivative_from_output(sympy.Symbol(prim.name))
+        outer = type(prim.expr).derivative(arg, sympy.Symbol(prim.name))
         return outer * sympy.diff(arg, wrt)
     return sympy.diff(prim.expr, wrt)
 
 
-def adjoints(cell: CellSpec, forward: tuple[Primitive, ...]) -> tuple[Adjoint, ...]:
+def adjoints(
+    cell: CellSpec, forward: tuple[Primitive, ...], names: AdjointNames
+) -> tuple[Adjoint, ...]:
     """Reverse-mode adjoints of one step, in evaluation order (last equation first)."""
     contributions: dict[str, list[sympy.Expr]] = {}
     operands = {m.operand for m in cell.matmuls}
@@ -179,14 +208,14 @@ def adjoints(cell: CellSpec, forward: tuple[Primitive, ...]) -> tuple[Adjoint, .
     for prim in reversed(forward):
         terms = list(contributions.pop(prim.name, []))
         if prim.state:
-            terms.insert(0, sympy.Symbol(incoming_name(prim.state)))
+            terms.insert(0, sympy.Symbol(names.incoming(prim.state)))
         if prim.name in operands:
-            terms.insert(0, sympy.Symbol(gemm_name(prim.name)))
+            terms.insert(0, sympy.Symbol(names.through_products(prim.name)))
         total = sympy.Add(*terms)
-        out.append(Adjoint(prim.name, total))
+        out.append(Adjoint(prim.name, names.of(prim.name), total))
         if total == 0:
             continue
-        d = sympy.Symbol(adjoint_name(prim.name))
+        d = sympy.Symbol(names.of(prim.name))
         for sym in sorted(prim.expr.free_symbols, key=lambda s: s.name):
             partial = local_derivative(prim, sym)
             if partial != 0:
@@ -197,6 +226,6 @@ def adjoints(cell: CellSpec, forward: tuple[Primitive, ...]) -> tuple[Adjoint, .
     leaves += [p.name for p in cell.params if p.kind == "vector"]
     leaves += [prev_name(s) for s in cell.states]
     for leaf in leaves:
-        out.append(Adjoint(leaf, sympy.Add(*contributions.pop(leaf, []))))
+        out.append(Adjoint(leaf, names.of(leaf), sympy.Add(*contributions.pop(leaf, []))))
     assert not contributions, f"adjoints left over: {sorted(contributions)}"
     return tuple(out)

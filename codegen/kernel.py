@@ -9,13 +9,15 @@ and templates in backends/ turn this into code; nothing here knows a language.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from enum import Enum
 
 import sympy
 
 from .cell import CellSpec, prev_name
-from .derive import Adjoint, Derivation, adjoint_name, derive, gemm_name, incoming_name
+from .derive import Adjoint, AdjointNames, Derivation, derive
 from .text import equation_text
 
 
@@ -68,8 +70,79 @@ class Gemm:
 
 
 @dataclass(frozen=True)
+class StateRecurrence:
+    """How a state's adjoint crosses the boundary between steps, backwards in time.
+
+    At step t the adjoint of the state's new value, `incoming`, is what was carried from step
+    t + 1 (dL/dfinal at the last step), plus dys[t] when the state is the cell's output; the
+    step computes `prev_adjoint`, the adjoint of the state's previous value, which is carried to
+    step t - 1 and, after step 0, is dL/dstate0. Backends keep two buffers per state and swap.
+    """
+
+    state: str
+    incoming: str
+    prev_adjoint: str
+    from_output: bool
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows of a weight gradient's operand, over all steps: dM += adjoint[rows].T @ operand[rows].
+
+    `source` says where the operand's rows are: the inputs xs (Role.INPUT), the initial state
+    (Role.STATE_PREV: the state's value before step 0), or a sequence the forward kept
+    (Role.STATE or Role.SAVED, `symbol`'s (T, B, H) array). The adjoint's rows start at step
+    `first_step` (a previous state at t >= 1 is the state's sequence at t - 1).
+    """
+
+    rows: sympy.Expr
+    source: Role
+    symbol: str
+    first_step: int
+
+
+@dataclass(frozen=True)
+class WeightGradient:
+    """dM for one matrix: the product adjoints of all steps times the operand, summed."""
+
+    matrix: str
+    product: str
+    adjoint: str  # the buffer holding the product's adjoint at every step
+    size: str  # the operand's length, "I" or "H"
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """Scratch memory a pass needs, in numbers: `kind` says what it holds, for which symbol.
+
+    kinds: "packed" (the matrices of a fused product, side by side), "products" (their results:
+    every step for the input, else one step), "step" (a value one stage hands a later one),
+    "adjoints" (a product's adjoint at every step), "through_products" (an intermediate's
+    adjoint through the products that multiply it, one step), "carried" (a state's adjoint
+    carried between steps; two each, swapped).
+    """
+
+    kind: str
+    symbol: str
+    size: sympy.Expr
+    part: str = ""  # tells apart the two buffers of a carried adjoint
+    doc: str = ""
+
+
+T, B, I, H = sympy.symbols("T B I H", integer=True, positive=True)
+SIZES = {"T": T, "B": B, "I": I, "H": H}
+
+
+@dataclass(frozen=True)
 class Kernel:
-    """One cell's kernels: the per-step forward and backward, and what connects them."""
+    """One cell's kernel plan: every decision that holds for every backend, as data.
+
+    The per-step forward and backward (matrix products and pointwise blocks, each block with the
+    symbols it reads and writes), what the forward saves, how state adjoints recur between steps,
+    which buffer holds each product's adjoint, the weight-gradient products, and the buffers each
+    pass needs with their sizes. Backends print this; none of them decides any of it.
+    """
 
     cell: CellSpec
     derivation: Derivation
@@ -78,10 +151,22 @@ class Kernel:
     backward: tuple[Gemm | Block, ...]  # one step; a Gemm here means its transpose
     saved: tuple[str, ...]  # intermediates and products kept at every step for the backward
     roles: dict[str, Role]
+    series: tuple[str, ...]  # the (T, B, H) sequences in `saved`: non-output states, then saved
+    recurrences: tuple[StateRecurrence, ...]
+    adjoint_buffer: dict[
+        str, str
+    ]  # a product's adjoint -> the product adjoint whose buffer holds it
+    weight_gradients: tuple[WeightGradient, ...]
+    forward_buffers: tuple[Buffer, ...]
+    backward_buffers: tuple[Buffer, ...]
 
     @property
     def states(self) -> tuple[str, ...]:
         return self.cell.states
+
+    @property
+    def names(self) -> AdjointNames:
+        return self.derivation.names
 
     def role(self, name: str) -> Role:
         return self.roles[name]
@@ -96,17 +181,51 @@ class Kernel:
                     used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
         return used
 
+    @property
+    def saved_size(self) -> sympy.Expr:
+        """Numbers the forward keeps for the backward, besides ys."""
+        return len(self.series) * T * B * H
+
+    @property
+    def forward_work_size(self) -> sympy.Expr:
+        """Scratch numbers the forward needs."""
+        return sum((b.size for b in self.forward_buffers), sympy.S.Zero)
+
+    @property
+    def backward_work_size(self) -> sympy.Expr:
+        """Scratch numbers the backward needs."""
+        return sum((b.size for b in self.backward_buffers), sympy.S.Zero)
+
+    def step_values(self, steps: tuple[Gemm | Block, ...]) -> list[str]:
+        """Values one block of a step hands to a later block of the same step."""
+        return [
+            name
+            for step in steps
+            if isinstance(step, Block)
+            for name in step.writes
+            if self.role(name) in (Role.TEMP, Role.ADJ)
+        ]
+
+    @property
+    def adjoint_buffers(self) -> list[str]:
+        """The product adjoints that own a buffer, in order."""
+        return list(dict.fromkeys(self.adjoint_buffer.values()))
+
 
 def adjoint_copies(kernel: Kernel) -> dict[str, str]:
     """Product adjoints that are plain copies of another value: `d_W_f_x = d_f_pre` gives
     {"d_W_f_x": "d_f_pre"}. Products whose adjoints copy the same value can share one buffer
     (the LSTM's W_f x and U_f h_prev both receive d_f_pre)."""
+    return _adjoint_copies(kernel.backward, kernel.roles)
+
+
+def _adjoint_copies(backward, roles: dict[str, Role]) -> dict[str, str]:
     out = {}
-    for step in kernel.backward:
+    for step in backward:
         if isinstance(step, Block):
             for a in step.assignments:
                 copy = isinstance(a.expr, sympy.Symbol)
-                if copy and kernel.roles.get(a.name) is Role.ADJ_PRODUCT:
+                if copy and roles.get(a.name) is Role.ADJ_PRODUCT:
                     out[a.name] = a.expr.name
     return out
 
@@ -127,10 +246,116 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     for level in reversed(range(d.max_level + 1)):
         backward.append(backward_blocks[level])
         backward += [g for g in gemms if g.level == level]
-    forward = [_cse(s, roles) if isinstance(s, Block) else s for s in forward]
-    backward = [_cse(s, roles) if isinstance(s, Block) else s for s in backward]
-    steps = _with_reads_and_writes(forward, roles), _with_reads_and_writes(backward, roles)
-    return Kernel(cell, d, tuple(gemms), steps[0], steps[1], saved, roles)
+    taken = set(roles) | {name for name, _ in cell.kinds}
+    forward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in forward]
+    backward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in backward]
+    forward = _with_reads_and_writes(forward, roles)
+    backward = _with_reads_and_writes(backward, roles)
+    adjoint_buffer = _adjoint_buffers(gemms, d.names, _adjoint_copies(backward, roles))
+    plan = Kernel(
+        cell, d, tuple(gemms), forward, backward, saved, roles,
+        series=tuple(s for s in cell.states if s != cell.output) + saved,
+        recurrences=tuple(
+            StateRecurrence(s, d.names.incoming(s), d.names.of(prev_name(s)), s == cell.output)
+            for s in cell.states
+        ),
+        adjoint_buffer=adjoint_buffer,
+        weight_gradients=_weight_gradients(cell, gemms, d.names, adjoint_buffer, saved),
+        forward_buffers=(), backward_buffers=(),
+    )  # fmt: skip
+    return dataclasses.replace(
+        plan, forward_buffers=_forward_buffers(plan), backward_buffers=_backward_buffers(plan)
+    )
+
+
+def _adjoint_buffers(
+    gemms: list[Gemm], names: AdjointNames, copies: dict[str, str]
+) -> dict[str, str]:
+    """Where each product's adjoint lives: adjoints that copy one value share one buffer."""
+    first: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for g in gemms:
+        for p in g.products:
+            d = names.of(p)
+            source = copies.get(d)
+            if source is not None and source in first:
+                owner[d] = first[source]
+            else:
+                owner[d] = d
+                if source is not None:
+                    first[source] = d
+    return owner
+
+
+def _weight_gradients(
+    cell: CellSpec,
+    gemms: list[Gemm],
+    names: AdjointNames,
+    adjoint_buffer: dict[str, str],
+    saved: tuple[str, ...],
+) -> tuple[WeightGradient, ...]:
+    """One product over all steps per matrix; a previous state splits into step 0 and the rest."""
+    state_of_prev = {prev_name(s): s for s in cell.states}
+    out = []
+    for g in gemms:
+        if g.operand_role is Role.INPUT:
+            segments = (Segment(T * B, Role.INPUT, g.operand, 0),)
+        elif g.operand_role is Role.STATE_PREV:
+            state = state_of_prev[g.operand]
+            segments = (
+                Segment(B, Role.STATE_PREV, state, 0),
+                Segment((T - 1) * B, Role.STATE, state, 1),
+            )
+        else:
+            role = Role.STATE if g.operand in cell.states else Role.SAVED
+            assert g.operand in saved or role is Role.STATE, g.operand
+            segments = (Segment(T * B, role, g.operand, 0),)
+        for m, p in zip(g.matrices, g.products, strict=True):
+            size = "I" if g.hoisted else "H"
+            out.append(WeightGradient(m, p, adjoint_buffer[names.of(p)], size, segments))
+    return tuple(out)
+
+
+def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
+    out = []
+    for g in plan.gemms:
+        G, K = len(g.products), "I" if g.hoisted else "H"
+        doc = f"{', '.join(g.matrices)} transposed side by side, ({K}, {G} H)"
+        out.append(Buffer("packed", g.operand, (I if g.hoisted else H) * G * H, doc=doc))
+    for g in plan.gemms:
+        G, products = len(g.products), ", ".join(g.products)
+        doc = (
+            f"{products} at every step, (T, B, {G} H)"
+            if g.hoisted
+            else (f"{products} of one step, (B, {G} H)")
+        )
+        out.append(Buffer("products", g.operand, (T * B if g.hoisted else B) * G * H, doc=doc))
+    out += [
+        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        for v in plan.step_values(plan.forward)
+    ]
+    return tuple(out)
+
+
+def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
+    out = [
+        Buffer("adjoints", d, T * B * H, doc=f"{d} at every step, (T, B, H)")
+        for d in plan.adjoint_buffers
+    ]
+    for g in plan.gemms:
+        if g.operand_role is Role.SAVED:
+            d = plan.names.through_products(g.operand)
+            doc = f"the adjoint of {g.operand} through its products, one step"
+            out.append(Buffer("through_products", d, B * H, doc=doc))
+    out += [
+        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        for v in plan.step_values(plan.backward)
+    ]
+    for r in plan.recurrences:
+        for part in "ab":
+            doc = f"the adjoint of {r.state} carried from step to step ({part})"
+            out.append(Buffer("carried", r.state, B * H, part, doc))
+    return tuple(out)
 
 
 def _group_products(cell: CellSpec, d: Derivation) -> list[Gemm]:
@@ -166,25 +391,26 @@ def _saved(cell: CellSpec, d: Derivation, gemms: list[Gemm]) -> tuple[str, ...]:
 
 
 def _roles(cell: CellSpec, d: Derivation, saved: tuple[str, ...]) -> dict[str, Role]:
+    adjoint = d.names.of
     roles: dict[str, Role] = {cell.input: Role.INPUT}
     for p in cell.params:
         if p.kind == "vector":
             roles[p.name] = Role.PARAM
-            roles[adjoint_name(p.name)] = Role.ADJ_PARAM
+            roles[adjoint(p.name)] = Role.ADJ_PARAM
     for s in cell.states:
         roles[s] = Role.STATE
         roles[prev_name(s)] = Role.STATE_PREV
-        roles[incoming_name(s)] = Role.ADJ_IN
-        roles[adjoint_name(s)] = Role.ADJ
-        roles[adjoint_name(prev_name(s))] = Role.ADJ_STATE_PREV
+        roles[d.names.incoming(s)] = Role.ADJ_IN
+        roles[adjoint(s)] = Role.ADJ
+        roles[adjoint(prev_name(s))] = Role.ADJ_STATE_PREV
     for m in cell.matmuls:
         roles[m.name] = Role.PRODUCT
-        roles[adjoint_name(m.name)] = Role.ADJ_PRODUCT
-        roles[gemm_name(m.operand)] = Role.ADJ_MM
+        roles[adjoint(m.name)] = Role.ADJ_PRODUCT
+        roles[d.names.through_products(m.operand)] = Role.ADJ_MM
     for p in d.forward:
         if p.state is None:
             roles[p.name] = Role.SAVED if p.name in saved else Role.TEMP
-            roles[adjoint_name(p.name)] = Role.ADJ
+            roles[adjoint(p.name)] = Role.ADJ
     return roles
 
 
@@ -221,13 +447,12 @@ def _backward_blocks(cell: CellSpec, d: Derivation) -> dict[int, Block]:
     return {lv: Block(lv, tuple(a), (), ()) for lv, a in per_level.items()}
 
 
-def _cse(block: Block, roles: dict[str, Role]) -> Block:
+def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
     """Common subexpressions of a block as `cse<k>` temporaries, each placed before first use."""
     prefix = f"cse{block.level}_" if block.level else "cse"
     exprs = [a.expr for a in block.assignments]
-    replacements, reduced = sympy.cse(
-        exprs, symbols=sympy.numbered_symbols(prefix), optimizations=None, order="none"
-    )
+    fresh = (sympy.Symbol(f"{prefix}{k}") for k in itertools.count() if f"{prefix}{k}" not in taken)
+    replacements, reduced = sympy.cse(exprs, symbols=fresh, optimizations=None, order="none")
     if not replacements:
         return block
     # a temporary goes right before the first assignment that needs it, directly or not

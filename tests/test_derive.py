@@ -121,9 +121,12 @@ def test_cse_names_each_repeated_subexpression_once_before_its_first_use():
         (),
     )
     roles: dict = {}
-    out = _cse(block, roles)
+    out = _cse(block, roles, taken=set())
     names = [x.name for x in out.assignments]
     assert names == ["cse0", "p", "q", "cse1", "r"]
+    # a name the cell already uses is never given to a temporary
+    again = _cse(block, {}, taken={"cse0", "cse2"})
+    assert [x.name for x in again.assignments] == ["cse1", "p", "q", "cse3", "r"]
     values = {x.name: x.expr for x in out.assignments}
     assert values["cse0"] == 1 - b and values["cse1"] == a + c
     assert out.assignments[0].comment == "first"  # the equation's comment leads its block

@@ -222,7 +222,10 @@ MORE = {
         "from codegen.activations import softmax\n" + GATE + UPDATE,
         "import softmax",
         None,
-        ["unsupported function softmax()", "hard_sigmoid, relu, sigmoid, softsign, tanh"],
+        [
+            "unsupported function softmax()",
+            "hard_sigmoid, relu, sigmoid, silu, softplus, softsign, tanh",
+        ],
     ),
     "matrix_times_vector": (
         'f = cell.eq(\n    "f",\n    sigmoid(W_f * x + U_f @ h_prev + b_f),\n)\n' + UPDATE,

@@ -381,13 +381,24 @@ def test_backward_twice_gives_the_same_bits_and_touches_no_input(cell, backend):
     inputs = [xs, *state0.values(), *params.values(), dys, *dfinal.values()]
     before = [a.copy() for a in inputs]
     _, _, cache = kernel.forward(xs, state0, params)
-    cached = {k: v.copy() for k, v in cache.items() if isinstance(v, np.ndarray)}
+    cached = {k: v.copy() for k, v in _flat(cache).items()}
     first = kernel.backward(dys, cache, dfinal)
     second = kernel.backward(dys, cache, dfinal)
     flat = [first[0], *first[1].values(), *first[2].values()]
     again = [second[0], *second[1].values(), *second[2].values()]
     assert all(a.tobytes() == b.tobytes() for a, b in zip(flat, again, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(inputs, before, strict=True))
-    assert all(np.array_equal(cache[k], v) for k, v in cached.items())
+    assert cached and all(np.array_equal(_flat(cache)[k], v) for k, v in cached.items())
     # and the results are not views into one another or into the cache
     assert all(not np.shares_memory(a, b) for a in flat for b in again)
+
+
+def _flat(cache: dict, prefix: str = "") -> dict:
+    """The arrays of a cache by path, however it nests them in dicts."""
+    out = {}
+    for key, value in cache.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        elif isinstance(value, np.ndarray):
+            out[prefix + key] = value
+    return out

@@ -234,7 +234,7 @@ def missing_factor_kernels(tmp_path_factory):
     shutil.copy(builtin_equations_dir() / "lstm.py", tmp / "lstm.py")
     patch = pytest.MonkeyPatch()
     patch.setenv("CELLGEN_CACHE_DIR", str(tmp / "cache"))
-    patch.setattr(activations.sigmoid, "derivative_from_output", classmethod(lambda cls, y: y))
+    patch.setattr(activations.sigmoid, "derivative", classmethod(lambda cls, x, y: y))
     try:
         kernels = {b: codegen.load(tmp / "lstm.py", b) for b in ("numpy", "c")}
     finally:

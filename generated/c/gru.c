@@ -18,15 +18,15 @@
 
 size_t cellgen_gru_saved_size(size_t T, size_t B, size_t H)
 {
+    (void)T, (void)B, (void)H;
     return 4 * T * B * H;
 }
 
 size_t cellgen_gru_work_size(size_t T, size_t B, size_t I, size_t H)
 {
-    const size_t BH = B * H;
-    const size_t forward = (3 * I + 2 * H + 1 * H) * H + (3 * H) * T * BH + (2 * H + H) * BH;
-    const size_t backward = 3 * T * BH + 5 * BH;
-    (void)I;
+    const size_t forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
+    const size_t backward = 5 * B * H + 3 * T * B * H;
+    (void)T, (void)B, (void)I, (void)H;
     return forward > backward ? forward : backward;
 }
 
@@ -232,23 +232,17 @@ void cellgen_gru_forward_f64(
 {
     const size_t BH = B * H;
     double *next = work;
-    /* W_z, W_r, W_h transposed side by side, (I, 3 * H) */
-    double *const x_MT = next;
-    next += I * 3 * H;
-    /* U_z, U_r transposed side by side, (H, 2 * H) */
-    double *const h_prev_MT = next;
-    next += H * 2 * H;
-    /* U_h transposed side by side, (H, H) */
-    double *const h_prev_r_MT = next;
+    double *const x_MT = next; /* W_z, W_r, W_h transposed side by side, (I, 3 H) */
+    next += 3 * I * H;
+    double *const h_prev_MT = next; /* U_z, U_r transposed side by side, (H, 2 H) */
+    next += 2 * H * H;
+    double *const h_prev_r_MT = next; /* U_h transposed side by side, (H, 1 H) */
     next += H * H;
-    /* W_z_x, W_r_x, W_h_x at every step, (T, B, 3 * H) */
-    double *const x_products = next;
-    next += T * B * 3 * H;
-    /* U_z_h_prev, U_r_h_prev of one step, (B, 2 * H) */
-    double *const h_prev_products = next;
-    next += B * 2 * H;
-    /* U_h_h_prev_r of one step, (B, H) */
-    double *const h_prev_r_products = next;
+    double *const x_products = next; /* W_z_x, W_r_x, W_h_x at every step, (T, B, 3 H) */
+    next += 3 * T * B * H;
+    double *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev of one step, (B, 2 H) */
+    next += 2 * B * H;
+    double *const h_prev_r_products = next; /* U_h_h_prev_r of one step, (B, 1 H) */
     next += B * H;
     transpose_f64(H, I, W_z, x_MT + 0 * H, 3 * H);
     transpose_f64(H, I, W_r, x_MT + 1 * H, 3 * H);
@@ -334,22 +328,22 @@ void cellgen_gru_backward_f64(
     (void)b_z; /* does not enter the backward */
     (void)b_r; /* does not enter the backward */
     (void)b_h; /* does not enter the backward */
-    double *const d_W_z_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_r_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_h_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_h_prev_r_mm = next;
-    next += BH;
-    double *const d_h_step = next;
-    next += BH;
-    double *const d_h_hat_pre_step = next;
-    next += BH;
-    double *const d_h_next_a = next;
-    next += BH;
-    double *const d_h_next_b = next;
-    next += BH;
+    double *const d_W_z_x_all = next; /* d_W_z_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_r_x_all = next; /* d_W_r_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_h_x_all = next; /* d_W_h_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_h_prev_r_mm = next; /* the adjoint of h_prev_r through its products, one step */
+    next += B * H;
+    double *const d_h_step = next; /* d_h of one step, for a later stage */
+    next += B * H;
+    double *const d_h_hat_pre_step = next; /* d_h_hat_pre of one step, for a later stage */
+    next += B * H;
+    double *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    double *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     double *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f64(BH, d_h_final, d_h_next);
@@ -625,23 +619,17 @@ void cellgen_gru_forward_f32(
 {
     const size_t BH = B * H;
     float *next = work;
-    /* W_z, W_r, W_h transposed side by side, (I, 3 * H) */
-    float *const x_MT = next;
-    next += I * 3 * H;
-    /* U_z, U_r transposed side by side, (H, 2 * H) */
-    float *const h_prev_MT = next;
-    next += H * 2 * H;
-    /* U_h transposed side by side, (H, H) */
-    float *const h_prev_r_MT = next;
+    float *const x_MT = next; /* W_z, W_r, W_h transposed side by side, (I, 3 H) */
+    next += 3 * I * H;
+    float *const h_prev_MT = next; /* U_z, U_r transposed side by side, (H, 2 H) */
+    next += 2 * H * H;
+    float *const h_prev_r_MT = next; /* U_h transposed side by side, (H, 1 H) */
     next += H * H;
-    /* W_z_x, W_r_x, W_h_x at every step, (T, B, 3 * H) */
-    float *const x_products = next;
-    next += T * B * 3 * H;
-    /* U_z_h_prev, U_r_h_prev of one step, (B, 2 * H) */
-    float *const h_prev_products = next;
-    next += B * 2 * H;
-    /* U_h_h_prev_r of one step, (B, H) */
-    float *const h_prev_r_products = next;
+    float *const x_products = next; /* W_z_x, W_r_x, W_h_x at every step, (T, B, 3 H) */
+    next += 3 * T * B * H;
+    float *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev of one step, (B, 2 H) */
+    next += 2 * B * H;
+    float *const h_prev_r_products = next; /* U_h_h_prev_r of one step, (B, 1 H) */
     next += B * H;
     transpose_f32(H, I, W_z, x_MT + 0 * H, 3 * H);
     transpose_f32(H, I, W_r, x_MT + 1 * H, 3 * H);
@@ -726,22 +714,22 @@ void cellgen_gru_backward_f32(
     (void)b_z; /* does not enter the backward */
     (void)b_r; /* does not enter the backward */
     (void)b_h; /* does not enter the backward */
-    float *const d_W_z_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_r_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_h_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_h_prev_r_mm = next;
-    next += BH;
-    float *const d_h_step = next;
-    next += BH;
-    float *const d_h_hat_pre_step = next;
-    next += BH;
-    float *const d_h_next_a = next;
-    next += BH;
-    float *const d_h_next_b = next;
-    next += BH;
+    float *const d_W_z_x_all = next; /* d_W_z_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_r_x_all = next; /* d_W_r_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_h_x_all = next; /* d_W_h_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_h_prev_r_mm = next; /* the adjoint of h_prev_r through its products, one step */
+    next += B * H;
+    float *const d_h_step = next; /* d_h of one step, for a later stage */
+    next += B * H;
+    float *const d_h_hat_pre_step = next; /* d_h_hat_pre of one step, for a later stage */
+    next += B * H;
+    float *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    float *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     float *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f32(BH, d_h_final, d_h_next);

@@ -18,15 +18,15 @@
 
 size_t cellgen_gru_reset_after_saved_size(size_t T, size_t B, size_t H)
 {
+    (void)T, (void)B, (void)H;
     return 4 * T * B * H;
 }
 
 size_t cellgen_gru_reset_after_work_size(size_t T, size_t B, size_t I, size_t H)
 {
-    const size_t BH = B * H;
-    const size_t forward = (3 * I + 3 * H) * H + (3 * H) * T * BH + (3 * H) * BH;
-    const size_t backward = 4 * T * BH + 2 * BH;
-    (void)I;
+    const size_t forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
+    const size_t backward = 2 * B * H + 4 * T * B * H;
+    (void)T, (void)B, (void)I, (void)H;
     return forward > backward ? forward : backward;
 }
 
@@ -232,18 +232,14 @@ void cellgen_gru_reset_after_forward_f64(
 {
     const size_t BH = B * H;
     double *next = work;
-    /* W_r, W_z, W_n transposed side by side, (I, 3 * H) */
-    double *const x_MT = next;
-    next += I * 3 * H;
-    /* U_r, U_z, U_n transposed side by side, (H, 3 * H) */
-    double *const h_prev_MT = next;
-    next += H * 3 * H;
-    /* W_r_x, W_z_x, W_n_x at every step, (T, B, 3 * H) */
-    double *const x_products = next;
-    next += T * B * 3 * H;
-    /* U_r_h_prev, U_z_h_prev, U_n_h_prev of one step, (B, 3 * H) */
-    double *const h_prev_products = next;
-    next += B * 3 * H;
+    double *const x_MT = next; /* W_r, W_z, W_n transposed side by side, (I, 3 H) */
+    next += 3 * I * H;
+    double *const h_prev_MT = next; /* U_r, U_z, U_n transposed side by side, (H, 3 H) */
+    next += 3 * H * H;
+    double *const x_products = next; /* W_r_x, W_z_x, W_n_x at every step, (T, B, 3 H) */
+    next += 3 * T * B * H;
+    double *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev of one step, (B, 3 H) */
+    next += 3 * B * H;
     transpose_f64(H, I, W_r, x_MT + 0 * H, 3 * H);
     transpose_f64(H, I, W_z, x_MT + 1 * H, 3 * H);
     transpose_f64(H, I, W_n, x_MT + 2 * H, 3 * H);
@@ -258,7 +254,7 @@ void cellgen_gru_reset_after_forward_f64(
         double *const h_t = ys + t * BH;
         double *const r_t = saved + 0 * T * BH + t * BH;
         double *const z_t = saved + 1 * T * BH + t * BH;
-        double *const n__t = saved + 2 * T * BH + t * BH;
+        double *const n2_t = saved + 2 * T * BH + t * BH;
         double *const U_n_h_prev_t = saved + 3 * T * BH + t * BH;
         const double *const W_r_x = x_products + t * B * 3 * H + 0 * H;
         const double *const W_z_x = x_products + t * B * 3 * H + 1 * H;
@@ -280,12 +276,12 @@ void cellgen_gru_reset_after_forward_f64(
                 const double z = sigmoid_f64(z_pre);
                 /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
                 const double n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
-                const double n_ = tanh_f64(n_pre);
+                const double n2 = tanh_f64(n_pre);
                 /* h = z * h_prev + n * (1 - z)  (hidden state) */
-                const double h = h_prev[n] * z + n_ * (1.0 - z);
+                const double h = h_prev[n] * z + n2 * (1.0 - z);
                 r_t[n] = r;
                 z_t[n] = z;
-                n__t[n] = n_;
+                n2_t[n] = n2;
                 h_t[n] = h;
                 U_n_h_prev_t[n] = U_n_h_prev[n3];
             }
@@ -317,18 +313,18 @@ void cellgen_gru_reset_after_backward_f64(
     (void)b_r; /* does not enter the backward */
     (void)b_z; /* does not enter the backward */
     (void)b_in; /* does not enter the backward */
-    double *const d_W_r_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_z_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_n_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_U_n_h_prev_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_h_next_a = next;
-    next += BH;
-    double *const d_h_next_b = next;
-    next += BH;
+    double *const d_W_r_x_all = next; /* d_W_r_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_z_x_all = next; /* d_W_z_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_n_x_all = next; /* d_W_n_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_U_n_h_prev_all = next; /* d_U_n_h_prev at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    double *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     double *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f64(BH, d_h_final, d_h_next);
@@ -351,7 +347,7 @@ void cellgen_gru_reset_after_backward_f64(
         double *const d_h_prev = t > 0 ? (d_h_next == d_h_next_a ? d_h_next_b : d_h_next_a) : d_h0;
         const double *const r_t = saved + 0 * T * BH + t * BH;
         const double *const z_t = saved + 1 * T * BH + t * BH;
-        const double *const n__t = saved + 2 * T * BH + t * BH;
+        const double *const n2_t = saved + 2 * T * BH + t * BH;
         const double *const U_n_h_prev_t = saved + 3 * T * BH + t * BH;
         double *const d_W_r_x = d_W_r_x_all + t * BH;
         double *const d_W_z_x = d_W_z_x_all + t * BH;
@@ -366,9 +362,9 @@ void cellgen_gru_reset_after_backward_f64(
                 /* adjoint of n (candidate) */
                 const double cse0 = 1.0 - z_t[n];
                 const double d_n = cse0 * d_h;
-                const double d_n_pre = d_n * (1.0 - n__t[n] * n__t[n]);
+                const double d_n_pre = d_n * (1.0 - n2_t[n] * n2_t[n]);
                 /* adjoint of z (update gate) */
-                const double d_z = d_h * (h_prev[n] - n__t[n]);
+                const double d_z = d_h * (h_prev[n] - n2_t[n]);
                 const double d_z_pre = cse0 * d_z * z_t[n];
                 /* adjoint of r (reset gate) */
                 const double d_r = d_n_pre * (U_n_h_prev_t[n] + b_hn[j]);
@@ -602,18 +598,14 @@ void cellgen_gru_reset_after_forward_f32(
 {
     const size_t BH = B * H;
     float *next = work;
-    /* W_r, W_z, W_n transposed side by side, (I, 3 * H) */
-    float *const x_MT = next;
-    next += I * 3 * H;
-    /* U_r, U_z, U_n transposed side by side, (H, 3 * H) */
-    float *const h_prev_MT = next;
-    next += H * 3 * H;
-    /* W_r_x, W_z_x, W_n_x at every step, (T, B, 3 * H) */
-    float *const x_products = next;
-    next += T * B * 3 * H;
-    /* U_r_h_prev, U_z_h_prev, U_n_h_prev of one step, (B, 3 * H) */
-    float *const h_prev_products = next;
-    next += B * 3 * H;
+    float *const x_MT = next; /* W_r, W_z, W_n transposed side by side, (I, 3 H) */
+    next += 3 * I * H;
+    float *const h_prev_MT = next; /* U_r, U_z, U_n transposed side by side, (H, 3 H) */
+    next += 3 * H * H;
+    float *const x_products = next; /* W_r_x, W_z_x, W_n_x at every step, (T, B, 3 H) */
+    next += 3 * T * B * H;
+    float *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev of one step, (B, 3 H) */
+    next += 3 * B * H;
     transpose_f32(H, I, W_r, x_MT + 0 * H, 3 * H);
     transpose_f32(H, I, W_z, x_MT + 1 * H, 3 * H);
     transpose_f32(H, I, W_n, x_MT + 2 * H, 3 * H);
@@ -628,7 +620,7 @@ void cellgen_gru_reset_after_forward_f32(
         float *const h_t = ys + t * BH;
         float *const r_t = saved + 0 * T * BH + t * BH;
         float *const z_t = saved + 1 * T * BH + t * BH;
-        float *const n__t = saved + 2 * T * BH + t * BH;
+        float *const n2_t = saved + 2 * T * BH + t * BH;
         float *const U_n_h_prev_t = saved + 3 * T * BH + t * BH;
         const float *const W_r_x = x_products + t * B * 3 * H + 0 * H;
         const float *const W_z_x = x_products + t * B * 3 * H + 1 * H;
@@ -650,12 +642,12 @@ void cellgen_gru_reset_after_forward_f32(
                 const float z = sigmoid_f32(z_pre);
                 /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
                 const float n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
-                const float n_ = tanh_f32(n_pre);
+                const float n2 = tanh_f32(n_pre);
                 /* h = z * h_prev + n * (1 - z)  (hidden state) */
-                const float h = h_prev[n] * z + n_ * (1.0F - z);
+                const float h = h_prev[n] * z + n2 * (1.0F - z);
                 r_t[n] = r;
                 z_t[n] = z;
-                n__t[n] = n_;
+                n2_t[n] = n2;
                 h_t[n] = h;
                 U_n_h_prev_t[n] = U_n_h_prev[n3];
             }
@@ -686,18 +678,18 @@ void cellgen_gru_reset_after_backward_f32(
     (void)b_r; /* does not enter the backward */
     (void)b_z; /* does not enter the backward */
     (void)b_in; /* does not enter the backward */
-    float *const d_W_r_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_z_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_n_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_U_n_h_prev_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_h_next_a = next;
-    next += BH;
-    float *const d_h_next_b = next;
-    next += BH;
+    float *const d_W_r_x_all = next; /* d_W_r_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_z_x_all = next; /* d_W_z_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_n_x_all = next; /* d_W_n_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_U_n_h_prev_all = next; /* d_U_n_h_prev at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    float *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     float *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f32(BH, d_h_final, d_h_next);
@@ -720,7 +712,7 @@ void cellgen_gru_reset_after_backward_f32(
         float *const d_h_prev = t > 0 ? (d_h_next == d_h_next_a ? d_h_next_b : d_h_next_a) : d_h0;
         const float *const r_t = saved + 0 * T * BH + t * BH;
         const float *const z_t = saved + 1 * T * BH + t * BH;
-        const float *const n__t = saved + 2 * T * BH + t * BH;
+        const float *const n2_t = saved + 2 * T * BH + t * BH;
         const float *const U_n_h_prev_t = saved + 3 * T * BH + t * BH;
         float *const d_W_r_x = d_W_r_x_all + t * BH;
         float *const d_W_z_x = d_W_z_x_all + t * BH;
@@ -735,9 +727,9 @@ void cellgen_gru_reset_after_backward_f32(
                 /* adjoint of n (candidate) */
                 const float cse0 = 1.0F - z_t[n];
                 const float d_n = cse0 * d_h;
-                const float d_n_pre = d_n * (1.0F - n__t[n] * n__t[n]);
+                const float d_n_pre = d_n * (1.0F - n2_t[n] * n2_t[n]);
                 /* adjoint of z (update gate) */
-                const float d_z = d_h * (h_prev[n] - n__t[n]);
+                const float d_z = d_h * (h_prev[n] - n2_t[n]);
                 const float d_z_pre = cse0 * d_z * z_t[n];
                 /* adjoint of r (reset gate) */
                 const float d_r = d_n_pre * (U_n_h_prev_t[n] + b_hn[j]);

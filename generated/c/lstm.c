@@ -18,15 +18,15 @@
 
 size_t cellgen_lstm_saved_size(size_t T, size_t B, size_t H)
 {
+    (void)T, (void)B, (void)H;
     return 6 * T * B * H;
 }
 
 size_t cellgen_lstm_work_size(size_t T, size_t B, size_t I, size_t H)
 {
-    const size_t BH = B * H;
-    const size_t forward = (4 * I + 4 * H) * H + (4 * H) * T * BH + (4 * H) * BH;
-    const size_t backward = 4 * T * BH + 4 * BH;
-    (void)I;
+    const size_t forward = 4 * H * H + 4 * B * H + 4 * I * H + 4 * T * B * H;
+    const size_t backward = 4 * B * H + 4 * T * B * H;
+    (void)T, (void)B, (void)I, (void)H;
     return forward > backward ? forward : backward;
 }
 
@@ -232,18 +232,14 @@ void cellgen_lstm_forward_f64(
 {
     const size_t BH = B * H;
     double *next = work;
-    /* W_f, W_i, W_c, W_o transposed side by side, (I, 4 * H) */
-    double *const x_MT = next;
-    next += I * 4 * H;
-    /* U_f, U_i, U_c, U_o transposed side by side, (H, 4 * H) */
-    double *const h_prev_MT = next;
-    next += H * 4 * H;
-    /* W_f_x, W_i_x, W_c_x, W_o_x at every step, (T, B, 4 * H) */
-    double *const x_products = next;
-    next += T * B * 4 * H;
-    /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev of one step, (B, 4 * H) */
-    double *const h_prev_products = next;
-    next += B * 4 * H;
+    double *const x_MT = next; /* W_f, W_i, W_c, W_o transposed side by side, (I, 4 H) */
+    next += 4 * I * H;
+    double *const h_prev_MT = next; /* U_f, U_i, U_c, U_o transposed side by side, (H, 4 H) */
+    next += 4 * H * H;
+    double *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x at every step, (T, B, 4 H) */
+    next += 4 * T * B * H;
+    double *const h_prev_products = next; /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev of one step, (B, 4 H) */
+    next += 4 * B * H;
     transpose_f64(H, I, W_f, x_MT + 0 * H, 4 * H);
     transpose_f64(H, I, W_i, x_MT + 1 * H, 4 * H);
     transpose_f64(H, I, W_c, x_MT + 2 * H, 4 * H);
@@ -336,28 +332,28 @@ void cellgen_lstm_backward_f64(
     (void)b_i; /* does not enter the backward */
     (void)b_c; /* does not enter the backward */
     (void)b_o; /* does not enter the backward */
-    double *const d_W_f_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_i_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_c_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_o_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_h_next_a = next;
-    next += BH;
-    double *const d_h_next_b = next;
-    next += BH;
+    double *const d_W_f_x_all = next; /* d_W_f_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_i_x_all = next; /* d_W_i_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_c_x_all = next; /* d_W_c_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_o_x_all = next; /* d_W_o_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    double *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
+    double *const d_c_next_a = next; /* the adjoint of c carried from step to step (a) */
+    next += B * H;
+    double *const d_c_next_b = next; /* the adjoint of c carried from step to step (b) */
+    next += B * H;
     double *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f64(BH, d_h_final, d_h_next);
     } else {
         fill_f64(BH, 0.0, d_h_next);
     }
-    double *const d_c_next_a = next;
-    next += BH;
-    double *const d_c_next_b = next;
-    next += BH;
     double *d_c_next = d_c_next_a;
     if (d_c_final) {
         copy_f64(BH, d_c_final, d_c_next);
@@ -649,18 +645,14 @@ void cellgen_lstm_forward_f32(
 {
     const size_t BH = B * H;
     float *next = work;
-    /* W_f, W_i, W_c, W_o transposed side by side, (I, 4 * H) */
-    float *const x_MT = next;
-    next += I * 4 * H;
-    /* U_f, U_i, U_c, U_o transposed side by side, (H, 4 * H) */
-    float *const h_prev_MT = next;
-    next += H * 4 * H;
-    /* W_f_x, W_i_x, W_c_x, W_o_x at every step, (T, B, 4 * H) */
-    float *const x_products = next;
-    next += T * B * 4 * H;
-    /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev of one step, (B, 4 * H) */
-    float *const h_prev_products = next;
-    next += B * 4 * H;
+    float *const x_MT = next; /* W_f, W_i, W_c, W_o transposed side by side, (I, 4 H) */
+    next += 4 * I * H;
+    float *const h_prev_MT = next; /* U_f, U_i, U_c, U_o transposed side by side, (H, 4 H) */
+    next += 4 * H * H;
+    float *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x at every step, (T, B, 4 H) */
+    next += 4 * T * B * H;
+    float *const h_prev_products = next; /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev of one step, (B, 4 H) */
+    next += 4 * B * H;
     transpose_f32(H, I, W_f, x_MT + 0 * H, 4 * H);
     transpose_f32(H, I, W_i, x_MT + 1 * H, 4 * H);
     transpose_f32(H, I, W_c, x_MT + 2 * H, 4 * H);
@@ -753,28 +745,28 @@ void cellgen_lstm_backward_f32(
     (void)b_i; /* does not enter the backward */
     (void)b_c; /* does not enter the backward */
     (void)b_o; /* does not enter the backward */
-    float *const d_W_f_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_i_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_c_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_o_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_h_next_a = next;
-    next += BH;
-    float *const d_h_next_b = next;
-    next += BH;
+    float *const d_W_f_x_all = next; /* d_W_f_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_i_x_all = next; /* d_W_i_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_c_x_all = next; /* d_W_c_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_o_x_all = next; /* d_W_o_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    float *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
+    float *const d_c_next_a = next; /* the adjoint of c carried from step to step (a) */
+    next += B * H;
+    float *const d_c_next_b = next; /* the adjoint of c carried from step to step (b) */
+    next += B * H;
     float *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f32(BH, d_h_final, d_h_next);
     } else {
         fill_f32(BH, 0.0F, d_h_next);
     }
-    float *const d_c_next_a = next;
-    next += BH;
-    float *const d_c_next_b = next;
-    next += BH;
     float *d_c_next = d_c_next_a;
     if (d_c_final) {
         copy_f32(BH, d_c_final, d_c_next);

@@ -18,15 +18,15 @@
 
 size_t cellgen_mgu_saved_size(size_t T, size_t B, size_t H)
 {
+    (void)T, (void)B, (void)H;
     return 3 * T * B * H;
 }
 
 size_t cellgen_mgu_work_size(size_t T, size_t B, size_t I, size_t H)
 {
-    const size_t BH = B * H;
-    const size_t forward = (2 * I + 1 * H + 1 * H) * H + (2 * H) * T * BH + (H + H) * BH;
-    const size_t backward = 2 * T * BH + 5 * BH;
-    (void)I;
+    const size_t forward = 2 * H * H + 2 * B * H + 2 * I * H + 2 * T * B * H;
+    const size_t backward = 5 * B * H + 2 * T * B * H;
+    (void)T, (void)B, (void)I, (void)H;
     return forward > backward ? forward : backward;
 }
 
@@ -231,23 +231,17 @@ void cellgen_mgu_forward_f64(
 {
     const size_t BH = B * H;
     double *next = work;
-    /* W_f, W_h transposed side by side, (I, 2 * H) */
-    double *const x_MT = next;
-    next += I * 2 * H;
-    /* U_f transposed side by side, (H, H) */
-    double *const h_prev_MT = next;
+    double *const x_MT = next; /* W_f, W_h transposed side by side, (I, 2 H) */
+    next += 2 * I * H;
+    double *const h_prev_MT = next; /* U_f transposed side by side, (H, 1 H) */
     next += H * H;
-    /* U_h transposed side by side, (H, H) */
-    double *const f_h_prev_MT = next;
+    double *const f_h_prev_MT = next; /* U_h transposed side by side, (H, 1 H) */
     next += H * H;
-    /* W_f_x, W_h_x at every step, (T, B, 2 * H) */
-    double *const x_products = next;
-    next += T * B * 2 * H;
-    /* U_f_h_prev of one step, (B, H) */
-    double *const h_prev_products = next;
+    double *const x_products = next; /* W_f_x, W_h_x at every step, (T, B, 2 H) */
+    next += 2 * T * B * H;
+    double *const h_prev_products = next; /* U_f_h_prev of one step, (B, 1 H) */
     next += B * H;
-    /* U_h_f_h_prev of one step, (B, H) */
-    double *const f_h_prev_products = next;
+    double *const f_h_prev_products = next; /* U_h_f_h_prev of one step, (B, 1 H) */
     next += B * H;
     transpose_f64(H, I, W_f, x_MT + 0 * H, 2 * H);
     transpose_f64(H, I, W_h, x_MT + 1 * H, 2 * H);
@@ -320,20 +314,20 @@ void cellgen_mgu_backward_f64(
     double *next = work;
     (void)b_f; /* does not enter the backward */
     (void)b_h; /* does not enter the backward */
-    double *const d_W_f_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_W_h_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    double *const d_f_h_prev_mm = next;
-    next += BH;
-    double *const d_h_step = next;
-    next += BH;
-    double *const d_h_hat_pre_step = next;
-    next += BH;
-    double *const d_h_next_a = next;
-    next += BH;
-    double *const d_h_next_b = next;
-    next += BH;
+    double *const d_W_f_x_all = next; /* d_W_f_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_W_h_x_all = next; /* d_W_h_x at every step, (T, B, H) */
+    next += T * B * H;
+    double *const d_f_h_prev_mm = next; /* the adjoint of f_h_prev through its products, one step */
+    next += B * H;
+    double *const d_h_step = next; /* d_h of one step, for a later stage */
+    next += B * H;
+    double *const d_h_hat_pre_step = next; /* d_h_hat_pre of one step, for a later stage */
+    next += B * H;
+    double *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    double *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     double *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f64(BH, d_h_final, d_h_next);
@@ -594,23 +588,17 @@ void cellgen_mgu_forward_f32(
 {
     const size_t BH = B * H;
     float *next = work;
-    /* W_f, W_h transposed side by side, (I, 2 * H) */
-    float *const x_MT = next;
-    next += I * 2 * H;
-    /* U_f transposed side by side, (H, H) */
-    float *const h_prev_MT = next;
+    float *const x_MT = next; /* W_f, W_h transposed side by side, (I, 2 H) */
+    next += 2 * I * H;
+    float *const h_prev_MT = next; /* U_f transposed side by side, (H, 1 H) */
     next += H * H;
-    /* U_h transposed side by side, (H, H) */
-    float *const f_h_prev_MT = next;
+    float *const f_h_prev_MT = next; /* U_h transposed side by side, (H, 1 H) */
     next += H * H;
-    /* W_f_x, W_h_x at every step, (T, B, 2 * H) */
-    float *const x_products = next;
-    next += T * B * 2 * H;
-    /* U_f_h_prev of one step, (B, H) */
-    float *const h_prev_products = next;
+    float *const x_products = next; /* W_f_x, W_h_x at every step, (T, B, 2 H) */
+    next += 2 * T * B * H;
+    float *const h_prev_products = next; /* U_f_h_prev of one step, (B, 1 H) */
     next += B * H;
-    /* U_h_f_h_prev of one step, (B, H) */
-    float *const f_h_prev_products = next;
+    float *const f_h_prev_products = next; /* U_h_f_h_prev of one step, (B, 1 H) */
     next += B * H;
     transpose_f32(H, I, W_f, x_MT + 0 * H, 2 * H);
     transpose_f32(H, I, W_h, x_MT + 1 * H, 2 * H);
@@ -683,20 +671,20 @@ void cellgen_mgu_backward_f32(
     float *next = work;
     (void)b_f; /* does not enter the backward */
     (void)b_h; /* does not enter the backward */
-    float *const d_W_f_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_W_h_x_all = next; /* (T, B, H) */
-    next += T * BH;
-    float *const d_f_h_prev_mm = next;
-    next += BH;
-    float *const d_h_step = next;
-    next += BH;
-    float *const d_h_hat_pre_step = next;
-    next += BH;
-    float *const d_h_next_a = next;
-    next += BH;
-    float *const d_h_next_b = next;
-    next += BH;
+    float *const d_W_f_x_all = next; /* d_W_f_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_W_h_x_all = next; /* d_W_h_x at every step, (T, B, H) */
+    next += T * B * H;
+    float *const d_f_h_prev_mm = next; /* the adjoint of f_h_prev through its products, one step */
+    next += B * H;
+    float *const d_h_step = next; /* d_h of one step, for a later stage */
+    next += B * H;
+    float *const d_h_hat_pre_step = next; /* d_h_hat_pre of one step, for a later stage */
+    next += B * H;
+    float *const d_h_next_a = next; /* the adjoint of h carried from step to step (a) */
+    next += B * H;
+    float *const d_h_next_b = next; /* the adjoint of h carried from step to step (b) */
+    next += B * H;
     float *d_h_next = d_h_next_a;
     if (d_h_final) {
         copy_f32(BH, d_h_final, d_h_next);

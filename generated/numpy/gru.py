@@ -125,7 +125,7 @@ def forward(xs, state0, params):
             np.multiply(h_hat, z, out=h)
             np.add(h, tmp0, out=h)
     final = {"h": ys[T - 1].copy()}
-    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "gates": gates_seq, "h_prev_r": h_prev_r_seq}
+    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": {"(gates)": gates_seq, "h_prev_r": h_prev_r_seq}}
     return ys, final, cache
 
 
@@ -137,8 +137,8 @@ def backward(dys, cache, dfinal=None):
     """
     xs, state0, params = cache["xs"], cache["state0"], cache["params"]
     ys = cache["ys"]
-    gates_seq = cache["gates"]
-    h_prev_r_seq = cache["h_prev_r"]
+    gates_seq = cache["saved"]["(gates)"]
+    h_prev_r_seq = cache["saved"]["h_prev_r"]
     T, B, I = xs.shape
     H = ys.shape[2]
     dtype = np.result_type(dys, ys, *params.values())
@@ -213,8 +213,8 @@ def backward(dys, cache, dfinal=None):
     dparams["W_h"] += d_M_x[2 * H : 3 * H]
     d_h_prev_all = d_gates_seq[:, :, 0 * H : 2 * H].reshape(T * B, -1)
     d_M_h_prev = np.matmul(d_h_prev_all[:B].T, state0["h"], out=_work("d_M_h_prev", (2 * H, H), dtype))
-    ys_before = ys[:-1].reshape((T - 1) * B, H)
-    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, ys_before, out=_work("d_M_h_prev_rest", (2 * H, H), dtype))
+    h_before = ys[:-1].reshape((T - 1) * B, H)
+    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, h_before, out=_work("d_M_h_prev_rest", (2 * H, H), dtype))
     dparams["U_z"] += d_M_h_prev[0 * H : 1 * H]
     dparams["U_r"] += d_M_h_prev[1 * H : 2 * H]
     d_h_prev_r_all = d_gates_seq[:, :, 2 * H : 3 * H].reshape(T * B, -1)

@@ -156,7 +156,7 @@ def forward(xs, state0, params):
             np.tanh(c, out=tanh_c)
             np.multiply(o, tanh_c, out=h)
     final = {"h": ys[T - 1].copy(), "c": c_seq[T - 1].copy()}
-    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "c": c_seq, "gates": gates_seq, "tanh_c": tanh_c_seq}
+    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": {"c": c_seq, "(gates)": gates_seq, "tanh_c": tanh_c_seq}}
     return ys, final, cache
 
 
@@ -168,9 +168,9 @@ def backward(dys, cache, dfinal=None):
     """
     xs, state0, params = cache["xs"], cache["state0"], cache["params"]
     ys = cache["ys"]
-    c_seq = cache["c"]
-    gates_seq = cache["gates"]
-    tanh_c_seq = cache["tanh_c"]
+    c_seq = cache["saved"]["c"]
+    gates_seq = cache["saved"]["(gates)"]
+    tanh_c_seq = cache["saved"]["tanh_c"]
     T, B, I = xs.shape
     H = ys.shape[2]
     dtype = np.result_type(dys, ys, *params.values())
@@ -280,8 +280,8 @@ def backward(dys, cache, dfinal=None):
     dparams["W_c"] += d_M_x[3 * H : 4 * H]
     d_h_prev_all = d_gates_seq.reshape(T * B, -1)
     d_M_h_prev = np.matmul(d_h_prev_all[:B].T, state0["h"], out=_work("d_M_h_prev", (4 * H, H), dtype))
-    ys_before = ys[:-1].reshape((T - 1) * B, H)
-    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, ys_before, out=_work("d_M_h_prev_rest", (4 * H, H), dtype))
+    h_before = ys[:-1].reshape((T - 1) * B, H)
+    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, h_before, out=_work("d_M_h_prev_rest", (4 * H, H), dtype))
     dparams["U_f"] += d_M_h_prev[0 * H : 1 * H]
     dparams["U_i"] += d_M_h_prev[1 * H : 2 * H]
     dparams["U_o"] += d_M_h_prev[2 * H : 3 * H]

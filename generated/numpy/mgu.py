@@ -120,7 +120,7 @@ def forward(xs, state0, params):
             np.multiply(f, h_hat, out=h)
             np.add(h, tmp0, out=h)
     final = {"h": ys[T - 1].copy()}
-    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "gates": gates_seq, "f_h_prev": f_h_prev_seq}
+    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": {"(gates)": gates_seq, "f_h_prev": f_h_prev_seq}}
     return ys, final, cache
 
 
@@ -132,8 +132,8 @@ def backward(dys, cache, dfinal=None):
     """
     xs, state0, params = cache["xs"], cache["state0"], cache["params"]
     ys = cache["ys"]
-    gates_seq = cache["gates"]
-    f_h_prev_seq = cache["f_h_prev"]
+    gates_seq = cache["saved"]["(gates)"]
+    f_h_prev_seq = cache["saved"]["f_h_prev"]
     T, B, I = xs.shape
     H = ys.shape[2]
     dtype = np.result_type(dys, ys, *params.values())
@@ -198,8 +198,8 @@ def backward(dys, cache, dfinal=None):
     dparams["W_h"] += d_M_x[1 * H : 2 * H]
     d_h_prev_all = d_gates_seq[:, :, 0 * H : 1 * H].reshape(T * B, -1)
     d_M_h_prev = np.matmul(d_h_prev_all[:B].T, state0["h"], out=_work("d_M_h_prev", (H, H), dtype))
-    ys_before = ys[:-1].reshape((T - 1) * B, H)
-    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, ys_before, out=_work("d_M_h_prev_rest", (H, H), dtype))
+    h_before = ys[:-1].reshape((T - 1) * B, H)
+    d_M_h_prev += np.matmul(d_h_prev_all[B:].T, h_before, out=_work("d_M_h_prev_rest", (H, H), dtype))
     dparams["U_f"] += d_M_h_prev[0 * H : 1 * H]
     d_f_h_prev_all = d_gates_seq[:, :, 1 * H : 2 * H].reshape(T * B, -1)
     d_M_f_h_prev = np.matmul(d_f_h_prev_all.T, f_h_prev_seq.reshape(T * B, H), out=_work("d_M_f_h_prev", (H, H), dtype))

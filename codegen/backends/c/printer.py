@@ -1,25 +1,24 @@
-"""C99 spelling of a kernel: expressions per real type, statements, and the template context.
+"""C99 spelling of a kernel plan: identifiers, expressions per real type, and the template context.
 
 Each pointwise block becomes one loop over (b, j) with a unit-stride inner loop the compiler
 vectorizes: its body reads buffers, assigns `const` locals named after the equations, and writes
 buffers; the activations are branch-free inline functions, so the loop has no calls. The float
 entry points use float literals (1.0F) and float arithmetic, so nothing is promoted to double.
-Input products are computed for all steps before the loop, and the input gradient and the weight
-gradients as products over all steps after it; only the products that carry the recurrence run
-inside the loop.
+Everything the loops do (buffers and their sizes, which adjoint shares which buffer, how state
+adjoints recur, the weight-gradient products) comes from the plan (codegen/kernel.py); this
+module only spells it.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import sympy
 
-from ...activations import ACTIVATIONS, INDICATORS
+from ...activations import helpers
 from ...cell import prev_name
-from ...derive import adjoint_name, gemm_name
-from ...kernel import Block, Gemm, Kernel, Role, adjoint_copies
+from ...kernel import SIZES, Block, Buffer, Gemm, Kernel, Role
+from ...names import Identifiers
 from ..infix import InfixPrinter
 
 
@@ -35,28 +34,88 @@ DOUBLE = RealType("f64", "double", "", "")
 FLOAT = RealType("f32", "float", "F", "f")
 TYPES = (DOUBLE, FLOAT)
 
-# Helper functions the generated file defines, static and per type.
-FUNCTIONS = {name: name for name in (*ACTIVATIONS, *INDICATORS)}
-
+# Names a user's symbol may not take in C: keywords (C99, and C++ so that C++ can include the
+# header), the template's own locals, the object-like macros of the headers it includes; and,
+# by pattern, names reserved to the implementation, cellgen's exported and helper functions,
+# and the macro families of <stdint.h> and <math.h>.
 RESERVED = {
-    "T", "B", "I", "H", "t", "b", "j", "n", "xs", "ys", "dys", "saved", "work", "dxs", "BH",
-    "next", "exp_f64", "exp_f32",
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
     "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
-    "union", "unsigned", "void", "volatile", "while", "size_t", "exp", "expf", "tanh", "tanhf",
-    "memcpy", "uint32_t", "uint64_t",
+    "union", "unsigned", "void", "volatile", "while", "_Bool", "_Complex", "_Imaginary",
+    "alignas", "alignof", "and", "and_eq", "asm", "bitand", "bitor", "bool", "catch", "char16_t",
+    "char32_t", "class", "compl", "constexpr", "const_cast", "decltype", "delete",
+    "dynamic_cast", "explicit", "export", "false", "friend", "mutable", "namespace", "new",
+    "noexcept", "not", "not_eq", "nullptr", "operator", "or", "or_eq", "private", "protected",
+    "public", "reinterpret_cast", "static_assert", "static_cast", "template", "this",
+    "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "wchar_t",
+    "xor", "xor_eq",
+    "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
+    "BH", "next", "size_t", "NULL", "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
+    "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
+    "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
-_BUFFER_SUFFIXES = ("_t", "_step", "_next", "_prev0", "_MT", "_products", "_all", "_a", "_b")
+RESERVED_PATTERN = (
+    r"_.*|cellgen_.*|.*_f(32|64)|(U?INT|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT"
+    r"|SIG_ATOMIC|FP|M|MATH)_\w*|[EF]_?\w*_[A-Z]+"
+)
 
 
-def ident(name: str) -> str:
-    """A user's symbol as a C name that cannot clash with the template's names."""
-    if name in RESERVED or name in FUNCTIONS or name.endswith(_BUFFER_SUFFIXES):
-        return f"{name}_"
-    if re.fullmatch(r"n\d+", name):  # the loop indices of stacked products
-        return f"{name}_"
-    return name
+class CNames:
+    """Every identifier of one cell's C file, from one registry."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        symbols = set(kernel.roles) | {p.name for p in kernel.cell.params}
+        symbols |= {a.name for s in kernel.forward + kernel.backward if isinstance(s, Block)
+                    for a in s.assignments}  # fmt: skip
+        self.ids = Identifiers(symbols, RESERVED, RESERVED_PATTERN)
+        self.kernel = kernel
+
+    def __call__(self, symbol: str) -> str:
+        return self.ids(symbol)
+
+    def at_t(self, symbol: str) -> str:
+        """The pointer to a sequence's slice at step t."""
+        return self.ids.derived(symbol, "_t")
+
+    def step(self, symbol: str) -> str:
+        """A (B, H) buffer handing a value from one block of a step to a later one."""
+        return self.ids.derived(symbol, "_step")
+
+    def state0(self, state: str) -> str:
+        return self.ids.derived(state, "0")
+
+    def final(self, state: str) -> str:
+        return self.ids.derived(state, "_final")
+
+    def d_final(self, state: str) -> str:
+        return self.ids.derived(state, "_final", prefix="d_")
+
+    def d_state0(self, state: str) -> str:
+        return self.ids.derived(state, "0", prefix="d_")
+
+    def carried(self, state: str) -> str:
+        """The adjoint of a state carried from step t + 1."""
+        return self.ids.derived(self.kernel.names.of(state), "_next")
+
+    def index(self, width: int) -> str:
+        """The loop index into a buffer whose rows are width H apart."""
+        return "n" if width == 1 else self.ids.local(f"n{width}")
+
+    def buffer(self, buf: Buffer) -> str:
+        if buf.kind == "packed":
+            return self.ids.derived(buf.symbol, "_MT")
+        if buf.kind == "products":
+            return self.ids.derived(buf.symbol, "_products")
+        if buf.kind == "step":
+            return self.step(buf.symbol)
+        if buf.kind == "adjoints":
+            return self.ids.derived(buf.symbol, "_all")
+        if buf.kind == "through_products":
+            return self(buf.symbol)
+        if buf.kind == "carried":
+            return self.ids.derived(self.kernel.names.of(buf.symbol), f"_next_{buf.part}")
+        raise ValueError(f"unknown buffer kind {buf.kind}")
 
 
 class CPrinter(InfixPrinter):
@@ -71,47 +130,37 @@ class CPrinter(InfixPrinter):
         return text + self.real.literal
 
     def _print_Function(self, expr: sympy.Function) -> str:
-        name = type(expr).__name__
         args = ", ".join(self._print(a) for a in expr.args)
-        return f"{FUNCTIONS[name]}_{self.real.suffix}({args})"
+        return f"{type(expr).__name__}_{self.real.suffix}({args})"
 
 
-def _series(name: str) -> str:
-    """The pointer to a state's or a saved value's slice at step t."""
-    return f"{ident(name)}_t"
-
-
-@dataclass
-class Storage:
-    """Where each product's adjoint lives: plain copies of one value share one buffer."""
-
-    owner: dict[str, str]  # d_<product> -> the d_<product> whose buffer holds its value
-
-    @property
-    def buffers(self) -> list[str]:
-        return list(dict.fromkeys(self.owner.values()))
-
-
-def _storage(kernel: Kernel) -> Storage:
-    copies = adjoint_copies(kernel)
-    first: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    for g in kernel.gemms:
-        for p in g.products:
-            d = adjoint_name(p)
-            source = copies.get(d)
-            if source is not None and source in first:
-                owner[d] = first[source]
-            else:
-                owner[d] = d
-                if source is not None:
-                    first[source] = d
-    return Storage(owner)
+def size_text(expr: sympy.Expr) -> str:
+    """A size in T, B, I, H as C, written as the plan states it: `4 * T * B * H`, `(T - 1) * B`."""
+    if isinstance(expr, sympy.Add):
+        terms = sorted(expr.args, key=lambda e: (e.is_Number, sympy.default_sort_key(e)))
+        text = size_text(terms[0])
+        for term in terms[1:]:
+            negative = term.could_extract_minus_sign()
+            text += f" - {size_text(-term)}" if negative else f" + {size_text(term)}"
+        return text
+    if isinstance(expr, sympy.Mul):
+        coeff, factors = expr.as_coeff_mul()
+        order = list(SIZES.values())
+        expanded = []
+        for f in factors:
+            base, exp = f.as_base_exp()
+            expanded += [base] * int(exp)
+        expanded.sort(key=lambda f: order.index(f) if f in order else -1)
+        parts = [f"({size_text(f)})" if f.is_Add else size_text(f) for f in expanded]
+        return " * ".join(([str(coeff)] if coeff != 1 else []) + parts)
+    if isinstance(expr, sympy.Pow):
+        return " * ".join([size_text(expr.base)] * int(expr.exp))
+    return str(expr)
 
 
 @dataclass
 class Used:
-    """The buffers a block reads or writes, in order of first use."""
+    """The names a block's lines use, in order of first use."""
 
     names: dict[str, None] = field(default_factory=dict)
 
@@ -125,94 +174,89 @@ class Group:
     """A fused product in the forward: products (B, G H) = operand (B, K) @ MT (K, G H)."""
 
     gemm: Gemm
-    name: str  # the operand's name: x, h_prev, ...
     width: int  # G, the number of products side by side
-
-    @property
-    def index(self) -> str:
-        """The loop index of a product in this group's buffer, whose rows are G H apart."""
-        return "n" if self.width == 1 else f"n{self.width}"
-
-    def slot(self, product: str) -> int:
-        return self.gemm.products.index(product)
+    index: str  # the loop index of a product in this group's buffer
 
 
-def _block(
-    kernel: Kernel,
-    block: Block,
-    real: RealType,
-    storage: Storage,
-    stored: set[str],
-    group_of: dict[str, Group],
-    copied: set[str],
-):
-    """The body of a pointwise block's loop, and the buffers it uses.
+def _block(names: CNames, block: Block, real: RealType, group_of: dict[str, Group], state):
+    """The body of a pointwise block's loop, and the names it uses.
 
-    A forward block reads each product from its group's buffer (index n<G>) and keeps the ones
-    the backward needs in `saved`; a backward block writes each product's adjoint once into the
-    buffer it shares with the products whose adjoints are copies of the same value.
+    A forward block reads each product from its group's buffer and keeps the ones the backward
+    needs in `saved`; a backward block writes each product's adjoint once, into the buffer the
+    plan gives it (adjoints that copy one value share one).
     """
+    kernel = names.kernel
     defined = {a.name for a in block.assignments}
-    params = Used()
+    used = Used()
+    indices: dict[str, str] = {}
     keep: list[str] = []
+
+    def index(group: Group | None) -> str:
+        width = group.width if group else 1
+        name = group.index if group else "n"
+        indices[name] = "H" if width == 1 else f"{width} * H"
+        return name
 
     def read(sym: str) -> str:
         if sym in defined:
-            return ident(sym)
+            return names(sym)
         role = kernel.role(sym)
         if role is Role.PARAM:
-            return f"{params.use(ident(sym))}[j]"
+            return f"{used.use(names(sym))}[j]"
         if role is Role.PRODUCT and sym in group_of:  # the forward
-            if sym in kernel.saved and sym not in copied:
-                copied.add(sym)
+            if sym in kernel.saved and sym not in state["copied"]:
+                state["copied"].add(sym)
                 keep.append(sym)
-            return f"{params.use(ident(sym))}[{group_of[sym].index}]"
+            return f"{used.use(names(sym))}[{index(group_of[sym])}]"
         if role in (Role.SAVED, Role.STATE, Role.PRODUCT):
-            return f"{params.use(_series(sym))}[n]"
+            return f"{used.use(names.at_t(sym))}[{index(None)}]"
         if role in (Role.STATE_PREV, Role.ADJ_MM):
-            return f"{params.use(ident(sym))}[n]"
+            return f"{used.use(names(sym))}[{index(None)}]"
         if role is Role.ADJ_IN:
-            return ident(sym)  # a local defined at the top of the loop body
-        return f"{params.use(ident(sym) + '_step')}[n]"  # from an earlier block of this step
+            return names(sym)  # a local defined at the top of the loop body
+        return f"{used.use(names.step(sym))}[{index(None)}]"  # from an earlier block
 
     printer = CPrinter(real, read)
     lines = []
+    incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
-        if kernel.role(sym) is Role.ADJ_IN:
-            state = sym[len("d_") : -len("_in")]
-            terms = [f"{params.use(ident(adjoint_name(state)) + '_next')}[n]"]
-            if state == kernel.cell.output:
-                terms.insert(0, f"{params.use('dys_t')}[n]")
-            lines.append(f"const {real.c} {ident(sym)} = {' + '.join(terms)};")
+        r = incoming.get(sym)
+        if r is not None:
+            terms = [f"{used.use(names.carried(r.state))}[{index(None)}]"]
+            if r.from_output:
+                terms.insert(0, f"{used.use('dys_t')}[n]")
+            lines.append(f"const {real.c} {names(sym)} = {' + '.join(terms)};")
     for a in block.assignments:
         if a.comment:
             lines.append(f"/* {a.comment} */")
         role = kernel.role(a.name)
         if role is Role.ADJ_PRODUCT:
-            target = storage.owner[a.name]
-            if target in stored:
+            target = kernel.adjoint_buffer[a.name]
+            if target in state["stored"]:
                 continue  # a copy of a value another product's adjoint already holds
-            stored.add(target)
-            value = printer.doprint(a.expr)
-            lines.append(f"{params.use(ident(target))}[n] = {value};")
+            state["stored"].add(target)
+            lines.append(f"{used.use(names(target))}[{index(None)}] = {printer.doprint(a.expr)};")
             continue
         value = printer.doprint(a.expr)
         if role is Role.ADJ_PARAM:
-            lines.append(f"{params.use(ident(a.name))}[j] += {value};")
+            lines.append(f"{used.use(names(a.name))}[j] += {value};")
         elif role is Role.ADJ_STATE_PREV:
-            lines.append(f"{params.use(ident(a.name))}[n] = {value};")
+            lines.append(f"{used.use(names(a.name))}[{index(None)}] = {value};")
         else:
-            lines.append(f"const {real.c} {ident(a.name)} = {value};")
+            lines.append(f"const {real.c} {names(a.name)} = {value};")
     for sym in block.writes:
         role = kernel.role(sym)
         if role in (Role.SAVED, Role.STATE):
-            lines.append(f"{params.use(_series(sym))}[n] = {ident(sym)};")
+            lines.append(f"{used.use(names.at_t(sym))}[{index(None)}] = {names(sym)};")
         elif role in (Role.TEMP, Role.ADJ):
-            lines.append(f"{params.use(ident(sym) + '_step')}[n] = {ident(sym)};")
+            lines.append(f"{used.use(names.step(sym))}[{index(None)}] = {names(sym)};")
     for sym in keep:  # a product the backward reads
-        index = group_of[sym].index
-        lines.append(f"{params.use(_series(sym))}[n] = {ident(sym)}[{index}];")
-    return lines, list(params.names)
+        group = group_of[sym]
+        lines.append(f"{used.use(names.at_t(sym))}[n] = {names(sym)}[{index(group)}];")
+        index(None)
+    ordered = sorted(indices.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    loop_indices = [{"name": k, "row": v} for k, v in ordered]
+    return {"gemm": None, "lines": lines, "indices": loop_indices}, list(used.names)
 
 
 def _wrap(groups: list[list[str]], indent: str = "    ", width: int = 96) -> str:
@@ -230,18 +274,19 @@ def _wrap(groups: list[list[str]], indent: str = "    ", width: int = 96) -> str
     return "\n".join(lines)
 
 
-def signatures(cell, real: RealType) -> dict[str, str]:
+def signatures(names: CNames, real: RealType) -> dict[str, str]:
     """The parameter lists of forward and backward, in the order the ctypes wrapper passes."""
-    r = real.c
+    cell, r = names.kernel.cell, real.c
+    d = names.kernel.names.of
     dims = ["size_t T", "size_t B", "size_t I", "size_t H"]
-    states0 = [f"const {r} *{ident(s)}0" for s in cell.states]
-    params = [f"const {r} *{ident(p.name)}" for p in cell.params]
+    states0 = [f"const {r} *{names.state0(s)}" for s in cell.states]
+    params = [f"const {r} *{names(p.name)}" for p in cell.params]
     forward = [
         dims,
         [f"const {r} *xs"],
         states0,
         params,
-        [f"{r} *ys"] + [f"{r} *{ident(s)}_final" for s in cell.states],
+        [f"{r} *ys"] + [f"{r} *{names.final(s)}" for s in cell.states],
         [f"{r} *saved", f"{r} *work"],
     ]
     backward = [
@@ -250,169 +295,152 @@ def signatures(cell, real: RealType) -> dict[str, str]:
         states0,
         params,
         [f"const {r} *ys", f"const {r} *saved", f"const {r} *dys"],
-        [f"const {r} *d_{ident(s)}_final" for s in cell.states],
-        [f"{r} *dxs"] + [f"{r} *d_{ident(s)}0" for s in cell.states],
-        [f"{r} *{ident(adjoint_name(p.name))}" for p in cell.params],
+        [f"const {r} *{names.d_final(s)}" for s in cell.states],
+        [f"{r} *dxs"] + [f"{r} *{names.d_state0(s)}" for s in cell.states],
+        [f"{r} *{names(d(p.name))}" for p in cell.params],
         [f"{r} *work"],
     ]
     return {"forward": _wrap(forward), "backward": _wrap(backward)}
 
 
-def _step_buffers(kernel: Kernel, steps) -> list[str]:
-    """Values one block of a step hands to a later block: a (B, H) buffer each."""
-    out = []
-    for step in steps:
-        if isinstance(step, Block):
-            for name in step.writes:
-                if kernel.role(name) in (Role.TEMP, Role.ADJ):
-                    out.append(ident(name))
-    return out
-
-
 def context(kernel: Kernel) -> dict:
+    names = CNames(kernel)
     cell = kernel.cell
-    used = kernel.functions
-    non_output = [s for s in cell.states if s != cell.output]
-    series = non_output + list(kernel.saved)  # the layout of `saved`, (T, B, H) each
+    d = kernel.names.of
     saved_set = set(kernel.saved)
-    state_of_prev = {prev_name(s): s for s in cell.states}
 
     def series_base(name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
-        return "ys" if name == cell.output else f"(saved + {series.index(name)} * T * BH)"
+        if name == cell.output:
+            return "ys"
+        return f"(saved + {kernel.series.index(name)} * T * BH)"
 
-    storage = _storage(kernel)
-    groups = [Group(g, ident(g.operand), len(g.products)) for g in kernel.gemms]
+    groups = [Group(g, len(g.products), names.index(len(g.products))) for g in kernel.gemms]
     group_of = {p: gr for gr in groups for p in gr.gemm.products}
+    buffer_of = {(b.kind, b.symbol): names.buffer(b) for b in kernel.forward_buffers}
 
     def operand(g: Gemm) -> str:
         """The pointer to a product's operand at step t."""
         if g.operand_role is Role.STATE_PREV:
-            return ident(g.operand)
+            return names(g.operand)
         if g.operand in saved_set or kernel.role(g.operand) is Role.STATE:
-            return _series(g.operand)
-        return f"{ident(g.operand)}_step"
+            return names.at_t(g.operand)
+        return names.step(g.operand)
 
-    def weight_operands(g: Gemm) -> list[dict]:
-        """The operand over all steps, as (rows, pointer, row offset into the adjoints)."""
-        if g.operand_role is Role.INPUT:
-            return [{"rows": "T * B", "operand": "xs", "offset": "0"}]
-        if g.operand_role is Role.STATE_PREV:
-            state = state_of_prev[g.operand]
-            return [
-                {"rows": "B", "operand": f"{ident(state)}0", "offset": "0"},
-                {"rows": "(T - 1) * B", "operand": series_base(state), "offset": "BH"},
-            ]
-        return [{"rows": "T * B", "operand": series_base(g.operand), "offset": "0"}]
-
-    backward_written: set[str] = set()
-    for step in kernel.backward:
-        if isinstance(step, Block):
-            backward_written |= {a.name for a in step.assignments}
+    backward_written = {a.name for s in kernel.backward if isinstance(s, Block)
+                        for a in s.assignments}  # fmt: skip
 
     def group_context(gr: Group) -> dict:
         g = gr.gemm
-        d_operand = ident(gemm_name(g.operand))
+        d_operand = names(kernel.names.through_products(g.operand))
         if g.operand_role is Role.STATE_PREV:
-            d_operand = ident(adjoint_name(g.operand))
-        width = "H" if gr.width == 1 else f"{gr.width} * H"
+            d_operand = names(d(g.operand))
         return {
-            "name": gr.name,
             "hoisted": g.hoisted,
             "size": "I" if g.hoisted else "H",
-            "width": width,
+            "width": "H" if gr.width == 1 else f"{gr.width} * H",
             "operand": operand(g),
+            "packed": buffer_of[("packed", g.operand)],
+            "products": buffer_of[("products", g.operand)],
             "d_operand": d_operand,
             # the pointwise part of a previous state's adjoint is written before the products
-            "accumulate": g.operand_role is Role.STATE_PREV
-            and adjoint_name(g.operand) in backward_written,
+            "accumulate": g.operand_role is Role.STATE_PREV and d(g.operand) in backward_written,
             "pairs": [
                 {
-                    "matrix": ident(m),
-                    "product": ident(p),
+                    "matrix": names(m),
+                    "product": names(p),
                     "offset": f"{k} * H",
-                    "d_matrix": ident(adjoint_name(m)),
-                    "d_product": ident(storage.owner[adjoint_name(p)]),
+                    "d_product": names(kernel.adjoint_buffer[d(p)]),
+                    "d_product_all": names.buffer(
+                        Buffer("adjoints", kernel.adjoint_buffer[d(p)], 0)
+                    ),
                 }
                 for k, (m, p) in enumerate(zip(g.matrices, g.products, strict=True))
             ],
-            "weight_operands": weight_operands(g),
         }
 
     gemms = [group_context(gr) for gr in groups]
     by_gemm = {gr.gemm: ctx for gr, ctx in zip(groups, gemms, strict=True)}
 
+    def weight_gradient(w) -> dict:
+        operands = []
+        for seg in w.segments:
+            if seg.source is Role.INPUT:
+                pointer = "xs"
+            elif seg.source is Role.STATE_PREV:
+                pointer = names.state0(seg.symbol)
+            else:
+                pointer = series_base(seg.symbol)
+            adjoint = names.buffer(Buffer("adjoints", w.adjoint, 0))
+            if seg.first_step:
+                adjoint += f" + {seg.first_step} * BH" if seg.first_step != 1 else " + BH"
+            operands.append({"rows": size_text(seg.rows), "operand": pointer, "adjoint": adjoint})
+        return {"d_matrix": names(d(w.matrix)), "size": w.size, "operands": operands}
+
     types = []
+    forward_used: set[str] = set()
+    backward_used: set[str] = set()
     for real in TYPES:
         fwd, bwd = [], []
-        fwd_used: set[str] = set()
-        copied: set[str] = set()
+        state = {"copied": set(), "stored": set()}
         for step in kernel.forward:
             if isinstance(step, Gemm):
                 fwd.append({"gemm": by_gemm[step]})
-                fwd_used.add(by_gemm[step]["operand"])
+                forward_used.add(by_gemm[step]["operand"])
                 continue
-            lines, names = _block(kernel, step, real, storage, set(), group_of, copied)
-            fwd.append({"gemm": None, "lines": lines, "indices": _indices(lines, groups)})
-            fwd_used |= set(names)
-        stored: set[str] = set()
-        bwd_used: set[str] = set()
+            body, used = _block(names, step, real, group_of, state)
+            fwd.append(body)
+            forward_used |= set(used)
         for step in kernel.backward:
             if isinstance(step, Gemm):
                 ctx = by_gemm[step]
                 bwd.append({"gemm": ctx})
                 if not ctx["hoisted"]:
-                    bwd_used |= {ctx["d_operand"]} | {p["d_product"] for p in ctx["pairs"]}
+                    backward_used |= {ctx["d_operand"]} | {p["d_product"] for p in ctx["pairs"]}
                 continue
-            lines, names = _block(kernel, step, real, storage, stored, {}, set())
-            bwd.append({"gemm": None, "lines": lines, "indices": _indices(lines, groups)})
-            bwd_used |= set(names)
+            body, used = _block(names, step, real, {}, state)
+            bwd.append(body)
+            backward_used |= set(used)
         types.append(
-            {
-                "real": real,
-                "forward": fwd,
-                "backward": bwd,
-                "signature": signatures(cell, real),
-                "forward_used": fwd_used,
-                "backward_used": bwd_used,
-            }
+            {"real": real, "forward": fwd, "backward": bwd, "signature": signatures(names, real)}
         )
-    forward_used = set().union(*(ty["forward_used"] for ty in types))
-    backward_used = set().union(*(ty["backward_used"] for ty in types))
 
-    saved_pointers = [{"pointer": _series(v), "offset": k} for k, v in enumerate(series)]
-    saved_pointers = [v for v in saved_pointers if v["pointer"] not in map(_series, cell.states)]
-    forward_step_buffers = _step_buffers(kernel, kernel.forward)
-    backward_step_buffers = _step_buffers(kernel, kernel.backward)
-    mm_buffers = [ident(gemm_name(g.operand)) for g in kernel.gemms if g.operand_role is Role.SAVED]
-    d_buffers = [ident(d) for d in storage.buffers]
-    hoisted = [ctx for ctx in gemms if ctx["hoisted"]]
-    stacked = " + ".join(
-        f"{len(gr.gemm.products)} * {'I' if gr.gemm.hoisted else 'H'}" for gr in groups
-    )
-    hoisted_size = " + ".join(ctx["width"] for ctx in hoisted)
-    step_size = " + ".join(ctx["width"] for ctx in gemms if not ctx["hoisted"]) or "0"
+    saved_pointers = [
+        {"pointer": names.at_t(v), "offset": k}
+        for k, v in enumerate(kernel.series)
+        if v not in cell.states
+    ]
+    in_saved = [s for s in cell.states if s != cell.output]  # their sequences live in `saved`
     forward_saved = [v for v in saved_pointers if v["pointer"] in forward_used]
     backward_saved = [v for v in saved_pointers if v["pointer"] in backward_used]
-    in_saved = [s for s in cell.states if s != cell.output]  # their sequences live in `saved`
     backward_state_reads = {
-        s
-        for s in cell.states
-        if ident(prev_name(s)) in backward_used or _series(s) in backward_used
-    }
+        s for s in cell.states if names(prev_name(s)) in backward_used
+        or names.at_t(s) in backward_used
+    }  # fmt: skip
     unused_in_forward = [] if forward_saved or in_saved else ["saved"]
     unused_in_backward = [
-        f"{ident(s)}0" for s in cell.states if ident(prev_name(s)) not in backward_used
+        names.state0(s) for s in cell.states if names(prev_name(s)) not in backward_used
     ]
     if not backward_saved and not backward_state_reads & set(in_saved):
         unused_in_backward.append("saved")
     unused_in_backward += [
-        ident(p.name)
+        names(p.name)
         for p in cell.params
-        if p.kind == "vector" and ident(p.name) not in backward_used
+        if p.kind == "vector" and names(p.name) not in backward_used
     ]
-    forward_buffers = len(forward_step_buffers)
-    backward_buffers = len(mm_buffers) + len(backward_step_buffers) + 2 * len(cell.states)
+    step_adjoints = [names(b) for b in kernel.adjoint_buffers if names(b) in backward_used]
+
+    def buffers(bufs: tuple[Buffer, ...]) -> list[dict]:
+        return [
+            {
+                "name": names.buffer(b),
+                "size": size_text(b.size),
+                "kind": b.kind,
+                "doc": b.doc,
+                "symbol_name": names(b.symbol) if b.kind == "adjoints" else "",
+            }
+            for b in bufs
+        ]
 
     return {
         "cell": cell,
@@ -421,14 +449,21 @@ def context(kernel: Kernel) -> dict:
         "param_shapes": _shapes_text(cell),
         "states": [
             {
-                "name": ident(s),
-                "prev": ident(prev_name(s)),
+                "name": names(s),
+                "prev": names(prev_name(s)),
                 "series": series_base(s),
-                "d_prev": ident(adjoint_name(prev_name(s))),
-                "d_next": ident(adjoint_name(s)) + "_next",
-                "forward_prev": ident(prev_name(s)) in forward_used,
-                "backward_prev": ident(prev_name(s)) in backward_used,
-                "backward_new": _series(s) in backward_used,
+                "at_t": names.at_t(s),
+                "state0": names.state0(s),
+                "final": names.final(s),
+                "d_final": names.d_final(s),
+                "d_state0": names.d_state0(s),
+                "d_prev": names(d(prev_name(s))),
+                "d_next": names.carried(s),
+                "d_next_a": names.buffer(Buffer("carried", s, 0, "a")),
+                "d_next_b": names.buffer(Buffer("carried", s, 0, "b")),
+                "forward_prev": names(prev_name(s)) in forward_used,
+                "backward_prev": names(prev_name(s)) in backward_used,
+                "backward_new": names.at_t(s) in backward_used,
             }
             for s in cell.states
         ],
@@ -436,14 +471,10 @@ def context(kernel: Kernel) -> dict:
         "unused_in_forward": unused_in_forward,
         "unused_in_backward": unused_in_backward,
         "params": [
-            {
-                "name": ident(p.name),
-                "d_name": ident(adjoint_name(p.name)),
-                "size": " * ".join(p.shape),
-            }
+            {"name": names(p.name), "d_name": names(d(p.name)), "size": " * ".join(p.shape)}
             for p in cell.params
         ],
-        "series": series,
+        "saved_size": size_text(kernel.saved_size),
         "forward_saved": forward_saved,
         "backward_saved": backward_saved,
         "forward_products": [
@@ -452,31 +483,16 @@ def context(kernel: Kernel) -> dict:
             for p in ctx["pairs"]
             if p["product"] in forward_used
         ],
-        "forward_step_buffers": forward_step_buffers,
-        "backward_step_buffers": backward_step_buffers,
-        "mm_buffers": mm_buffers,
-        "d_buffers": d_buffers,
-        "step_d_buffers": [d for d in d_buffers if d in backward_used],
+        "forward_buffers": buffers(kernel.forward_buffers),
+        "backward_buffers": buffers(kernel.backward_buffers),
+        "step_adjoints": step_adjoints,
         "gemms": gemms,
-        "forward_work": f"({stacked}) * H + ({hoisted_size}) * T * BH + ({step_size}) * BH"
-        + (f" + {forward_buffers} * BH" if forward_buffers else ""),
-        "backward_work": f"{len(d_buffers)} * T * BH"
-        + (f" + {backward_buffers} * BH" if backward_buffers else ""),
+        "weight_gradients": [weight_gradient(w) for w in kernel.weight_gradients],
+        "forward_work": size_text(kernel.forward_work_size),
+        "backward_work": size_text(kernel.backward_work_size),
         "types": types,
-        "functions": sorted(used),
-        "exp": bool(used & {"sigmoid", "tanh"}),
+        "helpers": helpers(kernel.functions),
     }
-
-
-def _indices(lines: list[str], groups: list[Group]) -> list[dict]:
-    """The loop indices a block's lines use: n for (B, H) buffers, n<G> for stacked products."""
-    text = "\n".join(lines)
-    widths = {gr.index: gr.width for gr in groups}
-    found = set(re.findall(r"\[(n\d*)\]", text))
-    return [
-        {"name": name, "row": "H" if name == "n" else f"{widths[name]} * H"}
-        for name in sorted(found, key=lambda x: (len(x), x))
-    ]
 
 
 def _shapes_text(cell) -> str:

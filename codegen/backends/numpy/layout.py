@@ -20,9 +20,8 @@ import sympy
 
 from ...activations import Activation
 from ...cell import prev_name
-from ...derive import adjoint_name
 from ...kernel import Block, Gemm, Kernel, Role, adjoint_copies
-from .names import ident
+from .names import NumpyNames
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,9 @@ class GroupLayout:
 class Layout:
     gates: list[Gate]
     groups: list[GroupLayout]
+    names: NumpyNames
+    gates_stack: str  # the names of the stacks of gates and of their adjoints
+    d_gates_stack: str
     stacks: dict[str, Stack] = field(default_factory=dict)
     slot: dict[str, tuple[str, int]] = field(default_factory=dict)  # symbol -> (stack, slot)
     folded: dict[str, str] = field(default_factory=dict)  # input product -> bias added to it
@@ -118,7 +120,7 @@ def find_gates(kernel: Kernel) -> list[Gate]:
         terms = sympy.Add.make_args(forward[pre])
         x = [t.name for t in terms if isinstance(t, sympy.Symbol) and t.name in inputs]
         x = [p for p in x if p not in taken and p not in kernel.saved]
-        d_g, d_pre = adjoint_name(name), adjoint_name(pre)
+        d_g, d_pre = kernel.names.of(name), kernel.names.of(pre)
         # the adjoints share the slot: d_g may be read only where d_g_pre is computed
         if not x or d_g not in backward or d_pre not in backward or back_readers.get(d_g) != 1:
             continue
@@ -134,7 +136,7 @@ def forward_index(kernel: Kernel, name: str) -> int:
     return names.index(name)
 
 
-def build_layout(kernel: Kernel) -> Layout:
+def build_layout(kernel: Kernel, names: NumpyNames) -> Layout:
     gates = find_gates(kernel)
     forward = _assignments(kernel.forward)
     gate_of_product: dict[str, int] = {}  # a product that is a direct term of gate k's pre
@@ -157,21 +159,29 @@ def build_layout(kernel: Kernel) -> Layout:
                 matrices=[g.matrices[k] for k in order],
             )
         )
-    layout = Layout(gates, groups)
+    layout = Layout(gates, groups, names, names.local("gates"), names.local("d_gates"))
+    adjoint = kernel.names.of
 
     saved = any(kernel.role(g.name) is Role.SAVED for g in gates)
     if gates:
-        names = ", ".join(g.name for g in gates)
-        layout.add(Stack("gates", [g.name for g in gates], saved, f"{names} side by side"))
+        gate_names = ", ".join(g.name for g in gates)
+        layout.add(
+            Stack(layout.gates_stack, [g.name for g in gates], saved, f"{gate_names} side by side")
+        )
         for gate in gates:
             layout.slot[gate.pre] = layout.slot[gate.name]  # activated in place
         layout.add(
-            Stack("d_gates", [adjoint_name(g.name) for g in gates], True, f"adjoints of {names}")
+            Stack(
+                layout.d_gates_stack,
+                [adjoint(g.name) for g in gates],
+                True,
+                f"adjoints of {gate_names}",
+            )
         )
         for gate in gates:
-            layout.slot[adjoint_name(gate.pre)] = layout.slot[adjoint_name(gate.name)]
+            layout.slot[adjoint(gate.pre)] = layout.slot[adjoint(gate.name)]
     for group in groups:
-        stack = f"{ident(group.name)}_products"
+        stack = names.derived(group.name, "_products")
         layout.add(Stack(stack, list(group.products), group.gemm.hoisted))
     _fold_biases(kernel, layout, forward)
     _place_adjoints(kernel, layout)
@@ -194,18 +204,18 @@ def _fold_biases(kernel: Kernel, layout: Layout, forward: dict[str, sympy.Expr])
 def _place_adjoints(kernel: Kernel, layout: Layout) -> None:
     """Each fused product's adjoints: a slice of d_gates where they are copies of its slots."""
     copies = adjoint_copies(kernel)
-    d_gates = layout.stacks.get("d_gates")
+    d_gates = layout.stacks.get(layout.d_gates_stack)
     for group in layout.groups:
-        sources = [copies.get(adjoint_name(p)) for p in group.products]
+        sources = [copies.get(kernel.names.of(p)) for p in group.products]
         where = [layout.slot.get(s) if s else None for s in sources]
-        if d_gates and all(w and w[0] == "d_gates" for w in where):
+        if d_gates and all(w and w[0] == layout.d_gates_stack for w in where):
             first = where[0][1]
             if [w[1] for w in where] == list(range(first, first + group.width)):
-                group.adjoint, group.adjoint_offset = "d_gates", first
+                group.adjoint, group.adjoint_offset = layout.d_gates_stack, first
                 continue
-        name = f"d_{ident(group.name)}_products"
+        name = layout.names.derived(group.name, "_products", prefix="d_")
         group.adjoint = name
-        layout.add(Stack(name, [adjoint_name(p) for p in group.products], True))
+        layout.add(Stack(name, [kernel.names.of(p) for p in group.products], True))
 
 
 def state_of_prev(kernel: Kernel) -> dict[str, str]:

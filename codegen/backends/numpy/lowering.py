@@ -48,6 +48,7 @@ class Statement:
 class Scratch:
     """Arrays for subexpressions, reused by every statement: (B, width H) each."""
 
+    namer: Callable[[str], str] = str  # makes a scratch array's name unique
     names: dict[int, list[str]] = field(default_factory=dict)  # width -> names
     busy: set[str] = field(default_factory=set)
 
@@ -57,7 +58,7 @@ class Scratch:
             if name not in self.busy:
                 self.busy.add(name)
                 return name
-        name = f"tmp{sum(len(v) for v in self.names.values())}"
+        name = self.namer(f"tmp{sum(len(v) for v in self.names.values())}")
         names.append(name)
         self.busy.add(name)
         return name
@@ -81,7 +82,7 @@ class Lowering:
         layout: Layout,
         place: Callable[[str], Place],
         name: Callable[[str], str],
-        functions: dict[str, str],
+        functions: Callable[[str], str],
         number: Callable[[sympy.Number], str],
         scratch: Scratch,
     ) -> None:
@@ -204,7 +205,7 @@ class _Writer:
             return [f"{out}[...] = {self.lo.number(expr)}"]
         if isinstance(expr, sympy.Function):
             (arg,) = expr.args
-            function = self.lo.functions[type(expr).__name__]
+            function = self.lo.functions(type(expr).__name__)
             if isinstance(arg, sympy.Symbol):
                 return [f"{function}({self.leaf(arg)}, out={out})"]
             return [*self.write(arg, out), f"{function}({out}, out={out})"]

@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
-import re
+import builtins
+import keyword
 
 import sympy
 
-from ...activations import ACTIVATIONS, INDICATORS
-
-# The activations and indicators: helpers of the generated module that write into `out`.
-FUNCTIONS = {
-    "sigmoid": "sigmoid",
-    "tanh": "np.tanh",
-    "relu": "relu",
-    "softsign": "softsign",
-    "hard_sigmoid": "hard_sigmoid",
-    "positive": "positive",
-    "inside_unit": "inside_unit",
-    "sign": "sign",
-}
-assert set(FUNCTIONS) == set(ACTIVATIONS) | set(INDICATORS)
-
-RESERVED = {
-    "np", "t", "T", "B", "I", "H", "xs", "ys", "dys", "params", "state0", "final", "cache",
-    "dfinal", "dxs", "dstate0", "dparams", "dtype", "forward", "backward", "range", "out",
-    "gates", "d_gates", "threading",
-}  # fmt: skip
-# the shapes of the template's own names: work arrays, stacked matrices, sequences, buffers
-_GENERATED = re.compile(r"tmp\d+|M_.*|MT_.*|.*_seq|.*_products|.*_spare|.*_next|.*_all|.*_sum")
+from ...activations import FUNCTIONS
+from ...kernel import Block, Kernel
+from ...names import Identifiers
 
 
-def ident(name: str) -> str:
-    """A user's symbol as a Python name that cannot clash with the template's own names."""
-    if name in RESERVED or name in FUNCTIONS or _GENERATED.fullmatch(name):
-        return f"{name}_"
-    return name
+def function(name: str) -> str:
+    """How the module calls a function: NumPy's own, or the module's helper of that name."""
+    spelled = FUNCTIONS.get(name)
+    return spelled.spellings.get("numpy", name) if spelled else "np." + name
+
+
+# A user's symbol may not take the name of a Python keyword or builtin, of a global of the
+# generated module (its imports, constants, helpers), or of a local of its two functions.
+RESERVED = (
+    set(keyword.kwlist)
+    | set(keyword.softkwlist)
+    | set(dir(builtins))
+    | set(FUNCTIONS)
+    | {
+        "np", "threading", "CELL", "STATES", "OUTPUT", "PARAM_SHAPES", "SAVED", "forward",
+        "backward", "t", "T", "B", "I", "H", "xs", "ys", "dys", "params", "state0", "final",
+        "cache", "dfinal", "dxs", "dstate0", "dparams", "dtype",
+    }
+)  # fmt: skip
+RESERVED_PATTERN = r"_.*"
+
+
+class NumpyNames(Identifiers):
+    """Every identifier of one cell's NumPy module, from one registry."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        symbols = set(kernel.roles) | {p.name for p in kernel.cell.params}
+        symbols |= {a.name for s in kernel.forward + kernel.backward if isinstance(s, Block)
+                    for a in s.assignments}  # fmt: skip
+        super().__init__(symbols, RESERVED, RESERVED_PATTERN)
 
 
 def number(value: sympy.Number) -> str:

@@ -13,12 +13,12 @@ import re
 
 import sympy
 
+from ...activations import helpers
 from ...cell import prev_name
-from ...derive import adjoint_name, gemm_name, incoming_name
 from ...kernel import Block, Gemm, Kernel, Role
 from .layout import GroupLayout, Layout, build_layout, state_of_prev
 from .lowering import Lowering, Place, Scratch, Statement, slice_text
-from .names import FUNCTIONS, ident, number
+from .names import NumpyNames, function, number
 
 
 def _cols(width: int) -> str:
@@ -34,16 +34,17 @@ class Pass:
 
     def __init__(self, kernel: Kernel, layout: Layout, stacks: set[str]) -> None:
         self.kernel, self.layout, self.stacks = kernel, layout, stacks
-        self.scratch = Scratch()
+        self.names = layout.names
+        self.scratch = Scratch(self.names.local)
         self.aliases: dict[str, str] = {}  # a plain copy -> the symbol it copies
-        self.lowering = Lowering(layout, self.place, ident, FUNCTIONS, number, self.scratch)
+        self.lowering = Lowering(layout, self.place, self.names, function, number, self.scratch)
 
     def place(self, sym: str) -> Place:
         sym = self.aliases.get(sym, sym)
         where = self.layout.slot.get(sym)
         if where and where[0] in self.stacks:
             return Place(where[0], where[1])
-        return Place(None, name=ident(sym))
+        return Place(None, name=self.names(sym))
 
     def bound(self) -> set[str]:
         return self.lowering.bound
@@ -64,7 +65,7 @@ class Pass:
             if len(run) == 1 and self._alias(st):
                 if st.target in read:
                     lines += [f"# {c}" for c in st.comments]
-                    lines.append(f"{ident(st.target)} = {self.use(st.expr.name)}")
+                    lines.append(f"{self.names(st.target)} = {self.use(st.expr.name)}")
                 continue
             lines += self.lowering.lower(run)
         return lines
@@ -90,9 +91,9 @@ class Pass:
                 continue
             role = self.kernel.roles.get(sym)
             if role in (Role.TEMP, Role.ADJ, Role.ADJ_MM, Role.ADJ_PARAM) or (
-                role is Role.ADJ_IN and sym == incoming_name(self.kernel.cell.output)
+                role is Role.ADJ_IN and sym == self.kernel.names.incoming(self.kernel.cell.output)
             ):
-                out.append(f"{ident(sym)} = {_work(ident(sym), '(B, H)')}")
+                out.append(f"{self.names(sym)} = {_work(self.names(sym), '(B, H)')}")
         return out + [
             f"{name} = {_work(name, f'(B, {_cols(width)})')}"
             for width, names in sorted(self.scratch.names.items())
@@ -103,26 +104,32 @@ class Pass:
 def context(kernel: Kernel) -> dict:
     """Everything kernel.py.jinja needs, with names already made safe."""
     cell = kernel.cell
-    layout = build_layout(kernel)
+    names = NumpyNames(kernel)
+    layout = build_layout(kernel, names)
     prevs = state_of_prev(kernel)
-    used = kernel.functions
+    d = kernel.names.of
+    gates, d_gates = layout.gates_stack, layout.d_gates_stack
 
     def series(name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
-        return "ys" if name == cell.output else f"{ident(name)}_seq"
+        return "ys" if name == cell.output else names.derived(name, "_seq")
 
     def prev_line(s: str) -> str:
-        return f'{ident(prev_name(s))} = {series(s)}[t - 1] if t > 0 else state0["{s}"]'
+        return f'{names(prev_name(s))} = {series(s)}[t - 1] if t > 0 else state0["{s}"]'
+
+    def op_name(g: GroupLayout, suffix: str, prefix: str = "") -> str:
+        """Arrays of a fused product: M_x (its matrices stacked), x_products, ..."""
+        return names.derived(g.name, suffix, prefix)
 
     groups = layout.groups
     stacks = layout.stacks
-    gate_stack = stacks.get("gates")
+    gate_stack = stacks.get(gates)
     saved_products = [p for p in kernel.saved if kernel.role(p) is Role.PRODUCT]
-    in_gates = {v for v in kernel.saved if layout.slot.get(v, ("",))[0] == "gates"}
+    in_gates = {v for v in kernel.saved if layout.slot.get(v, ("",))[0] == gates}
     hoisted_saved = {p for g in groups if g.gemm.hoisted for p in g.products} & set(kernel.saved)
 
     # forward -----------------------------------------------------------------------------------
-    fwd = Pass(kernel, layout, {"gates"} | {f"{ident(g.name)}_products" for g in groups})
+    fwd = Pass(kernel, layout, {gates} | {op_name(g, "_products") for g in groups})
     pre_exprs: dict[str, sympy.Expr] = {}
     for gate in layout.gates:
         bias = layout.folded.get(gate.x_product)
@@ -134,71 +141,69 @@ def context(kernel: Kernel) -> dict:
     for step in kernel.forward:
         if isinstance(step, Gemm):
             g = _group(layout, step)
-            op = ident(g.name)
-            operand = ident(g.name) if g.name in prevs else fwd.use(g.name)
+            operand = names(g.name) if g.name in prevs else fwd.use(g.name)
             fwd.bound().add(g.name)
-            body.append(f"np.matmul({operand}, MT_{op}, out={op}_products)")
+            products = op_name(g, "_products")
+            body.append(f"np.matmul({operand}, {op_name(g, '', 'MT_')}, out={products})")
             for k, p in enumerate(g.products):
                 if p in saved_products:
-                    body.append(
-                        f"{ident(p)}_seq[t] = {slice_text(f'{op}_products', k, 1, g.width)}"
-                    )
+                    body.append(f"{series(p)}[t] = {slice_text(products, k, 1, g.width)}")
             continue
         body += fwd.block(step, pre_exprs)
 
     setup = []
     for g in groups:
-        op = ident(g.name)
-        setup.append(_stack(g))
+        setup.append(_stack(g, names))
         if not g.gemm.hoisted:  # transposed: h_prev @ MT_h_prev runs with unit stride
-            setup.append(f"MT_{op} = {_work(f'MT_{op}', f'(H, {_cols(g.width)})')}")
-            setup.append(f"np.copyto(MT_{op}, M_{op}.T)")
+            MT, M = op_name(g, "", "MT_"), op_name(g, "", "M_")
+            setup.append(f"{MT} = {_work(MT, f'(H, {_cols(g.width)})')}")
+            setup.append(f"np.copyto({MT}, {M}.T)")
     for g in groups:
         if not g.gemm.hoisted:
             continue
-        op = ident(g.name)
-        products = ", ".join(m + " @ x" for m in g.matrices)
+        M, seq = op_name(g, "", "M_"), names.local(f"{op_name(g, '_products')}_seq")
+        products = ", ".join(f"{m} @ {g.name}" for m in g.matrices)
         setup.append(f"# the input products of all steps at once: {products}")
-        setup.append(
-            f"{op}_products_seq = {_work(f'{op}_products_seq', f'(T, B, {_cols(g.width)})')}"
-        )
-        setup.append(
-            f"np.matmul(xs.reshape(T * B, I), M_{op}.T, out={op}_products_seq.reshape(T * B, -1))"
-        )
+        setup.append(f"{seq} = {_work(seq, f'(T, B, {_cols(g.width)})')}")
+        setup.append(f"np.matmul(xs.reshape(T * B, I), {M}.T, out={seq}.reshape(T * B, -1))")
         for k, p in enumerate(g.products):
             if p in hoisted_saved:
-                setup.append(
-                    f"{ident(p)}_seq = {op}_products_seq[:, :, {k} * H : {k + 1} * H].copy()"
-                )
+                setup.append(f"{series(p)} = {seq}[:, :, {k} * H : {k + 1} * H].copy()")
         biases = [layout.folded.get(p) for p in g.products]
         if any(biases):
-            terms = [ident(b) if b else "np.zeros(H, dtype)" for b in biases]
+            terms = [names(b) if b else "np.zeros(H, dtype)" for b in biases]
             stacked = terms[0] if len(terms) == 1 else f"np.concatenate([{', '.join(terms)}])"
-            setup.append(f"{op}_products_seq += {stacked}  # and the biases added to them")
+            setup.append(f"{seq} += {stacked}  # and the biases added to them")
     for s in cell.states:
         setup.append(f"{series(s)} = np.empty((T, B, H), dtype)")
+    gates_seq = names.local(f"{gates}_seq")
     if gate_stack:
         shape = f"(T, B, {_cols(gate_stack.width)})"
-        setup.append(f"gates_seq = np.empty({shape}, dtype)  # {gate_stack.comment}")
+        setup.append(f"{gates_seq} = np.empty({shape}, dtype)  # {gate_stack.comment}")
     for v in kernel.saved:
         if v not in in_gates and v not in hoisted_saved:
-            setup.append(f"{ident(v)}_seq = np.empty((T, B, H), dtype)")
+            setup.append(f"{series(v)} = np.empty((T, B, H), dtype)")
     for g in groups:
         if not g.gemm.hoisted:
-            op = ident(g.name)
-            setup.append(f"{op}_products = {_work(f'{op}_products', f'(B, {_cols(g.width)})')}")
+            products = op_name(g, "_products")
+            setup.append(f"{products} = {_work(products, f'(B, {_cols(g.width)})')}")
     setup += fwd.buffers()
     forward_bindings = _bindings(kernel, layout, fwd, prevs, series, prev_line, body)
 
-    cache_items = ['"xs": xs', '"state0": state0', '"params": params']
-    for s in cell.states:
-        cache_items.append(f'"{"ys" if s == cell.output else s}": {series(s)}')
+    # what the backward reads besides the arguments, by a key that no symbol's name can take
+    kept = [f'"{s}": {series(s)}' for s in cell.states if s != cell.output]
     if gate_stack:
-        cache_items.append('"gates": gates_seq')
-    cache_items += [f'"{v}": {ident(v)}_seq' for v in kernel.saved if v not in in_gates]
+        kept.append(f'"(gates)": {gates_seq}')
+    kept += [f'"{v}": {series(v)}' for v in kernel.saved if v not in in_gates]
+    cache_items = ['"xs": xs', '"state0": state0', '"params": params', '"ys": ys']
+    cache_items.append('"saved": {' + ", ".join(kept) + "}")
 
     # backward ----------------------------------------------------------------------------------
-    bwd = Pass(kernel, layout, {"gates", "d_gates"} | {g.adjoint for g in groups})
+    bwd = Pass(kernel, layout, {gates, d_gates} | {g.adjoint for g in groups})
+    incoming_of = {r.incoming: r for r in kernel.recurrences}
+    carried = {s: names.derived(d(s), "_next") for s in cell.states}
+    spare = {s: names.derived(d(s), "_spare") for s in cell.states}
+    param_of = {d(p.name): p.name for p in cell.params}
     body_b: list[str] = []
     incoming: set[str] = set()
     written = {a.name for s in kernel.backward if isinstance(s, Block) for a in s.assignments}
@@ -207,23 +212,22 @@ def context(kernel: Kernel) -> dict:
         if isinstance(step, Gemm):
             g = _group(layout, step)
             if not g.gemm.hoisted:
-                body_b += _backward_product(g, stacks, prevs, written, bwd)
+                body_b += _backward_product(g, stacks, prevs, written, bwd, op_name(g, "", "M_"))
             continue
         for sym in step.reads:
-            if kernel.role(sym) is Role.ADJ_IN and sym not in incoming:
+            if sym in incoming_of and sym not in incoming:
                 incoming.add(sym)
-                state = sym[len("d_") : -len("_in")]
-                nxt = f"{ident(adjoint_name(state))}_next"
-                if state == cell.output:
-                    body_b.append(f"np.add(dys[t], {nxt}, out={bwd.use(sym)})")
+                r = incoming_of[sym]
+                if r.from_output:
+                    body_b.append(f"np.add(dys[t], {carried[r.state]}, out={bwd.use(sym)})")
                 else:
-                    body_b.append(f"{ident(sym)} = {nxt}")
+                    body_b.append(f"{names(sym)} = {carried[r.state]}")
         kept, sums = [], []
         for a in step.assignments:
             source = a.expr.name if isinstance(a.expr, sympy.Symbol) else None
             where = layout.slot.get(bwd.aliases.get(source, source)) if source else None
-            if kernel.role(a.name) is Role.ADJ_PARAM and where and where[0] == "d_gates":
-                bias_sums.append((a.name[len("d_") :], where[1]))  # summed after the loop
+            if kernel.role(a.name) is Role.ADJ_PARAM and where and where[0] == d_gates:
+                bias_sums.append((param_of[a.name], where[1]))  # summed after the loop
                 continue
             kept.append(a)
             if kernel.role(a.name) is Role.ADJ_PARAM:
@@ -231,69 +235,67 @@ def context(kernel: Kernel) -> dict:
         step = Block(step.level, tuple(kept), step.reads, step.writes)
         body_b += bwd.block(step, {}, read_after=sums)
         for name in sums:
-            body_b.append(f'dparams["{name[len("d_") :]}"] += {bwd.use(name)}.sum(axis=0)')
-    for s in cell.states:
-        d = ident(adjoint_name(s))
-        body_b.append(f"{d}_spare, {d}_next = {d}_next, {ident(adjoint_name(prev_name(s)))}")
+            body_b.append(f'dparams["{param_of[name]}"] += {bwd.use(name)}.sum(axis=0)')
+    for r in kernel.recurrences:
+        s = r.state
+        body_b.append(f"{spare[s]}, {carried[s]} = {carried[s]}, {names(r.prev_adjoint)}")
     backward_bindings = _bindings(kernel, layout, bwd, prevs, series, prev_line, body_b)
-    for s in cell.states:
-        d = ident(adjoint_name(s))
-        backward_bindings.append(f"{ident(adjoint_name(prev_name(s)))} = {d}_spare")
+    for r in kernel.recurrences:
+        backward_bindings.append(f"{names(r.prev_adjoint)} = {spare[r.state]}")
 
-    setup_b = [_stack(g) for g in groups]
-    for name in ["d_gates"] * ("d_gates" in stacks) + sorted(
-        {g.adjoint for g in groups} - {"d_gates"}
-    ):
+    setup_b = [_stack(g, names) for g in groups]
+    for name in [d_gates] * (d_gates in stacks) + sorted({g.adjoint for g in groups} - {d_gates}):
         shape = f"(T, B, {_cols(stacks[name].width)})"
         comment = f"  # {stacks[name].comment}" if stacks[name].comment else ""
-        setup_b.append(f"{name}_seq = {_work(f'{name}_seq', shape)}{comment}")
+        seq = names.local(f"{name}_seq")
+        setup_b.append(f"{seq} = {_work(seq, shape)}{comment}")
     setup_b.append(
         "dparams = {name: np.zeros(value.shape, dtype) for name, value in params.items()}"
     )
     setup_b.append("dfinal = dfinal or {}")
     for s in cell.states:
-        d = ident(adjoint_name(s))
         given = f'np.array(dfinal["{s}"], dtype)'
-        setup_b.append(f'{d}_next = {given} if "{s}" in dfinal else np.zeros((B, H), dtype)')
-        setup_b.append(f"{d}_spare = np.empty((B, H), dtype)")
+        setup_b.append(f'{carried[s]} = {given} if "{s}" in dfinal else np.zeros((B, H), dtype)')
+        setup_b.append(f"{spare[s]} = np.empty((B, H), dtype)")
     setup_b += bwd.buffers()
 
     end = ["# after the loop: the input gradient and the weight gradients, one product each"]
     for g in groups:
-        op = ident(g.name)
-        adjoint = f"{g.adjoint}_seq"
+        adjoint = names.local(f"{g.adjoint}_seq")
         if g.width != stacks[g.adjoint].width:
             first = g.adjoint_offset
             adjoint += f"[:, :, {first} * H : {first + g.width} * H]"
-        end.append(f"d_{op}_all = {adjoint}.reshape(T * B, -1)")
-        d_M = f"d_M_{op}"
+        d_all, d_M, M = op_name(g, "_all", "d_"), op_name(g, "", "d_M_"), op_name(g, "", "M_")
+        end.append(f"{d_all} = {adjoint}.reshape(T * B, -1)")
         work = _work(d_M, f"({_cols(g.width)}, {g.size})")
         if g.gemm.hoisted:
-            end.append(f"dxs = (d_{op}_all @ M_{op}).reshape(T, B, I)")
-            end.append(f"{d_M} = np.matmul(d_{op}_all.T, xs.reshape(T * B, I), out={work})")
+            end.append(f"dxs = ({d_all} @ {M}).reshape(T, B, I)")
+            end.append(f"{d_M} = np.matmul({d_all}.T, xs.reshape(T * B, I), out={work})")
         elif g.name in prevs:
             s = prevs[g.name]
             rest = _work(f"{d_M}_rest", f"({_cols(g.width)}, H)")
-            end.append(f'{d_M} = np.matmul(d_{op}_all[:B].T, state0["{s}"], out={work})')
-            end.append(f"{series(s)}_before = {series(s)}[:-1].reshape((T - 1) * B, H)")
-            end.append(f"{d_M} += np.matmul(d_{op}_all[B:].T, {series(s)}_before, out={rest})")
+            before = names.derived(s, "_before")
+            end.append(f'{d_M} = np.matmul({d_all}[:B].T, state0["{s}"], out={work})')
+            end.append(f"{before} = {series(s)}[:-1].reshape((T - 1) * B, H)")
+            end.append(f"{d_M} += np.matmul({d_all}[B:].T, {before}, out={rest})")
         else:
             end.append(
-                f"{d_M} = np.matmul(d_{op}_all.T, {series(g.name)}.reshape(T * B, H), out={work})"
+                f"{d_M} = np.matmul({d_all}.T, {series(g.name)}.reshape(T * B, H), out={work})"
             )
         for k, m in enumerate(g.matrices):
             end.append(f'dparams["{m}"] += {d_M}[{k} * H : {k + 1} * H]')
     if bias_sums:
-        end.append("d_gates_sum = d_gates_seq.reshape(T * B, -1).sum(axis=0)")
+        total = names.local(f"{d_gates}_sum")
+        end.append(f"{total} = {names.local(f'{d_gates}_seq')}.reshape(T * B, -1).sum(axis=0)")
         for param, k in bias_sums:
-            end.append(f'dparams["{param}"] += d_gates_sum[{k} * H : {k + 1} * H]')
+            end.append(f'dparams["{param}"] += {total}[{k} * H : {k + 1} * H]')
 
     states = [
         {
             "name": s,
             "series": series(s),
             "key": "ys" if s == cell.output else s,
-            "d_next": f"{ident(adjoint_name(s))}_next",
+            "d_next": carried[s],
         }
         for s in cell.states
     ]
@@ -304,39 +306,40 @@ def context(kernel: Kernel) -> dict:
         "states": states,
         "output": cell.output,
         "params": [
-            {"name": p.name, "var": ident(p.name), "shape": _tuple(p.shape)} for p in cell.params
+            {"name": p.name, "var": names(p.name), "shape": _tuple(p.shape)} for p in cell.params
         ],
         "forward_setup": setup,
         "forward_bindings": forward_bindings,
         "forward_body": body,
         "cache_items": ", ".join(cache_items),
-        "cache_reads": _cache_reads(kernel, layout, series, in_gates),
+        "cache_reads": _cache_reads(kernel, layout, series, in_gates, gates_seq),
         "backward_setup": setup_b,
         "backward_bindings": backward_bindings,
         "backward_body": body_b,
         "backward_end": end,
-        "functions": sorted(used),
+        # the module's own helpers: functions NumPy does not have under the same name
+        "helpers": [f for f in helpers(kernel.functions) if function(f) == f],
     }
 
 
-def _stack(g: GroupLayout) -> str:
+def _stack(g: GroupLayout, names: NumpyNames) -> str:
     """M_<operand>: the matrices of a fused product stacked in slot order, (G H, K)."""
-    op = ident(g.name)
-    matrices = [ident(m) for m in g.matrices]
+    M = names.derived(g.name, "", "M_")
+    matrices = [names(m) for m in g.matrices]
     if len(matrices) == 1:
-        return f"M_{op} = {matrices[0]}"
-    out = _work(f"M_{op}", f"({_cols(g.width)}, {g.size})")
-    return f"M_{op} = np.concatenate([{', '.join(matrices)}], out={out})"
+        return f"{M} = {matrices[0]}"
+    out = _work(M, f"({_cols(g.width)}, {g.size})")
+    return f"{M} = np.concatenate([{', '.join(matrices)}], out={out})"
 
 
-def _backward_product(g: GroupLayout, stacks, prevs, written, bwd: Pass) -> list[str]:
+def _backward_product(g: GroupLayout, stacks, prevs, written, bwd: Pass, M: str) -> list[str]:
     """The operand's adjoint through a fused product of one step: d(products) @ M."""
     adjoint = slice_text(g.adjoint, g.adjoint_offset, g.width, stacks[g.adjoint].width)
-    M = f"M_{ident(g.name)}"
+    names = bwd.kernel.names
     if g.name not in prevs:
-        return [f"np.matmul({adjoint}, {M}, out={bwd.use(gemm_name(g.name))})"]
-    target = bwd.use(adjoint_name(g.name))
-    if adjoint_name(g.name) not in written:
+        return [f"np.matmul({adjoint}, {M}, out={bwd.use(names.through_products(g.name))})"]
+    target = bwd.use(names.of(g.name))
+    if names.of(g.name) not in written:
         return [f"np.matmul({adjoint}, {M}, out={target})"]
     tmp = bwd.scratch.take(1)
     bwd.scratch.release(tmp)
@@ -369,7 +372,7 @@ def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, body) -> list[s
         stack = layout.stacks.get(name)
         slots = [sym for sym in bound if layout.slot.get(sym, ("",))[0] == name]
         if stack and stack.series and (slots or re.search(rf"\b{name}\b", text)):
-            out.append(f"{name} = {name}_seq[t]")
+            out.append(f"{name} = {p.names.local(f'{name}_seq')}[t]")
     for sym in sorted(bound, key=lambda s: (layout.slot.get(s, ("~", 0)), s)):
         if sym in p.aliases or sym in prevs:
             continue
@@ -377,19 +380,20 @@ def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, body) -> list[s
         role = kernel.roles.get(sym)
         if where and where[0] in stacks:
             stack = layout.stacks[where[0]]
-            out.append(f"{ident(sym)} = {slice_text(where[0], where[1], 1, stack.width)}")
+            out.append(f"{p.names(sym)} = {slice_text(where[0], where[1], 1, stack.width)}")
         elif role in (Role.STATE, Role.SAVED) or (role is Role.PRODUCT and sym in kernel.saved):
-            out.append(f"{ident(sym)} = {series(sym)}[t]")
+            out.append(f"{p.names(sym)} = {series(sym)}[t]")
     return out
 
 
-def _cache_reads(kernel: Kernel, layout: Layout, series, in_gates: set[str]) -> list[str]:
+def _cache_reads(kernel: Kernel, layout: Layout, series, in_gates: set[str], gates_seq: str):
     out = []
     for s in kernel.cell.states:
-        out.append(f'{series(s)} = cache["{"ys" if s == kernel.cell.output else s}"]')
-    if "gates" in layout.stacks:
-        out.append('gates_seq = cache["gates"]')
-    out += [f'{ident(v)}_seq = cache["{v}"]' for v in kernel.saved if v not in in_gates]
+        key = f'["saved"]["{s}"]' if s != kernel.cell.output else '["ys"]'
+        out.append(f"{series(s)} = cache{key}")
+    if layout.gates_stack in layout.stacks:
+        out.append(f'{gates_seq} = cache["saved"]["(gates)"]')
+    out += [f'{series(v)} = cache["saved"]["{v}"]' for v in kernel.saved if v not in in_gates]
     return out
 
 
