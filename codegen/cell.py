@@ -344,10 +344,10 @@ class Cell:
                 "a letter",
                 equation,
             )
-        if name.startswith(("d_", "_", "cse")) or name.endswith("_"):
+        if name.startswith("_"):
             self._fail(
-                f"'{name}': names starting with d_, _ or cse, or ending with _, are reserved for "
-                "generated code; choose another name",
+                f"'{name}': names starting with _ are reserved (C reserves many of them, and "
+                "Python treats them as private); choose another name",
                 equation,
             )
         if name in self._kinds or name in self._matrices or name in self._reserved:

@@ -8,6 +8,7 @@ import pytest
 from codegen.registry import builtin_cells
 
 CELLS = builtin_cells()
+BACKENDS = ("numpy", "c")
 
 
 def make_problem(kernel, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):

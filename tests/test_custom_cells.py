@@ -23,7 +23,7 @@ from codegen.verify import verify
 from conftest import make_problem, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "softsign", "hard_sigmoid")
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "softsign", "hard_sigmoid", "softplus", "silu")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -258,6 +258,8 @@ DEFINITIONS = {
     "relu": (lambda v: np.maximum(v, 0), lambda v: (v > 0) * 1.0),
     "softsign": (softsign_, lambda v: 1 / (1 + np.abs(v)) ** 2),
     "hard_sigmoid": (hard_sigmoid_, lambda v: 0.2 * (np.abs(v) < 2.5)),
+    "softplus": (lambda v: np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0), sigma),
+    "silu": (lambda v: v * sigma(v), lambda v: sigma(v) * (1 + v * (1 - sigma(v)))),
 }
 KINKS = {"relu": [0.0], "hard_sigmoid": [-2.5, 2.5]}
 POINTS = np.array([-40.0, -6.0, -2.6, -2.4, -1.0, -0.3, -1e-3, 1e-3, 0.3, 1.0, 2.4, 2.6, 6.0, 40])

@@ -288,10 +288,10 @@ MORE = {
         ["'f' is already defined"],
     ),
     "reserved_name": (
-        'f_ = cell.eq("f_", sigmoid(W_f @ x + U_f @ h_prev + b_f))\n'
-        + 'h = cell.update("h", f_ * h_prev)\n',
-        'cell.eq("f_"',
-        "f_",
+        '_f = cell.eq("_f", sigmoid(W_f @ x + U_f @ h_prev + b_f))\n'
+        + 'h = cell.update("h", _f * h_prev)\n',
+        'cell.eq("_f"',
+        "_f",
         ["reserved", "choose another name"],
     ),
     "non_ascii_name": (

@@ -36,6 +36,8 @@ MP_ACTIVATIONS = {
     "relu": lambda x: x if x > 0 else mpmath.mpf(0),
     "softsign": lambda x: x / (1 + abs(x)),
     "hard_sigmoid": lambda x: min(max(x / 5 + _HALF, mpmath.mpf(0)), mpmath.mpf(1)),
+    "softplus": lambda x: mpmath.log(1 + mpmath.exp(x)),
+    "silu": lambda x: x / (1 + mpmath.exp(-x)),
 }
 
 

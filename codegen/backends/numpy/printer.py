@@ -279,9 +279,11 @@ def context(kernel: Kernel) -> dict:
             end.append(f"{before} = {series(s)}[:-1].reshape((T - 1) * B, H)")
             end.append(f"{d_M} += np.matmul({d_all}[B:].T, {before}, out={rest})")
         else:
-            end.append(
-                f"{d_M} = np.matmul({d_all}.T, {series(g.name)}.reshape(T * B, H), out={work})"
-            )
+            operand = series(g.name)
+            if g.name in in_gates:  # a gate multiplied by a matrix: its slot of the gates
+                slot = layout.slot[g.name][1]
+                operand = f"{gates_seq}[:, :, {slot} * H : {slot + 1} * H]"
+            end.append(f"{d_M} = np.matmul({d_all}.T, {operand}.reshape(T * B, H), out={work})")
         for k, m in enumerate(g.matrices):
             end.append(f'dparams["{m}"] += {d_M}[{k} * H : {k + 1} * H]')
     if bias_sums:
@@ -317,6 +319,12 @@ def context(kernel: Kernel) -> dict:
         "backward_bindings": backward_bindings,
         "backward_body": body_b,
         "backward_end": end,
+        "backward_calls_exp": any(
+            "exp" in helpers({type(f).__name__ for f in a.expr.atoms(sympy.Function)})
+            for step in kernel.backward
+            if isinstance(step, Block)
+            for a in step.assignments
+        ),
         # the module's own helpers: functions NumPy does not have under the same name
         "helpers": [f for f in helpers(kernel.functions) if function(f) == f],
     }
