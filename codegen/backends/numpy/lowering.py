@@ -93,6 +93,7 @@ class Lowering:
         self.number = number
         self.scratch = scratch
         self.bound: set[str] = set()  # symbols whose name the step must bind to their place
+        self.stacks_used: set[str] = set()  # stacked arrays the step reads or writes whole
 
     # scheduling and merging -----------------------------------------------------------------
 
@@ -165,12 +166,14 @@ class Lowering:
         else:
             stack = self.layout.stacks[target.stack]
             out = slice_text(target.stack, target.slot, width, stack.width)
+            self.stacks_used.add(target.stack)
 
         def leaf(sym: sympy.Symbol) -> str:
             if width == 1:
                 return self.text(sym.name)
             p = self.place(sym.name)
             stack = self.layout.stacks[p.stack]
+            self.stacks_used.add(p.stack)
             return slice_text(p.stack, p.slot, width, stack.width)
 
         def same_place(sym: sympy.Symbol) -> bool:

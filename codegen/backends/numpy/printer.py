@@ -9,8 +9,6 @@ of the inputs, so a float32 run makes no float64 temporaries.
 
 from __future__ import annotations
 
-import re
-
 import sympy
 
 from ...activations import helpers
@@ -144,6 +142,7 @@ def context(kernel: Kernel) -> dict:
             operand = names(g.name) if g.name in prevs else fwd.use(g.name)
             fwd.bound().add(g.name)
             products = op_name(g, "_products")
+            fwd.lowering.stacks_used.add(products)
             body.append(f"np.matmul({operand}, {op_name(g, '', 'MT_')}, out={products})")
             for k, p in enumerate(g.products):
                 if p in saved_products:
@@ -188,7 +187,7 @@ def context(kernel: Kernel) -> dict:
             products = op_name(g, "_products")
             setup.append(f"{products} = {_work(products, f'(B, {_cols(g.width)})')}")
     setup += fwd.buffers()
-    forward_bindings = _bindings(kernel, layout, fwd, prevs, series, prev_line, body)
+    forward_bindings = _bindings(kernel, layout, fwd, prevs, series, prev_line)
 
     # what the backward reads besides the arguments, by a key that no symbol's name can take
     kept = [f'"{s}": {series(s)}' for s in cell.states if s != cell.output]
@@ -239,7 +238,7 @@ def context(kernel: Kernel) -> dict:
     for r in kernel.recurrences:
         s = r.state
         body_b.append(f"{spare[s]}, {carried[s]} = {carried[s]}, {names(r.prev_adjoint)}")
-    backward_bindings = _bindings(kernel, layout, bwd, prevs, series, prev_line, body_b)
+    backward_bindings = _bindings(kernel, layout, bwd, prevs, series, prev_line)
     for r in kernel.recurrences:
         backward_bindings.append(f"{names(r.prev_adjoint)} = {spare[r.state]}")
 
@@ -343,6 +342,7 @@ def _stack(g: GroupLayout, names: NumpyNames) -> str:
 def _backward_product(g: GroupLayout, stacks, prevs, written, bwd: Pass, M: str) -> list[str]:
     """The operand's adjoint through a fused product of one step: d(products) @ M."""
     adjoint = slice_text(g.adjoint, g.adjoint_offset, g.width, stacks[g.adjoint].width)
+    bwd.lowering.stacks_used.add(g.adjoint)
     names = bwd.kernel.names
     if g.name not in prevs:
         return [f"np.matmul({adjoint}, {M}, out={bwd.use(names.through_products(g.name))})"]
@@ -367,19 +367,18 @@ def _group(layout: Layout, gemm: Gemm) -> GroupLayout:
     return next(g for g in layout.groups if g.gemm == gemm)
 
 
-def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, body) -> list[str]:
+def _bindings(kernel, layout, p: Pass, prevs, series, prev_line) -> list[str]:
     """Per step: the views of stacked arrays and sequences that the statements use by name."""
     out = []
     bound = p.bound()
     stacks = p.stacks
-    text = "\n".join(body)
     for s in kernel.cell.states:
         if prev_name(s) in bound:
             out.append(prev_line(s))
     for name in sorted(stacks):
         stack = layout.stacks.get(name)
         slots = [sym for sym in bound if layout.slot.get(sym, ("",))[0] == name]
-        if stack and stack.series and (slots or re.search(rf"\b{name}\b", text)):
+        if stack and stack.series and (slots or name in p.lowering.stacks_used):
             out.append(f"{name} = {p.names.local(f'{name}_seq')}[t]")
     for sym in sorted(bound, key=lambda s: (layout.slot.get(s, ("~", 0)), s)):
         if sym in p.aliases or sym in prevs:
