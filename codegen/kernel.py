@@ -130,8 +130,22 @@ class Buffer:
     doc: str = ""
 
 
+@dataclass(frozen=True)
+class PackedPart:
+    """A piece of the inference weights, rearranged once by `pack`: the matrices of a fused
+    product (kind "matrices", for operand `symbol`), transposed side by side, or a vector."""
+
+    kind: str
+    symbol: str
+    size: sympy.Expr
+    matrices: tuple[str, ...] = ()
+
+
 T, B, I, H = sympy.symbols("T B I H", integer=True, positive=True)
 SIZES = {"T": T, "B": B, "I": I, "H": H}
+# Inference computes the input products of this many steps at once: one product serves them
+# all, and the work memory does not depend on T.
+INFER_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,8 @@ class Kernel:
     weight_gradients: tuple[WeightGradient, ...]
     forward_buffers: tuple[Buffer, ...]
     backward_buffers: tuple[Buffer, ...]
+    packed: tuple[PackedPart, ...]  # the inference weights, in order
+    infer_buffers: tuple[Buffer, ...]  # scratch of the inference pass, independent of T
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -205,6 +221,35 @@ class Kernel:
             for name in step.writes
             if self.role(name) in (Role.TEMP, Role.ADJ)
         ]
+
+    @property
+    def infer_step_values(self) -> list[str]:
+        """Values of one inference step that a later stage reads or multiplies: what the
+        forward would read back from `saved`, inference keeps for the step only."""
+        out = []
+        for k, step in enumerate(self.forward):
+            if not isinstance(step, Block):
+                continue
+            later: set[str] = set()
+            for other in self.forward[k + 1 :]:
+                if isinstance(other, Block):
+                    later |= {s.name for a in other.assignments for s in a.expr.free_symbols}
+                else:
+                    later.add(other.operand)
+            out += [
+                a.name
+                for a in step.assignments
+                if a.name in later and self.role(a.name) in (Role.SAVED, Role.TEMP)
+            ]
+        return out
+
+    @property
+    def packed_size(self) -> sympy.Expr:
+        return sum((p.size for p in self.packed), sympy.S.Zero)
+
+    @property
+    def infer_work_size(self) -> sympy.Expr:
+        return sum((b.size for b in self.infer_buffers), sympy.S.Zero)
 
     @property
     def adjoint_buffers(self) -> list[str]:
@@ -261,10 +306,14 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
         ),
         adjoint_buffer=adjoint_buffer,
         weight_gradients=_weight_gradients(cell, gemms, d.names, adjoint_buffer, saved),
-        forward_buffers=(), backward_buffers=(),
+        forward_buffers=(), backward_buffers=(), packed=(), infer_buffers=(),
     )  # fmt: skip
     return dataclasses.replace(
-        plan, forward_buffers=_forward_buffers(plan), backward_buffers=_backward_buffers(plan)
+        plan,
+        forward_buffers=_forward_buffers(plan),
+        backward_buffers=_backward_buffers(plan),
+        packed=_packed(plan),
+        infer_buffers=_infer_buffers(plan),
     )
 
 
@@ -503,4 +552,32 @@ def _with_reads_and_writes(steps: list[Gemm | Block], roles: dict[str, Role]) ->
             a.name for a in step.assignments if a.name in used_later or roles.get(a.name) in kept
         ]
         out.append(Block(step.level, step.assignments, tuple(sorted(reads)), tuple(writes)))
+    return tuple(out)
+
+
+def _packed(plan: Kernel) -> tuple[PackedPart, ...]:
+    """The inference weights: each fused product's matrices transposed side by side, so that
+    a product runs with unit stride, then the vector parameters."""
+    out = [
+        PackedPart("matrices", g.operand, (I if g.hoisted else H) * len(g.products) * H, g.matrices)
+        for g in plan.gemms
+    ]
+    out += [PackedPart("vector", p.name, H) for p in plan.cell.params if p.kind == "vector"]
+    return tuple(out)
+
+
+def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
+    """Inference keeps nothing between steps but the states: the products of a step (the input
+    products of INFER_CHUNK steps), values handed between stages, and the new states."""
+    out = []
+    for g in plan.gemms:
+        G, products = len(g.products), ", ".join(g.products)
+        rows = INFER_CHUNK * B if g.hoisted else B
+        doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"
+        out.append(Buffer("products", g.operand, rows * G * H, doc=doc))
+    out += [
+        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        for v in plan.infer_step_values
+    ]
+    out += [Buffer("new_state", s, B * H, doc=f"the new {s} of one step") for s in plan.cell.states]
     return tuple(out)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,6 +94,24 @@ def import_generated(path: Path) -> ModuleType:
     return module
 
 
+@dataclass(frozen=True)
+class PackedParams:
+    """A cell's parameters rearranged for inference by one kernel: pass it to its `infer`."""
+
+    cell: str
+    backend: str
+    dtype: str
+    input_size: int
+    hidden_size: int
+    data: Any  # C: one array in the kernels' packed layout; NumPy: a dict of arrays
+
+    def __repr__(self) -> str:
+        return (
+            f"<cellgen packed params {self.cell} backend={self.backend} dtype={self.dtype} "
+            f"I={self.input_size} H={self.hidden_size}>"
+        )
+
+
 class CellKernel:
     """Forward and backward kernels of one cell on one backend."""
 
@@ -150,6 +169,85 @@ class CellKernel:
         if self._c is not None:
             return self._c.backward(dys, cache, dfinal)
         return self._module.backward(dys, cache, dfinal)
+
+    def pack(self, params: Arrays) -> PackedParams:
+        """The parameters rearranged once for `infer` (C: the kernels' packed layout; NumPy:
+        a copy). Checked like forward's params; sizes are read from their shapes."""
+        if not isinstance(params, dict):
+            raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
+        I, H = self._sizes_of(params)
+        dtype = self._dtype_of("params", np.asarray(next(iter(params.values()))))
+        shapes = self.param_shapes(I, H)
+        self._check_names("params", params, self.params, shapes)
+        params = {
+            p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
+            for p in self.params
+        }
+        data = self._c.pack(params, I, H) if self._c is not None else self._module.pack(params)
+        return PackedParams(self.name, self.backend, str(dtype), I, H, data)
+
+    def infer(
+        self, xs: np.ndarray, state0: Arrays, packed: PackedParams | Arrays
+    ) -> tuple[np.ndarray, Arrays]:
+        """ys and the final states, keeping nothing for a backward: `packed` from pack(), or a
+        params dict, packed here. Equal to forward's ys and final; on the C backend, calling
+        infer on one step at a time with the previous final gives the same numbers bit for bit
+        as one call over the sequence."""
+        if isinstance(packed, dict):
+            packed = self.pack(packed)
+        if not isinstance(packed, PackedParams) or (packed.cell, packed.backend) != (
+            self.name,
+            self.backend,
+        ):
+            raise ValueError(
+                f"packed: expected the result of this kernel's pack() ({self.name}, "
+                f"{self.backend}) or a params dict"
+            )
+        xs_arr = np.asarray(xs)
+        if xs_arr.ndim != 3 or 0 in xs_arr.shape:
+            raise ValueError(
+                f"xs: expected a non-empty array of shape (T, B, I), got shape {xs_arr.shape}"
+            )
+        dtype = np.dtype(packed.dtype)
+        T, B, I = xs_arr.shape
+        if packed.input_size != I:
+            raise ValueError(
+                f"xs: expected shape (T, B, I) = (T, B, {packed.input_size}) for these weights, "
+                f"got {xs_arr.shape}"
+            )
+        xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
+        if not isinstance(state0, dict):
+            raise ValueError(f"state0: expected a dict with keys {self.states}")
+        H = packed.hidden_size
+        self._check_names("state0", state0, self.states, {s: (B, H) for s in self.states})
+        state0 = {
+            s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
+            for s in self.states
+        }
+        if self._c is not None:
+            return self._c.infer(xs_arr, state0, packed.data, H)
+        return self._module.infer(xs_arr, state0, packed.data)
+
+    def _sizes_of(self, params: Arrays) -> tuple[int, int]:
+        """I and H from the shapes of the parameters."""
+        sizes: dict[str, int] = {}
+        for p, shape in self._shapes.items():
+            if p in params:
+                for dim, n in zip(shape, np.shape(params[p]), strict=False):
+                    sizes.setdefault(dim, int(n))
+        if "H" not in sizes or "I" not in sizes:
+            missing = next(p for p in self.params if p not in params)
+            raise ValueError(f"params: missing parameter '{missing}'")
+        return sizes["I"], sizes["H"]
+
+    def _check_names(self, what: str, given: dict, names: tuple, shapes: dict) -> None:
+        missing = [n for n in names if n not in given]
+        if missing:
+            n = missing[0]
+            raise ValueError(f"{what}: missing '{n}' of shape {shapes[n]}")
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(f"{what}: unknown '{unknown[0]}'; {self.name} has {', '.join(names)}")
 
     # validation ---------------------------------------------------------------------------
 

@@ -30,6 +30,18 @@ size_t cellgen_gru_work_size(size_t T, size_t B, size_t I, size_t H)
     return forward > backward ? forward : backward;
 }
 
+size_t cellgen_gru_packed_size(size_t I, size_t H)
+{
+    (void)I, (void)H;
+    return 3 * H + 3 * H * H + 3 * I * H;
+}
+
+size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H)
+{
+    (void)B, (void)I, (void)H;
+    return 54 * B * H;
+}
+
 /* ---- double ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -427,6 +439,105 @@ void cellgen_gru_backward_f64(
     weight_gradient_f64(T * B, H, H, d_W_h_x_all, H, (saved + 2 * T * BH), H, d_U_h);
 }
 
+void cellgen_gru_pack_f64(
+    size_t I, size_t H,
+    const double *W_z, const double *W_r, const double *W_h, const double *U_z,
+    const double *U_r, const double *U_h, const double *b_z, const double *b_r,
+    const double *b_h,
+    double *packed)
+{
+    transpose_f64(H, I, W_z, packed + 0 + 0 * H, 3 * H);
+    transpose_f64(H, I, W_r, packed + 0 + 1 * H, 3 * H);
+    transpose_f64(H, I, W_h, packed + 0 + 2 * H, 3 * H);
+    transpose_f64(H, H, U_z, packed + 3 * I * H + 0 * H, 2 * H);
+    transpose_f64(H, H, U_r, packed + 3 * I * H + 1 * H, 2 * H);
+    transpose_f64(H, H, U_h, packed + 2 * H * H + 3 * I * H + 0 * H, H);
+    copy_f64(H, b_z, packed + 3 * H * H + 3 * I * H);
+    copy_f64(H, b_r, packed + H + 3 * H * H + 3 * I * H);
+    copy_f64(H, b_h, packed + 2 * H + 3 * H * H + 3 * I * H);
+    (void)I;
+}
+
+void cellgen_gru_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state,
+    double *ys, double *work)
+{
+    const size_t BH = B * H;
+    const double *const x_MT = packed + 0;
+    const double *const h_prev_MT = packed + 3 * I * H;
+    const double *const h_prev_r_MT = packed + 2 * H * H + 3 * I * H;
+    const double *const b_z = packed + 3 * H * H + 3 * I * H;
+    const double *const b_r = packed + H + 3 * H * H + 3 * I * H;
+    const double *const b_h = packed + 2 * H + 3 * H * H + 3 * I * H;
+    double *next = work;
+    double *const x_products = next; /* W_z_x, W_r_x, W_h_x of up to 16 steps */
+    next += 48 * B * H;
+    double *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev, one step */
+    next += 2 * B * H;
+    double *const h_prev_r_products = next; /* U_h_h_prev_r, one step */
+    next += B * H;
+    double *const z_step = next; /* z of one step, for a later stage */
+    next += B * H;
+    double *const h_prev_r_step = next; /* h_prev_r of one step, for a later stage */
+    next += B * H;
+    double *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f64(steps * B * 3 * H, 0.0, x_products);
+        gemm_f64(steps * B, I, 3 * H, xs + t0 * B * I, I, x_MT, 3 * H, x_products, 3 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const double *const h_prev = h_state;
+            const double *const W_z_x = x_products + (t - t0) * B * 3 * H + 0 * H;
+            const double *const W_r_x = x_products + (t - t0) * B * 3 * H + 1 * H;
+            const double *const W_h_x = x_products + (t - t0) * B * 3 * H + 2 * H;
+            const double *const U_z_h_prev = h_prev_products + 0 * H;
+            const double *const U_r_h_prev = h_prev_products + 1 * H;
+            const double *const U_h_h_prev_r = h_prev_r_products + 0 * H;
+            fill_f64(B * 2 * H, 0.0, h_prev_products);
+            gemm_f64(B, H, 2 * H, h_prev, H, h_prev_MT, 2 * H, h_prev_products, 2 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                    const double z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
+                    const double z = sigmoid_f64(z_pre);
+                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                    const double r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
+                    const double r = sigmoid_f64(r_pre);
+                    /* h_prev_r = r * h_prev */
+                    const double h_prev_r = h_prev[n] * r;
+                    z_step[n] = z;
+                    h_prev_r_step[n] = h_prev_r;
+                }
+            }
+            fill_f64(B * H, 0.0, h_prev_r_products);
+            gemm_f64(B, H, H, h_prev_r_step, H, h_prev_r_MT, H, h_prev_r_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
+                    const double h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
+                    const double h_hat = tanh_f64(h_hat_pre);
+                    /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
+                    const double h = h_hat * z_step[n] + h_prev[n] * (1.0 - z_step[n]);
+                    h_new[n] = h;
+                }
+            }
+            copy_f64(BH, h_new, h_state);
+            if (ys) {
+                copy_f64(BH, h_new, ys + t * BH);
+            }
+        }
+    }
+}
+
 /* ---- float ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -811,4 +922,102 @@ void cellgen_gru_backward_f32(
     weight_gradient_f32(B, H, H, d_W_r_x_all, H, h0, H, d_U_r);
     weight_gradient_f32((T - 1) * B, H, H, d_W_r_x_all + BH, H, ys, H, d_U_r);
     weight_gradient_f32(T * B, H, H, d_W_h_x_all, H, (saved + 2 * T * BH), H, d_U_h);
+}
+
+void cellgen_gru_pack_f32(
+    size_t I, size_t H,
+    const float *W_z, const float *W_r, const float *W_h, const float *U_z, const float *U_r,
+    const float *U_h, const float *b_z, const float *b_r, const float *b_h,
+    float *packed)
+{
+    transpose_f32(H, I, W_z, packed + 0 + 0 * H, 3 * H);
+    transpose_f32(H, I, W_r, packed + 0 + 1 * H, 3 * H);
+    transpose_f32(H, I, W_h, packed + 0 + 2 * H, 3 * H);
+    transpose_f32(H, H, U_z, packed + 3 * I * H + 0 * H, 2 * H);
+    transpose_f32(H, H, U_r, packed + 3 * I * H + 1 * H, 2 * H);
+    transpose_f32(H, H, U_h, packed + 2 * H * H + 3 * I * H + 0 * H, H);
+    copy_f32(H, b_z, packed + 3 * H * H + 3 * I * H);
+    copy_f32(H, b_r, packed + H + 3 * H * H + 3 * I * H);
+    copy_f32(H, b_h, packed + 2 * H + 3 * H * H + 3 * I * H);
+    (void)I;
+}
+
+void cellgen_gru_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state,
+    float *ys, float *work)
+{
+    const size_t BH = B * H;
+    const float *const x_MT = packed + 0;
+    const float *const h_prev_MT = packed + 3 * I * H;
+    const float *const h_prev_r_MT = packed + 2 * H * H + 3 * I * H;
+    const float *const b_z = packed + 3 * H * H + 3 * I * H;
+    const float *const b_r = packed + H + 3 * H * H + 3 * I * H;
+    const float *const b_h = packed + 2 * H + 3 * H * H + 3 * I * H;
+    float *next = work;
+    float *const x_products = next; /* W_z_x, W_r_x, W_h_x of up to 16 steps */
+    next += 48 * B * H;
+    float *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev, one step */
+    next += 2 * B * H;
+    float *const h_prev_r_products = next; /* U_h_h_prev_r, one step */
+    next += B * H;
+    float *const z_step = next; /* z of one step, for a later stage */
+    next += B * H;
+    float *const h_prev_r_step = next; /* h_prev_r of one step, for a later stage */
+    next += B * H;
+    float *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f32(steps * B * 3 * H, 0.0F, x_products);
+        gemm_f32(steps * B, I, 3 * H, xs + t0 * B * I, I, x_MT, 3 * H, x_products, 3 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const float *const h_prev = h_state;
+            const float *const W_z_x = x_products + (t - t0) * B * 3 * H + 0 * H;
+            const float *const W_r_x = x_products + (t - t0) * B * 3 * H + 1 * H;
+            const float *const W_h_x = x_products + (t - t0) * B * 3 * H + 2 * H;
+            const float *const U_z_h_prev = h_prev_products + 0 * H;
+            const float *const U_r_h_prev = h_prev_products + 1 * H;
+            const float *const U_h_h_prev_r = h_prev_r_products + 0 * H;
+            fill_f32(B * 2 * H, 0.0F, h_prev_products);
+            gemm_f32(B, H, 2 * H, h_prev, H, h_prev_MT, 2 * H, h_prev_products, 2 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                    const float z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
+                    const float z = sigmoid_f32(z_pre);
+                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                    const float r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
+                    const float r = sigmoid_f32(r_pre);
+                    /* h_prev_r = r * h_prev */
+                    const float h_prev_r = h_prev[n] * r;
+                    z_step[n] = z;
+                    h_prev_r_step[n] = h_prev_r;
+                }
+            }
+            fill_f32(B * H, 0.0F, h_prev_r_products);
+            gemm_f32(B, H, H, h_prev_r_step, H, h_prev_r_MT, H, h_prev_r_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
+                    const float h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
+                    const float h_hat = tanh_f32(h_hat_pre);
+                    /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
+                    const float h = h_hat * z_step[n] + h_prev[n] * (1.0F - z_step[n]);
+                    h_new[n] = h;
+                }
+            }
+            copy_f32(BH, h_new, h_state);
+            if (ys) {
+                copy_f32(BH, h_new, ys + t * BH);
+            }
+        }
+    }
 }

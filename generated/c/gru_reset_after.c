@@ -30,6 +30,18 @@ size_t cellgen_gru_reset_after_work_size(size_t T, size_t B, size_t I, size_t H)
     return forward > backward ? forward : backward;
 }
 
+size_t cellgen_gru_reset_after_packed_size(size_t I, size_t H)
+{
+    (void)I, (void)H;
+    return 4 * H + 3 * H * H + 3 * I * H;
+}
+
+size_t cellgen_gru_reset_after_infer_work_size(size_t B, size_t I, size_t H)
+{
+    (void)B, (void)I, (void)H;
+    return 52 * B * H;
+}
+
 /* ---- double ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -406,6 +418,87 @@ void cellgen_gru_reset_after_backward_f64(
     weight_gradient_f64((T - 1) * B, H, H, d_U_n_h_prev_all + BH, H, ys, H, d_U_n);
 }
 
+void cellgen_gru_reset_after_pack_f64(
+    size_t I, size_t H,
+    const double *W_r, const double *W_z, const double *W_n, const double *U_r,
+    const double *U_z, const double *U_n, const double *b_r, const double *b_z,
+    const double *b_in, const double *b_hn,
+    double *packed)
+{
+    transpose_f64(H, I, W_r, packed + 0 + 0 * H, 3 * H);
+    transpose_f64(H, I, W_z, packed + 0 + 1 * H, 3 * H);
+    transpose_f64(H, I, W_n, packed + 0 + 2 * H, 3 * H);
+    transpose_f64(H, H, U_r, packed + 3 * I * H + 0 * H, 3 * H);
+    transpose_f64(H, H, U_z, packed + 3 * I * H + 1 * H, 3 * H);
+    transpose_f64(H, H, U_n, packed + 3 * I * H + 2 * H, 3 * H);
+    copy_f64(H, b_r, packed + 3 * H * H + 3 * I * H);
+    copy_f64(H, b_z, packed + H + 3 * H * H + 3 * I * H);
+    copy_f64(H, b_in, packed + 2 * H + 3 * H * H + 3 * I * H);
+    copy_f64(H, b_hn, packed + 3 * H + 3 * H * H + 3 * I * H);
+    (void)I;
+}
+
+void cellgen_gru_reset_after_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state,
+    double *ys, double *work)
+{
+    const size_t BH = B * H;
+    const double *const x_MT = packed + 0;
+    const double *const h_prev_MT = packed + 3 * I * H;
+    const double *const b_r = packed + 3 * H * H + 3 * I * H;
+    const double *const b_z = packed + H + 3 * H * H + 3 * I * H;
+    const double *const b_in = packed + 2 * H + 3 * H * H + 3 * I * H;
+    const double *const b_hn = packed + 3 * H + 3 * H * H + 3 * I * H;
+    double *next = work;
+    double *const x_products = next; /* W_r_x, W_z_x, W_n_x of up to 16 steps */
+    next += 48 * B * H;
+    double *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev, one step */
+    next += 3 * B * H;
+    double *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f64(steps * B * 3 * H, 0.0, x_products);
+        gemm_f64(steps * B, I, 3 * H, xs + t0 * B * I, I, x_MT, 3 * H, x_products, 3 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const double *const h_prev = h_state;
+            const double *const W_r_x = x_products + (t - t0) * B * 3 * H + 0 * H;
+            const double *const W_z_x = x_products + (t - t0) * B * 3 * H + 1 * H;
+            const double *const W_n_x = x_products + (t - t0) * B * 3 * H + 2 * H;
+            const double *const U_r_h_prev = h_prev_products + 0 * H;
+            const double *const U_z_h_prev = h_prev_products + 1 * H;
+            const double *const U_n_h_prev = h_prev_products + 2 * H;
+            fill_f64(B * 3 * H, 0.0, h_prev_products);
+            gemm_f64(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                    const double r_pre = U_r_h_prev[n3] + W_r_x[n3] + b_r[j];
+                    const double r = sigmoid_f64(r_pre);
+                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                    const double z_pre = U_z_h_prev[n3] + W_z_x[n3] + b_z[j];
+                    const double z = sigmoid_f64(z_pre);
+                    /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
+                    const double n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
+                    const double n2 = tanh_f64(n_pre);
+                    /* h = z * h_prev + n * (1 - z)  (hidden state) */
+                    const double h = h_prev[n] * z + n2 * (1.0 - z);
+                    h_new[n] = h;
+                }
+            }
+            copy_f64(BH, h_new, h_state);
+            if (ys) {
+                copy_f64(BH, h_new, ys + t * BH);
+            }
+        }
+    }
+}
+
 /* ---- float ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -769,4 +862,84 @@ void cellgen_gru_reset_after_backward_f32(
     weight_gradient_f32((T - 1) * B, H, H, d_W_z_x_all + BH, H, ys, H, d_U_z);
     weight_gradient_f32(B, H, H, d_U_n_h_prev_all, H, h0, H, d_U_n);
     weight_gradient_f32((T - 1) * B, H, H, d_U_n_h_prev_all + BH, H, ys, H, d_U_n);
+}
+
+void cellgen_gru_reset_after_pack_f32(
+    size_t I, size_t H,
+    const float *W_r, const float *W_z, const float *W_n, const float *U_r, const float *U_z,
+    const float *U_n, const float *b_r, const float *b_z, const float *b_in, const float *b_hn,
+    float *packed)
+{
+    transpose_f32(H, I, W_r, packed + 0 + 0 * H, 3 * H);
+    transpose_f32(H, I, W_z, packed + 0 + 1 * H, 3 * H);
+    transpose_f32(H, I, W_n, packed + 0 + 2 * H, 3 * H);
+    transpose_f32(H, H, U_r, packed + 3 * I * H + 0 * H, 3 * H);
+    transpose_f32(H, H, U_z, packed + 3 * I * H + 1 * H, 3 * H);
+    transpose_f32(H, H, U_n, packed + 3 * I * H + 2 * H, 3 * H);
+    copy_f32(H, b_r, packed + 3 * H * H + 3 * I * H);
+    copy_f32(H, b_z, packed + H + 3 * H * H + 3 * I * H);
+    copy_f32(H, b_in, packed + 2 * H + 3 * H * H + 3 * I * H);
+    copy_f32(H, b_hn, packed + 3 * H + 3 * H * H + 3 * I * H);
+    (void)I;
+}
+
+void cellgen_gru_reset_after_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state,
+    float *ys, float *work)
+{
+    const size_t BH = B * H;
+    const float *const x_MT = packed + 0;
+    const float *const h_prev_MT = packed + 3 * I * H;
+    const float *const b_r = packed + 3 * H * H + 3 * I * H;
+    const float *const b_z = packed + H + 3 * H * H + 3 * I * H;
+    const float *const b_in = packed + 2 * H + 3 * H * H + 3 * I * H;
+    const float *const b_hn = packed + 3 * H + 3 * H * H + 3 * I * H;
+    float *next = work;
+    float *const x_products = next; /* W_r_x, W_z_x, W_n_x of up to 16 steps */
+    next += 48 * B * H;
+    float *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev, one step */
+    next += 3 * B * H;
+    float *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f32(steps * B * 3 * H, 0.0F, x_products);
+        gemm_f32(steps * B, I, 3 * H, xs + t0 * B * I, I, x_MT, 3 * H, x_products, 3 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const float *const h_prev = h_state;
+            const float *const W_r_x = x_products + (t - t0) * B * 3 * H + 0 * H;
+            const float *const W_z_x = x_products + (t - t0) * B * 3 * H + 1 * H;
+            const float *const W_n_x = x_products + (t - t0) * B * 3 * H + 2 * H;
+            const float *const U_r_h_prev = h_prev_products + 0 * H;
+            const float *const U_z_h_prev = h_prev_products + 1 * H;
+            const float *const U_n_h_prev = h_prev_products + 2 * H;
+            fill_f32(B * 3 * H, 0.0F, h_prev_products);
+            gemm_f32(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n3 = b * 3 * H + j;
+                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                    const float r_pre = U_r_h_prev[n3] + W_r_x[n3] + b_r[j];
+                    const float r = sigmoid_f32(r_pre);
+                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                    const float z_pre = U_z_h_prev[n3] + W_z_x[n3] + b_z[j];
+                    const float z = sigmoid_f32(z_pre);
+                    /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
+                    const float n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
+                    const float n2 = tanh_f32(n_pre);
+                    /* h = z * h_prev + n * (1 - z)  (hidden state) */
+                    const float h = h_prev[n] * z + n2 * (1.0F - z);
+                    h_new[n] = h;
+                }
+            }
+            copy_f32(BH, h_new, h_state);
+            if (ys) {
+                copy_f32(BH, h_new, ys + t * BH);
+            }
+        }
+    }
 }

@@ -17,8 +17,21 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Training: forward keeps what backward needs in `saved`. */
 size_t cellgen_gru_reset_after_saved_size(size_t T, size_t B, size_t H);
 size_t cellgen_gru_reset_after_work_size(size_t T, size_t B, size_t I, size_t H);
+
+/* Inference: pack rearranges the parameters once into `packed` (cellgen_gru_reset_after_packed_size
+ * numbers; the layout is cellgen's own); infer runs T steps from the states given, leaves the
+ * final states in the same arrays, and writes ys (T, B, H) unless ys is NULL. Calling infer
+ * with T = 1 again and again streams a sequence and gives the same numbers, bit for bit, as
+ * one call over it. `work` holds cellgen_gru_reset_after_infer_work_size(B, I, H) numbers, whatever T. */
+size_t cellgen_gru_reset_after_packed_size(size_t I, size_t H);
+size_t cellgen_gru_reset_after_infer_work_size(size_t B, size_t I, size_t H);
 
 void cellgen_gru_reset_after_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
@@ -44,6 +57,19 @@ void cellgen_gru_reset_after_backward_f64(
     double *d_b_r, double *d_b_z, double *d_b_in, double *d_b_hn,
     double *work);
 
+void cellgen_gru_reset_after_pack_f64(
+    size_t I, size_t H,
+    const double *W_r, const double *W_z, const double *W_n, const double *U_r,
+    const double *U_z, const double *U_n, const double *b_r, const double *b_z,
+    const double *b_in, const double *b_hn,
+    double *packed);
+
+void cellgen_gru_reset_after_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state,
+    double *ys, double *work);
+
 void cellgen_gru_reset_after_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
@@ -65,5 +91,21 @@ void cellgen_gru_reset_after_backward_f32(
     float *d_W_r, float *d_W_z, float *d_W_n, float *d_U_r, float *d_U_z, float *d_U_n,
     float *d_b_r, float *d_b_z, float *d_b_in, float *d_b_hn,
     float *work);
+
+void cellgen_gru_reset_after_pack_f32(
+    size_t I, size_t H,
+    const float *W_r, const float *W_z, const float *W_n, const float *U_r, const float *U_z,
+    const float *U_n, const float *b_r, const float *b_z, const float *b_in, const float *b_hn,
+    float *packed);
+
+void cellgen_gru_reset_after_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state,
+    float *ys, float *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* CELLGEN_GRU_RESET_AFTER_H */

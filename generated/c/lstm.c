@@ -30,6 +30,18 @@ size_t cellgen_lstm_work_size(size_t T, size_t B, size_t I, size_t H)
     return forward > backward ? forward : backward;
 }
 
+size_t cellgen_lstm_packed_size(size_t I, size_t H)
+{
+    (void)I, (void)H;
+    return 4 * H + 4 * H * H + 4 * I * H;
+}
+
+size_t cellgen_lstm_infer_work_size(size_t B, size_t I, size_t H)
+{
+    (void)B, (void)I, (void)H;
+    return 70 * B * H;
+}
+
 /* ---- double ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -452,6 +464,102 @@ void cellgen_lstm_backward_f64(
     weight_gradient_f64((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys, H, d_U_o);
 }
 
+void cellgen_lstm_pack_f64(
+    size_t I, size_t H,
+    const double *W_f, const double *W_i, const double *W_c, const double *W_o,
+    const double *U_f, const double *U_i, const double *U_c, const double *U_o,
+    const double *b_f, const double *b_i, const double *b_c, const double *b_o,
+    double *packed)
+{
+    transpose_f64(H, I, W_f, packed + 0 + 0 * H, 4 * H);
+    transpose_f64(H, I, W_i, packed + 0 + 1 * H, 4 * H);
+    transpose_f64(H, I, W_c, packed + 0 + 2 * H, 4 * H);
+    transpose_f64(H, I, W_o, packed + 0 + 3 * H, 4 * H);
+    transpose_f64(H, H, U_f, packed + 4 * I * H + 0 * H, 4 * H);
+    transpose_f64(H, H, U_i, packed + 4 * I * H + 1 * H, 4 * H);
+    transpose_f64(H, H, U_c, packed + 4 * I * H + 2 * H, 4 * H);
+    transpose_f64(H, H, U_o, packed + 4 * I * H + 3 * H, 4 * H);
+    copy_f64(H, b_f, packed + 4 * H * H + 4 * I * H);
+    copy_f64(H, b_i, packed + H + 4 * H * H + 4 * I * H);
+    copy_f64(H, b_c, packed + 2 * H + 4 * H * H + 4 * I * H);
+    copy_f64(H, b_o, packed + 3 * H + 4 * H * H + 4 * I * H);
+    (void)I;
+}
+
+void cellgen_lstm_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state, double *c_state,
+    double *ys, double *work)
+{
+    const size_t BH = B * H;
+    const double *const x_MT = packed + 0;
+    const double *const h_prev_MT = packed + 4 * I * H;
+    const double *const b_f = packed + 4 * H * H + 4 * I * H;
+    const double *const b_i = packed + H + 4 * H * H + 4 * I * H;
+    const double *const b_c = packed + 2 * H + 4 * H * H + 4 * I * H;
+    const double *const b_o = packed + 3 * H + 4 * H * H + 4 * I * H;
+    double *next = work;
+    double *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x of up to 16 steps */
+    next += 64 * B * H;
+    double *const h_prev_products = next; /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev, one step */
+    next += 4 * B * H;
+    double *const h_new = next; /* the new h of one step */
+    next += B * H;
+    double *const c_new = next; /* the new c of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f64(steps * B * 4 * H, 0.0, x_products);
+        gemm_f64(steps * B, I, 4 * H, xs + t0 * B * I, I, x_MT, 4 * H, x_products, 4 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const double *const h_prev = h_state;
+            const double *const c_prev = c_state;
+            const double *const W_f_x = x_products + (t - t0) * B * 4 * H + 0 * H;
+            const double *const W_i_x = x_products + (t - t0) * B * 4 * H + 1 * H;
+            const double *const W_c_x = x_products + (t - t0) * B * 4 * H + 2 * H;
+            const double *const W_o_x = x_products + (t - t0) * B * 4 * H + 3 * H;
+            const double *const U_f_h_prev = h_prev_products + 0 * H;
+            const double *const U_i_h_prev = h_prev_products + 1 * H;
+            const double *const U_c_h_prev = h_prev_products + 2 * H;
+            const double *const U_o_h_prev = h_prev_products + 3 * H;
+            fill_f64(B * 4 * H, 0.0, h_prev_products);
+            gemm_f64(B, H, 4 * H, h_prev, H, h_prev_MT, 4 * H, h_prev_products, 4 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n4 = b * 4 * H + j;
+                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                    const double f_pre = U_f_h_prev[n4] + W_f_x[n4] + b_f[j];
+                    const double f = sigmoid_f64(f_pre);
+                    /* i = sigmoid(W_i @ x + U_i @ h_prev + b_i)  (input gate) */
+                    const double i_pre = U_i_h_prev[n4] + W_i_x[n4] + b_i[j];
+                    const double i = sigmoid_f64(i_pre);
+                    /* c_tilde = tanh(W_c @ x + U_c @ h_prev + b_c)  (candidate) */
+                    const double c_tilde_pre = U_c_h_prev[n4] + W_c_x[n4] + b_c[j];
+                    const double c_tilde = tanh_f64(c_tilde_pre);
+                    /* c = f * c_prev + i * c_tilde  (cell state) */
+                    const double c = c_prev[n] * f + c_tilde * i;
+                    /* o = sigmoid(W_o @ x + U_o @ h_prev + b_o)  (output gate) */
+                    const double o_pre = U_o_h_prev[n4] + W_o_x[n4] + b_o[j];
+                    const double o = sigmoid_f64(o_pre);
+                    /* h = o * tanh(c)  (hidden state) */
+                    const double tanh_c = tanh_f64(c);
+                    const double h = o * tanh_c;
+                    c_new[n] = c;
+                    h_new[n] = h;
+                }
+            }
+            copy_f64(BH, h_new, h_state);
+            copy_f64(BH, c_new, c_state);
+            if (ys) {
+                copy_f64(BH, h_new, ys + t * BH);
+            }
+        }
+    }
+}
+
 /* ---- float ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -863,4 +971,100 @@ void cellgen_lstm_backward_f32(
     weight_gradient_f32((T - 1) * B, H, H, d_W_c_x_all + BH, H, ys, H, d_U_c);
     weight_gradient_f32(B, H, H, d_W_o_x_all, H, h0, H, d_U_o);
     weight_gradient_f32((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys, H, d_U_o);
+}
+
+void cellgen_lstm_pack_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_i, const float *W_c, const float *W_o, const float *U_f,
+    const float *U_i, const float *U_c, const float *U_o, const float *b_f, const float *b_i,
+    const float *b_c, const float *b_o,
+    float *packed)
+{
+    transpose_f32(H, I, W_f, packed + 0 + 0 * H, 4 * H);
+    transpose_f32(H, I, W_i, packed + 0 + 1 * H, 4 * H);
+    transpose_f32(H, I, W_c, packed + 0 + 2 * H, 4 * H);
+    transpose_f32(H, I, W_o, packed + 0 + 3 * H, 4 * H);
+    transpose_f32(H, H, U_f, packed + 4 * I * H + 0 * H, 4 * H);
+    transpose_f32(H, H, U_i, packed + 4 * I * H + 1 * H, 4 * H);
+    transpose_f32(H, H, U_c, packed + 4 * I * H + 2 * H, 4 * H);
+    transpose_f32(H, H, U_o, packed + 4 * I * H + 3 * H, 4 * H);
+    copy_f32(H, b_f, packed + 4 * H * H + 4 * I * H);
+    copy_f32(H, b_i, packed + H + 4 * H * H + 4 * I * H);
+    copy_f32(H, b_c, packed + 2 * H + 4 * H * H + 4 * I * H);
+    copy_f32(H, b_o, packed + 3 * H + 4 * H * H + 4 * I * H);
+    (void)I;
+}
+
+void cellgen_lstm_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state, float *c_state,
+    float *ys, float *work)
+{
+    const size_t BH = B * H;
+    const float *const x_MT = packed + 0;
+    const float *const h_prev_MT = packed + 4 * I * H;
+    const float *const b_f = packed + 4 * H * H + 4 * I * H;
+    const float *const b_i = packed + H + 4 * H * H + 4 * I * H;
+    const float *const b_c = packed + 2 * H + 4 * H * H + 4 * I * H;
+    const float *const b_o = packed + 3 * H + 4 * H * H + 4 * I * H;
+    float *next = work;
+    float *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x of up to 16 steps */
+    next += 64 * B * H;
+    float *const h_prev_products = next; /* U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev, one step */
+    next += 4 * B * H;
+    float *const h_new = next; /* the new h of one step */
+    next += B * H;
+    float *const c_new = next; /* the new c of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f32(steps * B * 4 * H, 0.0F, x_products);
+        gemm_f32(steps * B, I, 4 * H, xs + t0 * B * I, I, x_MT, 4 * H, x_products, 4 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const float *const h_prev = h_state;
+            const float *const c_prev = c_state;
+            const float *const W_f_x = x_products + (t - t0) * B * 4 * H + 0 * H;
+            const float *const W_i_x = x_products + (t - t0) * B * 4 * H + 1 * H;
+            const float *const W_c_x = x_products + (t - t0) * B * 4 * H + 2 * H;
+            const float *const W_o_x = x_products + (t - t0) * B * 4 * H + 3 * H;
+            const float *const U_f_h_prev = h_prev_products + 0 * H;
+            const float *const U_i_h_prev = h_prev_products + 1 * H;
+            const float *const U_c_h_prev = h_prev_products + 2 * H;
+            const float *const U_o_h_prev = h_prev_products + 3 * H;
+            fill_f32(B * 4 * H, 0.0F, h_prev_products);
+            gemm_f32(B, H, 4 * H, h_prev, H, h_prev_MT, 4 * H, h_prev_products, 4 * H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n4 = b * 4 * H + j;
+                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                    const float f_pre = U_f_h_prev[n4] + W_f_x[n4] + b_f[j];
+                    const float f = sigmoid_f32(f_pre);
+                    /* i = sigmoid(W_i @ x + U_i @ h_prev + b_i)  (input gate) */
+                    const float i_pre = U_i_h_prev[n4] + W_i_x[n4] + b_i[j];
+                    const float i = sigmoid_f32(i_pre);
+                    /* c_tilde = tanh(W_c @ x + U_c @ h_prev + b_c)  (candidate) */
+                    const float c_tilde_pre = U_c_h_prev[n4] + W_c_x[n4] + b_c[j];
+                    const float c_tilde = tanh_f32(c_tilde_pre);
+                    /* c = f * c_prev + i * c_tilde  (cell state) */
+                    const float c = c_prev[n] * f + c_tilde * i;
+                    /* o = sigmoid(W_o @ x + U_o @ h_prev + b_o)  (output gate) */
+                    const float o_pre = U_o_h_prev[n4] + W_o_x[n4] + b_o[j];
+                    const float o = sigmoid_f32(o_pre);
+                    /* h = o * tanh(c)  (hidden state) */
+                    const float tanh_c = tanh_f32(c);
+                    const float h = o * tanh_c;
+                    c_new[n] = c;
+                    h_new[n] = h;
+                }
+            }
+            copy_f32(BH, h_new, h_state);
+            copy_f32(BH, c_new, c_state);
+            if (ys) {
+                copy_f32(BH, h_new, ys + t * BH);
+            }
+        }
+    }
 }

@@ -17,8 +17,21 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Training: forward keeps what backward needs in `saved`. */
 size_t cellgen_lstm_peephole_saved_size(size_t T, size_t B, size_t H);
 size_t cellgen_lstm_peephole_work_size(size_t T, size_t B, size_t I, size_t H);
+
+/* Inference: pack rearranges the parameters once into `packed` (cellgen_lstm_peephole_packed_size
+ * numbers; the layout is cellgen's own); infer runs T steps from the states given, leaves the
+ * final states in the same arrays, and writes ys (T, B, H) unless ys is NULL. Calling infer
+ * with T = 1 again and again streams a sequence and gives the same numbers, bit for bit, as
+ * one call over it. `work` holds cellgen_lstm_peephole_infer_work_size(B, I, H) numbers, whatever T. */
+size_t cellgen_lstm_peephole_packed_size(size_t I, size_t H);
+size_t cellgen_lstm_peephole_infer_work_size(size_t B, size_t I, size_t H);
 
 void cellgen_lstm_peephole_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
@@ -47,6 +60,20 @@ void cellgen_lstm_peephole_backward_f64(
     double *d_p_i, double *d_p_f, double *d_p_o,
     double *work);
 
+void cellgen_lstm_peephole_pack_f64(
+    size_t I, size_t H,
+    const double *W_f, const double *W_i, const double *W_c, const double *W_o,
+    const double *U_f, const double *U_i, const double *U_c, const double *U_o,
+    const double *b_f, const double *b_i, const double *b_c, const double *b_o,
+    const double *p_i, const double *p_f, const double *p_o,
+    double *packed);
+
+void cellgen_lstm_peephole_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state, double *c_state,
+    double *ys, double *work);
+
 void cellgen_lstm_peephole_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
@@ -71,5 +98,22 @@ void cellgen_lstm_peephole_backward_f32(
     float *d_U_c, float *d_U_o, float *d_b_f, float *d_b_i, float *d_b_c, float *d_b_o,
     float *d_p_i, float *d_p_f, float *d_p_o,
     float *work);
+
+void cellgen_lstm_peephole_pack_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_i, const float *W_c, const float *W_o, const float *U_f,
+    const float *U_i, const float *U_c, const float *U_o, const float *b_f, const float *b_i,
+    const float *b_c, const float *b_o, const float *p_i, const float *p_f, const float *p_o,
+    float *packed);
+
+void cellgen_lstm_peephole_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state, float *c_state,
+    float *ys, float *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* CELLGEN_LSTM_PEEPHOLE_H */

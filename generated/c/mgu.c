@@ -30,6 +30,18 @@ size_t cellgen_mgu_work_size(size_t T, size_t B, size_t I, size_t H)
     return forward > backward ? forward : backward;
 }
 
+size_t cellgen_mgu_packed_size(size_t I, size_t H)
+{
+    (void)I, (void)H;
+    return 2 * H + 2 * H * H + 2 * I * H;
+}
+
+size_t cellgen_mgu_infer_work_size(size_t B, size_t I, size_t H)
+{
+    (void)B, (void)I, (void)H;
+    return 37 * B * H;
+}
+
 /* ---- double ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -396,6 +408,94 @@ void cellgen_mgu_backward_f64(
     weight_gradient_f64(T * B, H, H, d_W_h_x_all, H, (saved + 1 * T * BH), H, d_U_h);
 }
 
+void cellgen_mgu_pack_f64(
+    size_t I, size_t H,
+    const double *W_f, const double *W_h, const double *U_f, const double *U_h,
+    const double *b_f, const double *b_h,
+    double *packed)
+{
+    transpose_f64(H, I, W_f, packed + 0 + 0 * H, 2 * H);
+    transpose_f64(H, I, W_h, packed + 0 + 1 * H, 2 * H);
+    transpose_f64(H, H, U_f, packed + 2 * I * H + 0 * H, H);
+    transpose_f64(H, H, U_h, packed + H * H + 2 * I * H + 0 * H, H);
+    copy_f64(H, b_f, packed + 2 * H * H + 2 * I * H);
+    copy_f64(H, b_h, packed + H + 2 * H * H + 2 * I * H);
+    (void)I;
+}
+
+void cellgen_mgu_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state,
+    double *ys, double *work)
+{
+    const size_t BH = B * H;
+    const double *const x_MT = packed + 0;
+    const double *const h_prev_MT = packed + 2 * I * H;
+    const double *const f_h_prev_MT = packed + H * H + 2 * I * H;
+    const double *const b_f = packed + 2 * H * H + 2 * I * H;
+    const double *const b_h = packed + H + 2 * H * H + 2 * I * H;
+    double *next = work;
+    double *const x_products = next; /* W_f_x, W_h_x of up to 16 steps */
+    next += 32 * B * H;
+    double *const h_prev_products = next; /* U_f_h_prev, one step */
+    next += B * H;
+    double *const f_h_prev_products = next; /* U_h_f_h_prev, one step */
+    next += B * H;
+    double *const f_step = next; /* f of one step, for a later stage */
+    next += B * H;
+    double *const f_h_prev_step = next; /* f_h_prev of one step, for a later stage */
+    next += B * H;
+    double *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f64(steps * B * 2 * H, 0.0, x_products);
+        gemm_f64(steps * B, I, 2 * H, xs + t0 * B * I, I, x_MT, 2 * H, x_products, 2 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const double *const h_prev = h_state;
+            const double *const W_f_x = x_products + (t - t0) * B * 2 * H + 0 * H;
+            const double *const W_h_x = x_products + (t - t0) * B * 2 * H + 1 * H;
+            const double *const U_f_h_prev = h_prev_products + 0 * H;
+            const double *const U_h_f_h_prev = f_h_prev_products + 0 * H;
+            fill_f64(B * H, 0.0, h_prev_products);
+            gemm_f64(B, H, H, h_prev, H, h_prev_MT, H, h_prev_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                    const double f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
+                    const double f = sigmoid_f64(f_pre);
+                    /* f_h_prev = f * h_prev */
+                    const double f_h_prev = f * h_prev[n];
+                    f_step[n] = f;
+                    f_h_prev_step[n] = f_h_prev;
+                }
+            }
+            fill_f64(B * H, 0.0, f_h_prev_products);
+            gemm_f64(B, H, H, f_h_prev_step, H, f_h_prev_MT, H, f_h_prev_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
+                    const double h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
+                    const double h_hat = tanh_f64(h_hat_pre);
+                    /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
+                    const double h = f_step[n] * h_hat + h_prev[n] * (1.0 - f_step[n]);
+                    h_new[n] = h;
+                }
+            }
+            copy_f64(BH, h_new, h_state);
+            if (ys) {
+                copy_f64(BH, h_new, ys + t * BH);
+            }
+        }
+    }
+}
+
 /* ---- float ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -751,4 +851,92 @@ void cellgen_mgu_backward_f32(
     weight_gradient_f32(B, H, H, d_W_f_x_all, H, h0, H, d_U_f);
     weight_gradient_f32((T - 1) * B, H, H, d_W_f_x_all + BH, H, ys, H, d_U_f);
     weight_gradient_f32(T * B, H, H, d_W_h_x_all, H, (saved + 1 * T * BH), H, d_U_h);
+}
+
+void cellgen_mgu_pack_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_h, const float *U_f, const float *U_h, const float *b_f,
+    const float *b_h,
+    float *packed)
+{
+    transpose_f32(H, I, W_f, packed + 0 + 0 * H, 2 * H);
+    transpose_f32(H, I, W_h, packed + 0 + 1 * H, 2 * H);
+    transpose_f32(H, H, U_f, packed + 2 * I * H + 0 * H, H);
+    transpose_f32(H, H, U_h, packed + H * H + 2 * I * H + 0 * H, H);
+    copy_f32(H, b_f, packed + 2 * H * H + 2 * I * H);
+    copy_f32(H, b_h, packed + H + 2 * H * H + 2 * I * H);
+    (void)I;
+}
+
+void cellgen_mgu_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state,
+    float *ys, float *work)
+{
+    const size_t BH = B * H;
+    const float *const x_MT = packed + 0;
+    const float *const h_prev_MT = packed + 2 * I * H;
+    const float *const f_h_prev_MT = packed + H * H + 2 * I * H;
+    const float *const b_f = packed + 2 * H * H + 2 * I * H;
+    const float *const b_h = packed + H + 2 * H * H + 2 * I * H;
+    float *next = work;
+    float *const x_products = next; /* W_f_x, W_h_x of up to 16 steps */
+    next += 32 * B * H;
+    float *const h_prev_products = next; /* U_f_h_prev, one step */
+    next += B * H;
+    float *const f_h_prev_products = next; /* U_h_f_h_prev, one step */
+    next += B * H;
+    float *const f_step = next; /* f of one step, for a later stage */
+    next += B * H;
+    float *const f_h_prev_step = next; /* f_h_prev of one step, for a later stage */
+    next += B * H;
+    float *const h_new = next; /* the new h of one step */
+    next += B * H;
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        const size_t steps = T - t0 < 16 ? T - t0 : 16;
+        /* the input products of these steps at once */
+        fill_f32(steps * B * 2 * H, 0.0F, x_products);
+        gemm_f32(steps * B, I, 2 * H, xs + t0 * B * I, I, x_MT, 2 * H, x_products, 2 * H);
+        for (size_t t = t0; t < t0 + steps; ++t) {
+            const float *const h_prev = h_state;
+            const float *const W_f_x = x_products + (t - t0) * B * 2 * H + 0 * H;
+            const float *const W_h_x = x_products + (t - t0) * B * 2 * H + 1 * H;
+            const float *const U_f_h_prev = h_prev_products + 0 * H;
+            const float *const U_h_f_h_prev = f_h_prev_products + 0 * H;
+            fill_f32(B * H, 0.0F, h_prev_products);
+            gemm_f32(B, H, H, h_prev, H, h_prev_MT, H, h_prev_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                    const float f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
+                    const float f = sigmoid_f32(f_pre);
+                    /* f_h_prev = f * h_prev */
+                    const float f_h_prev = f * h_prev[n];
+                    f_step[n] = f;
+                    f_h_prev_step[n] = f_h_prev;
+                }
+            }
+            fill_f32(B * H, 0.0F, f_h_prev_products);
+            gemm_f32(B, H, H, f_h_prev_step, H, f_h_prev_MT, H, f_h_prev_products, H);
+            for (size_t b = 0; b < B; ++b) {
+                for (size_t j = 0; j < H; ++j) {
+                    const size_t n = b * H + j;
+                    const size_t n2 = b * 2 * H + j;
+                    /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
+                    const float h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
+                    const float h_hat = tanh_f32(h_hat_pre);
+                    /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
+                    const float h = f_step[n] * h_hat + h_prev[n] * (1.0F - f_step[n]);
+                    h_new[n] = h;
+                }
+            }
+            copy_f32(BH, h_new, h_state);
+            if (ys) {
+                copy_f32(BH, h_new, ys + t * BH);
+            }
+        }
+    }
 }

@@ -17,8 +17,21 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Training: forward keeps what backward needs in `saved`. */
 size_t cellgen_mgu_saved_size(size_t T, size_t B, size_t H);
 size_t cellgen_mgu_work_size(size_t T, size_t B, size_t I, size_t H);
+
+/* Inference: pack rearranges the parameters once into `packed` (cellgen_mgu_packed_size
+ * numbers; the layout is cellgen's own); infer runs T steps from the states given, leaves the
+ * final states in the same arrays, and writes ys (T, B, H) unless ys is NULL. Calling infer
+ * with T = 1 again and again streams a sequence and gives the same numbers, bit for bit, as
+ * one call over it. `work` holds cellgen_mgu_infer_work_size(B, I, H) numbers, whatever T. */
+size_t cellgen_mgu_packed_size(size_t I, size_t H);
+size_t cellgen_mgu_infer_work_size(size_t B, size_t I, size_t H);
 
 void cellgen_mgu_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
@@ -41,6 +54,18 @@ void cellgen_mgu_backward_f64(
     double *d_W_f, double *d_W_h, double *d_U_f, double *d_U_h, double *d_b_f, double *d_b_h,
     double *work);
 
+void cellgen_mgu_pack_f64(
+    size_t I, size_t H,
+    const double *W_f, const double *W_h, const double *U_f, const double *U_h,
+    const double *b_f, const double *b_h,
+    double *packed);
+
+void cellgen_mgu_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    double *h_state,
+    double *ys, double *work);
+
 void cellgen_mgu_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
@@ -61,5 +86,21 @@ void cellgen_mgu_backward_f32(
     float *dxs, float *d_h0,
     float *d_W_f, float *d_W_h, float *d_U_f, float *d_U_h, float *d_b_f, float *d_b_h,
     float *work);
+
+void cellgen_mgu_pack_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_h, const float *U_f, const float *U_h, const float *b_f,
+    const float *b_h,
+    float *packed);
+
+void cellgen_mgu_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    float *h_state,
+    float *ys, float *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* CELLGEN_MGU_H */

@@ -239,3 +239,28 @@ def backward(dys, cache, dfinal=None):
     dparams["b_o"] += d_gates_sum[2 * H : 3 * H]
     dstate0 = {"h": d_h_next, "c": d_c_next}
     return dxs, dstate0, dparams
+
+
+def pack(params):
+    """The parameters as infer takes them: NumPy needs no other layout, so a copy."""
+    return {name: np.array(params[name]) for name in PARAM_SHAPES}
+
+
+_INFER_CHUNK = 16  # steps per forward call: memory besides ys stays O(B H), whatever T
+
+
+def infer(xs, state0, packed):
+    """Inference: ys (T, B, H) and the final states, keeping nothing for a backward.
+
+    Runs the forward over chunks of steps, the state carried from one to the next, so the
+    memory it takes besides ys does not grow with T.
+    """
+    T, B, _ = xs.shape
+    H = state0["h"].shape[1]
+    dtype = np.result_type(xs, *state0.values(), *packed.values())
+    ys = np.empty((T, B, H), dtype)
+    state = dict(state0)
+    for t0 in range(0, T, _INFER_CHUNK):
+        chunk, state, _ = forward(xs[t0 : t0 + _INFER_CHUNK], state, packed)
+        ys[t0 : t0 + len(chunk)] = chunk
+    return ys, state

@@ -62,6 +62,15 @@ class CFunctions:
             1 + n_states + n_params + 3 + n_states + 1 + n_states + n_params + 1
         )
         self._backward.restype = None
+        self._packed_size = getattr(lib, f"{prefix}_packed_size")
+        self._packed_size.argtypes, self._packed_size.restype = [size_t] * 2, size_t
+        self._infer_work_size = getattr(lib, f"{prefix}_infer_work_size")
+        self._infer_work_size.argtypes, self._infer_work_size.restype = [size_t] * 3, size_t
+        self._pack = getattr(lib, f"{prefix}_pack_{suffix}")
+        self._pack.argtypes, self._pack.restype = [size_t] * 2 + [ptr] * (n_params + 1), None
+        self._infer = getattr(lib, f"{prefix}_infer_{suffix}")
+        self._infer.argtypes = [size_t] * 4 + [ptr] * (2 + n_states + 2)
+        self._infer.restype = None
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
 
@@ -117,3 +126,24 @@ class CFunctions:
             self._work(T, B, I, H),
         )  # fmt: skip
         return dxs, dstate0, dparams
+
+    def pack(self, params: dict, input_size: int, hidden_size: int) -> np.ndarray:
+        """The parameters in the C kernels' packed layout, for infer."""
+        packed = np.empty(max(self._packed_size(input_size, hidden_size), 1), self.dtype)
+        self._pack(
+            input_size, hidden_size, *[address(params[p]) for p in self.params], address(packed)
+        )
+        return packed
+
+    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray, hidden_size: int):
+        """ys and the final states from packed weights; the states are copied, not changed."""
+        T, B, I = xs.shape
+        H = hidden_size
+        ys = np.empty((T, B, H), self.dtype)
+        final = {s: np.array(state0[s], self.dtype, order="C") for s in self.states}
+        work = np.empty(max(self._infer_work_size(B, I, H), 1), self.dtype)
+        self._infer(
+            T, B, I, H, address(packed), address(xs), *[address(final[s]) for s in self.states],
+            address(ys), address(work),
+        )  # fmt: skip
+        return ys, final

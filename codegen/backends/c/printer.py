@@ -17,7 +17,7 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name
-from ...kernel import SIZES, Block, Buffer, Gemm, Kernel, Role
+from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Role
 from ...names import Identifiers
 from ..infix import InfixPrinter
 
@@ -51,7 +51,8 @@ RESERVED = {
     "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "wchar_t",
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
-    "BH", "next", "size_t", "NULL", "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
+    "BH", "next", "packed", "steps", "t0", "size_t", "NULL", "NAN", "INFINITY", "HUGE_VAL",
+    "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
@@ -94,6 +95,14 @@ class CNames:
     def d_state0(self, state: str) -> str:
         return self.ids.derived(state, "0", prefix="d_")
 
+    def new_state(self, state: str) -> str:
+        """Inference: a state's new value at step t, before it replaces the old."""
+        return self.ids.derived(state, "_new")
+
+    def state_io(self, state: str) -> str:
+        """Inference: the caller's state array, read as the initial and left as the final."""
+        return self.ids.derived(state, "_state")
+
     def carried(self, state: str) -> str:
         """The adjoint of a state carried from step t + 1."""
         return self.ids.derived(self.kernel.names.of(state), "_next")
@@ -113,6 +122,8 @@ class CNames:
             return self.ids.derived(buf.symbol, "_all")
         if buf.kind == "through_products":
             return self(buf.symbol)
+        if buf.kind == "new_state":
+            return self.new_state(buf.symbol)
         if buf.kind == "carried":
             return self.ids.derived(self.kernel.names.of(buf.symbol), f"_next_{buf.part}")
         raise ValueError(f"unknown buffer kind {buf.kind}")
@@ -178,12 +189,15 @@ class Group:
     index: str  # the loop index of a product in this group's buffer
 
 
-def _block(names: CNames, block: Block, real: RealType, group_of: dict[str, Group], state):
+def _block(
+    names: CNames, block: Block, real: RealType, group_of: dict[str, Group], state, infer=False
+):
     """The body of a pointwise block's loop, and the names it uses.
 
     A forward block reads each product from its group's buffer and keeps the ones the backward
     needs in `saved`; a backward block writes each product's adjoint once, into the buffer the
-    plan gives it (adjoints that copy one value share one).
+    plan gives it (adjoints that copy one value share one). An inference block keeps nothing:
+    new states go to buffers of one step, and values a later stage needs to step buffers.
     """
     kernel = names.kernel
     defined = {a.name for a in block.assignments}
@@ -203,8 +217,12 @@ def _block(names: CNames, block: Block, real: RealType, group_of: dict[str, Grou
         role = kernel.role(sym)
         if role is Role.PARAM:
             return f"{used.use(names(sym))}[j]"
+        if infer and role is Role.STATE:
+            return f"{used.use(names.new_state(sym))}[{index(None)}]"
+        if infer and role in (Role.SAVED, Role.TEMP):
+            return f"{used.use(names.step(sym))}[{index(None)}]"
         if role is Role.PRODUCT and sym in group_of:  # the forward
-            if sym in kernel.saved and sym not in state["copied"]:
+            if sym in kernel.saved and sym not in state["copied"] and not infer:
                 state["copied"].add(sym)
                 keep.append(sym)
             return f"{used.use(names(sym))}[{index(group_of[sym])}]"
@@ -244,12 +262,18 @@ def _block(names: CNames, block: Block, real: RealType, group_of: dict[str, Grou
             lines.append(f"{used.use(names(a.name))}[{index(None)}] = {value};")
         else:
             lines.append(f"const {real.c} {names(a.name)} = {value};")
-    for sym in block.writes:
+    handed_on = set(kernel.infer_step_values) if infer else set()
+    for sym in block.writes if not infer else ():
         role = kernel.role(sym)
         if role in (Role.SAVED, Role.STATE):
             lines.append(f"{used.use(names.at_t(sym))}[{index(None)}] = {names(sym)};")
         elif role in (Role.TEMP, Role.ADJ):
             lines.append(f"{used.use(names.step(sym))}[{index(None)}] = {names(sym)};")
+    for a in block.assignments if infer else ():
+        if kernel.role(a.name) is Role.STATE:
+            lines.append(f"{used.use(names.new_state(a.name))}[{index(None)}] = {names(a.name)};")
+        elif a.name in handed_on:
+            lines.append(f"{used.use(names.step(a.name))}[{index(None)}] = {names(a.name)};")
     for sym in keep:  # a product the backward reads
         group = group_of[sym]
         lines.append(f"{used.use(names.at_t(sym))}[n] = {names(sym)}[{index(group)}];")
@@ -300,7 +324,19 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
         [f"{r} *{names(d(p.name))}" for p in cell.params],
         [f"{r} *work"],
     ]
-    return {"forward": _wrap(forward), "backward": _wrap(backward)}
+    pack = [["size_t I", "size_t H"], params, [f"{r} *packed"]]
+    infer = [
+        dims,
+        [f"const {r} *packed", f"const {r} *xs"],
+        [f"{r} *{names.state_io(s)}" for s in cell.states],
+        [f"{r} *ys", f"{r} *work"],
+    ]
+    return {
+        "forward": _wrap(forward),
+        "backward": _wrap(backward),
+        "pack": _wrap(pack),
+        "infer": _wrap(infer),
+    }
 
 
 def context(kernel: Kernel) -> dict:
@@ -327,6 +363,14 @@ def context(kernel: Kernel) -> dict:
             return names.at_t(g.operand)
         return names.step(g.operand)
 
+    def infer_operand(g: Gemm) -> str:
+        """Inference: the pointer to a product's operand in this step's buffers."""
+        if g.operand_role in (Role.STATE_PREV, Role.INPUT):
+            return names(g.operand)
+        if kernel.role(g.operand) is Role.STATE:
+            return names.new_state(g.operand)
+        return names.step(g.operand)
+
     backward_written = {a.name for s in kernel.backward if isinstance(s, Block)
                         for a in s.assignments}  # fmt: skip
 
@@ -343,6 +387,7 @@ def context(kernel: Kernel) -> dict:
             "packed": buffer_of[("packed", g.operand)],
             "products": buffer_of[("products", g.operand)],
             "d_operand": d_operand,
+            "infer_operand": infer_operand(g),
             # the pointwise part of a previous state's adjoint is written before the products
             "accumulate": g.operand_role is Role.STATE_PREV and d(g.operand) in backward_written,
             "pairs": [
@@ -401,8 +446,20 @@ def context(kernel: Kernel) -> dict:
             body, used = _block(names, step, real, {}, state)
             bwd.append(body)
             backward_used |= set(used)
+        infer = []
+        for step in kernel.forward:
+            if isinstance(step, Gemm):
+                infer.append({"gemm": by_gemm[step]})
+            else:
+                infer.append(_block(names, step, real, group_of, state, infer=True)[0])
         types.append(
-            {"real": real, "forward": fwd, "backward": bwd, "signature": signatures(names, real)}
+            {
+                "real": real,
+                "forward": fwd,
+                "backward": bwd,
+                "infer": infer,
+                "signature": signatures(names, real),
+            }
         )
 
     saved_pointers = [
@@ -461,6 +518,8 @@ def context(kernel: Kernel) -> dict:
                 "d_next": names.carried(s),
                 "d_next_a": names.buffer(Buffer("carried", s, 0, "a")),
                 "d_next_b": names.buffer(Buffer("carried", s, 0, "b")),
+                "io": names.state_io(s),
+                "new": names.new_state(s),
                 "forward_prev": names(prev_name(s)) in forward_used,
                 "backward_prev": names(prev_name(s)) in backward_used,
                 "backward_new": names.at_t(s) in backward_used,
@@ -484,6 +543,12 @@ def context(kernel: Kernel) -> dict:
             if p["product"] in forward_used
         ],
         "forward_buffers": buffers(kernel.forward_buffers),
+        "infer_buffers": buffers(kernel.infer_buffers),
+        "packed": _packed_parts(names, kernel),
+        "packed_size": size_text(kernel.packed_size),
+        "infer_work": size_text(kernel.infer_work_size),
+        "infer_chunk": INFER_CHUNK,
+        "output_new": names.new_state(cell.output),
         "backward_buffers": buffers(kernel.backward_buffers),
         "step_adjoints": step_adjoints,
         "gemms": gemms,
@@ -493,6 +558,32 @@ def context(kernel: Kernel) -> dict:
         "types": types,
         "helpers": helpers(kernel.functions),
     }
+
+
+def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
+    """Where each piece of the inference weights starts in `packed`, and how pack fills it."""
+    out, offset = [], sympy.S.Zero
+    for part in kernel.packed:
+        if part.kind == "matrices":
+            g = next(g for g in kernel.gemms if g.operand == part.symbol)
+            width = len(part.matrices)
+            name = names.buffer(Buffer("packed", part.symbol, 0))
+            entry = {
+                "kind": "matrices",
+                "name": name,
+                "size_dim": "I" if g.hoisted else "H",
+                "width": "H" if width == 1 else f"{width} * H",
+                "matrices": [
+                    {"name": names(m), "offset": f"{k} * H"} for k, m in enumerate(part.matrices)
+                ],
+            }
+        else:
+            entry = {"kind": "vector", "name": names(part.symbol)}
+        entry["offset"] = size_text(offset) if offset != 0 else "0"
+        entry["size"] = size_text(part.size)
+        out.append(entry)
+        offset += part.size
+    return out
 
 
 def _shapes_text(cell) -> str:
