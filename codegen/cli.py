@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import backends as backend_registry
 from .errors import CellgenError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -88,7 +89,7 @@ def cmd_latex(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import ENTRY_SIZES, PROJECTION_SIZES, PROJECTIONS, verify
 
-    backends = ["numpy", "c"] if args.backend == "all" else [args.backend]
+    backends = backend_registry.names() if args.backend == "all" else [args.backend]
     rows = []
     for cell in _cells(args):
         for backend in backends:
@@ -142,13 +143,13 @@ def _verify_line(r) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BACKENDS, DEFAULT_CELLS, DTYPES, parse_shapes, run
+    from .bench import DEFAULT_CELLS, DTYPES, parse_shapes, run
 
     report = run(
         cells=args.cells or DEFAULT_CELLS,
         shapes=parse_shapes(args.shapes) if args.shapes else None,
         dtypes=DTYPES if args.dtype == "all" else [args.dtype],
-        backends=BACKENDS if args.backend == "all" else [args.backend],
+        backends=None if args.backend == "all" else [args.backend],
         rounds=args.rounds,
         with_torch=not args.no_torch,
         progress=sys.stderr,
@@ -196,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("cells", nargs="*", metavar="CELL")
     s.add_argument("--equations", action="append", metavar="PATH", help="an equation file")
-    s.add_argument("--backend", choices=["numpy", "c", "all"], default="all")
+    s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument(
         "--method",
         choices=["complex", "richardson", "central", "dot", "taylor"],
@@ -232,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
         help="problem sizes such as T32,B32,I256,H256 (default: the four of the README)",
     )
     s.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
-    s.add_argument("--backend", choices=["numpy", "c", "all"], default="all")
+    s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")

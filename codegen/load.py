@@ -5,8 +5,8 @@
     dxs, dstate0, dparams = k.backward(dys, cache, dfinal=None)
 
 Arguments are checked here, before any generated code runs: a wrong shape, a missing or unknown
-parameter, a wrong dtype, or (for C) non-contiguous data raise ValueError naming the argument
-and what was expected.
+parameter, a wrong dtype, or non-contiguous data for a backend that needs it (C) raise
+ValueError naming the argument and what was expected.
 """
 
 from __future__ import annotations
@@ -21,63 +21,53 @@ from typing import Any
 
 import numpy as np
 
+from . import backends
+from .backends import BackendConfig
+from .backends.registry import Functions
+from .cell import CellSpec
 from .errors import CellgenError
 from .paths import builtin_generated_dir, cache_dir
-from .registry import builtin_cells, resolve
+from .registry import builtin_cells, load_cell, resolve
 
-BACKENDS = ("numpy", "c")
-DTYPES = ("float32", "float64")
 Arrays = dict[str, np.ndarray]
 
 
 def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> CellKernel:
-    """The kernels of a built-in cell (by name) or of an equation file (by path).
+    """The kernels of a built-in cell (by name) or of an equation file (by path), on one of
+    the registered backends (codegen.backends.names()).
 
-    backend "numpy": the generated module, following the dtype of its inputs (float32 or
-    float64; complex128 too, for complex-step checks) unless `dtype` fixes it.
-    backend "c": the generated C compiled with $CC or cc (cached), for `dtype` float64 (the
-    default) or float32.
+    `dtype` fixes the kernels' dtype (one of the backend's dtypes); without it, the backend's
+    default: NumPy follows the dtype of its inputs (float32 or float64; complex128 too, for
+    complex-step checks), C is compiled (with $CC or cc, cached) for float64.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
-        raise ValueError(f"unsupported dtype '{dtype}'; choose float32 or float64")
-    generated, name = generated_dir_for(cell)
-    module = import_generated(generated / "numpy" / f"{name}.py")
-    if backend == "numpy":
-        return CellKernel(module, "numpy", None if dtype is None else str(np.dtype(dtype)))
-    from .backends.c.ffi import CFunctions
-
-    dtype = str(np.dtype(dtype or "float64"))
-    functions = CFunctions(
-        generated / "c" / f"{module.CELL}.c",
-        module.CELL,
-        module.STATES,
-        module.OUTPUT,
-        tuple(module.PARAM_SHAPES),
-        dtype,
-    )
-    return CellKernel(module, "c", dtype, functions)
+    config = backends.get(backend)
+    if dtype is not None:
+        dtype = str(np.dtype(dtype))
+        if dtype not in config.dtypes:
+            raise ValueError(f"unsupported dtype '{dtype}'; choose {' or '.join(config.dtypes)}")
+    generated, spec = generated_dir_for(cell, config)
+    functions = config.load(generated, spec, dtype)
+    return CellKernel(spec, config, dtype or config.default_dtype, functions)
 
 
-def generated_dir_for(cell: str | Path) -> tuple[Path, str]:
-    """Where a cell's kernels are, and its name: generated/ for a built-in cell; for an
-    equation file, its kernels generated into the cache (once per distinct output)."""
-    if str(cell) in builtin_cells():
-        return builtin_generated_dir(), str(cell)
-    from .kernel import build_kernel
-    from .registry import load_cell
-    from .render import kernel_files, write_files
-
+def generated_dir_for(cell: str | Path, config: BackendConfig) -> tuple[Path, CellSpec]:
+    """Where a cell's kernels for one backend are, and the cell: generated/ for a built-in cell
+    on a backend shipped there; else its kernels generated into the cache (once per distinct
+    output)."""
     path = resolve(cell)
     spec = load_cell(path)
-    files = kernel_files(build_kernel(spec))
+    if config.shipped and str(cell) in builtin_cells():
+        return builtin_generated_dir(), spec
+    from .kernel import build_kernel
+    from .render import kernel_files, write_files
+
+    files = kernel_files(build_kernel(spec), [config])
     digest = hashlib.sha256(
         b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
     ).hexdigest()[:24]
     out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
     write_files(files, out)  # writes only what is missing or differs, each file atomically
-    return out, spec.name
+    return out, spec
 
 
 def import_generated(path: Path) -> ModuleType:
@@ -94,18 +84,23 @@ def import_generated(path: Path) -> ModuleType:
 
 
 class CellKernel:
-    """Forward and backward kernels of one cell on one backend."""
+    """Forward and backward kernels of one cell on one backend, with checked arguments."""
 
-    def __init__(self, module: ModuleType, backend: str, dtype: str | None, c=None) -> None:
-        self._module = module
-        self._c = c
-        self.name: str = module.CELL
-        self.backend = backend
+    def __init__(
+        self, spec: CellSpec, config: BackendConfig, dtype: str | None, functions: Functions
+    ) -> None:
+        self._functions = functions
+        self.config = config
+        self.spec = spec
+        self.name: str = spec.name
+        self.backend = config.name
         self.dtype = dtype
-        self.states: tuple[str, ...] = tuple(module.STATES)
-        self.output: str = module.OUTPUT
-        self.params: tuple[str, ...] = tuple(module.PARAM_SHAPES)
-        self._shapes = dict(module.PARAM_SHAPES)
+        self.input_dtypes: tuple[str, ...] = config.input_dtypes(dtype)
+        self.states: tuple[str, ...] = tuple(spec.states)
+        self.output: str = spec.output
+        self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
+        self._shapes = {p.name: tuple(p.shape) for p in spec.params}
+        self._contiguous = config.needs_contiguous
 
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
@@ -118,10 +113,7 @@ class CellKernel:
         self, xs: np.ndarray, state0: Arrays, params: Arrays
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
         xs, state0, params = self._check_forward(xs, state0, params)
-        if self._c is not None:
-            ys, final, cache = self._c.forward(xs, state0, params)
-        else:
-            ys, final, cache = self._module.forward(xs, state0, params)
+        ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self.backend)
         return ys, final, cache
@@ -147,9 +139,7 @@ class CellKernel:
         dfinal = {
             s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
         }
-        if self._c is not None:
-            return self._c.backward(dys, cache, dfinal)
-        return self._module.backward(dys, cache, dfinal)
+        return self._functions.backward(dys, cache, dfinal)
 
     # validation ---------------------------------------------------------------------------
 
@@ -219,7 +209,7 @@ class CellKernel:
     def _all_valid(self, state0, state_shape, params, shapes, dtype) -> bool:
         """True when every state and parameter is present, well-shaped, of dtype (and, for C,
         contiguous), and nothing else is given; the slow path then finds and names a problem."""
-        contiguous = self._c is not None
+        contiguous = self._contiguous
         if len(state0) != len(self.states) or len(params) != len(self.params):
             return False
         for arrays, names in ((state0, self.states), (params, self.params)):
@@ -239,12 +229,10 @@ class CellKernel:
         return "(" + ", ".join(self._shapes[param]) + ")"
 
     def _dtype_of(self, name: str, arr: np.ndarray) -> np.dtype:
-        allowed = DTYPES if self._c is not None else (*DTYPES, "complex128")
-        if self.dtype is not None:
-            allowed = (self.dtype,)
+        allowed = self.input_dtypes
         if str(arr.dtype) not in allowed:
             raise ValueError(
-                f"{name}: dtype {arr.dtype} is not supported by this {self.backend} kernel; "
+                f"{name}: dtype {arr.dtype} is not supported by this {self.config.title} kernel; "
                 f"expected {' or '.join(allowed)}"
             )
         return arr.dtype
@@ -260,8 +248,9 @@ class CellKernel:
                 f"{name}: dtype {arr.dtype} does not match xs ({dtype}); "
                 "pass every array in one dtype"
             )
-        if self._c is not None and not arr.flags.c_contiguous:
+        if self._contiguous and not arr.flags.c_contiguous:
             raise ValueError(
-                f"{name}: the C kernel needs C-contiguous data; pass np.ascontiguousarray({name})"
+                f"{name}: the {self.config.title} kernel needs C-contiguous data; "
+                f"pass np.ascontiguousarray({name})"
             )
         return arr

@@ -8,10 +8,10 @@ FAIL, the worst entry mapped back to its gate, row, column or time step.
 
 Methods (`method=`):
   complex     the complex step, Im L(x + i h e_k) / h with h = 1e-20, entry by entry: exact to
-              rounding (~1e-16); needs a complex-capable forward (the NumPy kernels), so the C
-              kernels fall back to Richardson. The default for NumPy in float64.
+              rounding (~1e-16); needs a complex-capable forward (a backend with complex_step,
+              as NumPy), so the others fall back to Richardson. The default where it can run.
   richardson  central differences at h, h/2, h/4, h/8 extrapolated twice (error ~1e-12),
-              entry by entry; the default for C, and the fallback.
+              entry by entry; the default without complex arithmetic (C), and the fallback.
   central     plain central differences (error ~1e-10), entry by entry, for comparison.
   dot         the dot-product test: <w, J v> from a forward-mode derivative (complex step, or
               Richardson for C) against <v, backward(w)>, for random v per tensor.
@@ -225,7 +225,7 @@ class Loss:
 
     @property
     def complex_capable(self) -> bool:
-        return self.kernel.backend == "numpy" and self.kernel.dtype is None
+        return is_complex_capable(self.kernel)
 
     def outputs(self, changed: dict[str, np.ndarray] | None = None, dtype: Any = None):
         ys, final, _ = self.kernel.forward(*self.problem.inputs(changed, dtype))
@@ -637,9 +637,14 @@ def check_taylor(loss: Loss, name: str, analytic: np.ndarray, vs: list[np.ndarra
 # putting it together ------------------------------------------------------------------------
 
 
+def is_complex_capable(kernel: CellKernel) -> bool:
+    """Whether the kernel's forward runs complex128 inputs (its backend's complex_step)."""
+    return "complex128" in getattr(kernel, "input_dtypes", ())
+
+
 def default_method(kernel: CellKernel) -> str:
     """The complex step where the forward is complex-capable (NumPy), else Richardson."""
-    return "complex" if kernel.backend == "numpy" else "richardson"
+    return "complex" if is_complex_capable(kernel) else "richardson"
 
 
 def verify(
@@ -654,17 +659,11 @@ def verify(
         raise CellgenError(f"unsupported dtype '{dtype}'; choose float64 or float32")
     if method is not None and method not in METHODS:
         raise CellgenError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    reference = load(cell, backend=backend, dtype="float64" if backend == "c" else None)
+    reference = load(cell, backend=backend)  # float64, or following its inputs
     if dtype == "float64":
-        return verify_kernel(reference, method=method, seed=seed, spec=_spec(cell))
+        return verify_kernel(reference, method=method, seed=seed)
     kernel = load(cell, backend=backend, dtype="float32")
-    return verify_kernel(kernel, method=method, seed=seed, spec=_spec(cell), reference=reference)
-
-
-def _spec(cell: str | Path) -> Any:
-    from .registry import load_cell
-
-    return load_cell(cell)
+    return verify_kernel(kernel, method=method, seed=seed, reference=reference)
 
 
 def verify_kernel(
@@ -689,7 +688,7 @@ def verify_kernel(
             "a gradient against its own forward: use --method complex, richardson, central or dot"
         )
     if spec is None:
-        spec = _builtin_spec(kernel.name)
+        spec = getattr(kernel, "spec", None)
     ctx = _Context(kernel, ref_kernel, wanted, seed, gates_of(spec), reference is not None)
     small = entry_problem or random_problem(ref_kernel, seed, ENTRY_SIZES)
     large = projection_problem or random_problem(ref_kernel, seed + 1, PROJECTION_SIZES)
@@ -697,12 +696,6 @@ def verify_kernel(
         return [ctx.directional_row(name, large) for name in large.tensors()]
     small_at, large_at = ctx.at(small), ctx.at(large)
     return [ctx.entry_row(name, small_at, large_at) for name in small.tensors()]
-
-
-def _builtin_spec(name: str) -> Any:
-    from .registry import builtin_cells, load_cell
-
-    return load_cell(name) if name in builtin_cells() else None
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""Shared fixtures: random problems for any cell, and the list of built-in cells."""
+"""Shared fixtures: random problems for any cell, the built-in cells, the registered backends."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import codegen.backends
 from codegen.registry import builtin_cells
 
 CELLS = builtin_cells()
+BACKENDS = codegen.backends.names()  # every registered backend, the built-ins first
 
 
 def make_problem(kernel, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):

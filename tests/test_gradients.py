@@ -7,8 +7,10 @@ import pytest
 
 from codegen.verify import central_differences, compare, verify
 
+from conftest import BACKENDS
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_gradient_passes(cell, backend):
     rows = verify(cell, backend)
     tensors = {r.tensor for r in rows}
