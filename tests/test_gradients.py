@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codegen.verify import central_differences, compare, verify
+from codegen.verify import verify
 
-from conftest import BACKENDS
+from conftest import BACKENDS, central_differences, compare
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

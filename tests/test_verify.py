@@ -36,6 +36,7 @@ from codegen.verify import (
     verify_kernel,
 )
 
+import conftest
 from conftest import BACKENDS, CELLS
 
 PIECEWISE = '''
@@ -272,8 +273,8 @@ def test_float32_is_checked_against_the_float64_reference():
     k32 = codegen.load("lstm", "numpy", dtype="float32")
     p = random_problem(k32, 0, ENTRY_SIZES).astype(np.float32)
     exact = analytic_gradients(codegen.load("lstm"), p.astype(np.float64))["W_f"]
-    loss = verify_module.loss_function(k32, p)
-    fd = verify_module.central_differences(p.params["W_f"], loss, 1e-3)
+    loss = conftest.loss_function(k32, p)
+    fd = conftest.central_differences(p.params["W_f"], loss, 1e-3)
     assert np.max(np.abs(fd - exact)) / np.max(np.abs(exact)) > 10 * FLOAT32_TOLERANCE
 
 
@@ -388,12 +389,12 @@ def test_locate_maps_entries_to_gate_row_column_and_time_step():
 
 
 def test_the_cli_names_the_worst_entry_and_never_dumps_tensors(monkeypatch, capsys):
-    real_load = verify_module.load
+    real_load = verify_module.run.load
 
     def planted_load(cell, backend="numpy", dtype=None):
         return Planted(real_load(cell, backend, dtype), off_by("W_o", 1e-4))
 
-    monkeypatch.setattr(verify_module, "load", planted_load)
+    monkeypatch.setattr(verify_module.run, "load", planted_load)
     assert main(["verify", "lstm", "--backend", "numpy"]) == 1
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if " FAIL" in line]
