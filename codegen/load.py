@@ -11,7 +11,6 @@ ValueError naming the argument and what was expected.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import sys
@@ -47,7 +46,8 @@ def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> 
             raise ValueError(f"unsupported dtype '{dtype}'; choose {' or '.join(config.dtypes)}")
     generated, spec = generated_dir_for(cell, config)
     functions = config.load(generated, spec, dtype)
-    return CellKernel(spec, config, dtype or config.default_dtype, functions)
+    source = hashlib.sha256(resolve(cell).read_bytes()).hexdigest()[:16]
+    return CellKernel(spec, config, dtype or config.default_dtype, functions, source)
 
 
 def generated_dir_for(cell: str | Path, config: BackendConfig) -> tuple[Path, CellSpec]:
@@ -87,9 +87,16 @@ class CellKernel:
     """Forward and backward kernels of one cell on one backend, with checked arguments."""
 
     def __init__(
-        self, spec: CellSpec, config: BackendConfig, dtype: str | None, functions: Functions
+        self,
+        spec: CellSpec,
+        config: BackendConfig,
+        dtype: str | None,
+        functions: Functions,
+        source: str = "",
     ) -> None:
+        """`source`: a hash of the cell's equation file, part of the tag of every cache."""
         self._functions = functions
+        self._source = source
         self.config = config
         self.spec = spec
         self.name: str = spec.name
@@ -101,6 +108,7 @@ class CellKernel:
         self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
         self._shapes = {p.name: tuple(p.shape) for p in spec.params}
         self._contiguous = config.needs_contiguous
+        self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
@@ -115,17 +123,13 @@ class CellKernel:
         xs, state0, params = self._check_forward(xs, state0, params)
         ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
-        cache["__cellgen__"] = (self.name, self.backend)
+        cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
         return ys, final, cache
 
     def backward(
         self, dys: np.ndarray, cache: dict[str, Any], dfinal: Arrays | None = None
     ) -> tuple[np.ndarray, Arrays, Arrays]:
-        if not isinstance(cache, dict) or cache.get("__cellgen__") != (self.name, self.backend):
-            raise ValueError(
-                f"cache: expected the cache returned by this kernel's forward "
-                f"({self.name}, {self.backend})"
-            )
+        self._check_cache(cache)
         ys = cache["ys"]
         dtype = ys.dtype
         dys = self._array("dys", dys, ys.shape, "(T, B, H)", dtype)
@@ -142,6 +146,25 @@ class CellKernel:
         return self._functions.backward(dys, cache, dfinal)
 
     # validation ---------------------------------------------------------------------------
+
+    def _check_cache(self, cache: object) -> None:
+        """The cache must come from a forward of this cell (the same equation file's text), on
+        this backend, in a dtype this kernel computes in: anything else would be misread."""
+        tag = cache.get("__cellgen__") if isinstance(cache, dict) else None
+        mine = (self.name, self._source, self.backend)
+        ours = isinstance(tag, tuple) and len(tag) == 4
+        if ours and tag[:3] == mine and tag[3] in self.input_dtypes:
+            return
+        made = "not a cache of codegen.load's kernels"
+        if ours:
+            name, source, backend, dtype = tag
+            cell = name if source == self._source else f"{name} from another {name}.py"
+            made = f"made by a {backend} kernel of {cell} in {dtype}"
+        wanted = " or ".join(self.input_dtypes)
+        raise ValueError(
+            f"cache: {made}; this is a {self.backend} kernel of {self.name} "
+            f"({self.spec.source}) in {wanted}: pass the cache of this kernel's forward"
+        )
 
     def _check_forward(self, xs, state0, params) -> tuple[np.ndarray, Arrays, Arrays]:
         xs_arr = np.asarray(xs) if not isinstance(xs, np.ndarray) else xs
@@ -167,7 +190,8 @@ class CellKernel:
         first = np.asarray(state0[self.output])
         if first.ndim != 2 or first.shape[0] != B or first.shape[1] == 0:
             raise ValueError(
-                f"state0['{self.output}']: expected shape (B, H) = ({B}, H), got {first.shape}"
+                f"state0['{self.output}']: expected shape (B, H) with B = {B} (xs is "
+                f"(T, B, I) = {xs_arr.shape}) and H > 0, got {first.shape}"
             )
         H = first.shape[1]
         if not isinstance(params, dict):
@@ -195,6 +219,7 @@ class CellKernel:
                 f"params: unknown parameter '{unknown[0]}'; {self.name} has "
                 + ", ".join(self.params)
             )
+        self._check_input_size(I, H, params)
         params = {
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
@@ -202,9 +227,35 @@ class CellKernel:
         xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
         return xs_arr, state0, params
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few sizes per kernel, kept with it
     def _shapes_for(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        return self.param_shapes(input_size, hidden_size)
+        """param_shapes, kept per kernel (not in a global cache, which would keep it alive)."""
+        key = (input_size, hidden_size)
+        shapes = self._shape_cache.get(key)
+        if shapes is None:
+            if len(self._shape_cache) >= 64:
+                self._shape_cache.clear()
+            shapes = self._shape_cache[key] = self.param_shapes(input_size, hidden_size)
+        return shapes
+
+    def _check_input_size(self, I: int, H: int, params: Arrays) -> None:
+        """Blame xs, not the weights, when every weight of shape (H, I) agrees on another I."""
+        sizes = {}
+        for p in self.params:
+            shape = self._shapes[p]
+            if "I" in shape:
+                got = np.shape(params[p])
+                if len(got) != len(shape) or any(
+                    n != H for n, d in zip(got, shape, strict=True) if d == "H"
+                ):
+                    return  # this weight is wrong in another way: its own message says how
+                sizes[p] = got[shape.index("I")]
+        if sizes and len(set(sizes.values())) == 1 and I not in sizes.values():
+            p, size = next(iter(sizes.items()))
+            raise ValueError(
+                f"xs: input size I = {I} does not match the weights: params['{p}'] has shape "
+                f"{self._shape_text(p)} = {np.shape(params[p])}, so I = {size}; "
+                f"pass xs of shape (T, B, I) = (T, B, {size})"
+            )
 
     def _all_valid(self, state0, state_shape, params, shapes, dtype) -> bool:
         """True when every state and parameter is present, well-shaped, of dtype (and, for C,
