@@ -93,7 +93,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for cell in _cells(args):
         for backend in backends:
             rows += verify(cell, backend, seed=args.seed, method=args.method, dtype=args.dtype)
-    print(report.as_json(rows) if args.json else report.table(rows, args.seed))
+    print(report.as_json(rows) if args.json else report.table(rows, args.seed, args.method))
     return EXIT_OK if all(r.verdict == "PASS" for r in rows) else EXIT_FAIL
 
 
@@ -114,6 +114,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .verify.report import LEGEND
+
     p = argparse.ArgumentParser(
         prog="cellgen",
         description="Recurrent-cell kernels (NumPy and C, forward and backpropagation through "
@@ -149,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
         "of the forward: one row per tensor with its worst error, the method's noise and a "
         "verdict PASS, FAIL or INCONCLUSIVE; a FAIL names the worst entry. Exit 0 only if "
         "every row passes.",
+        epilog=LEGEND,
     )
     s.add_argument("cells", nargs="*", metavar="CELL")
     s.add_argument("--equations", action="append", metavar="PATH", help="an equation file")
