@@ -68,7 +68,6 @@ def verify_kernel(
     *,
     method: str | None = None,
     seed: int = 0,
-    spec: Any = None,
     reference: Any = None,
     entry_problem: Problem | None = None,
     projection_problem: Problem | None = None,
@@ -84,8 +83,7 @@ def verify_kernel(
             "--dtype float32 is checked against the float64 reference; the Taylor test checks "
             "a gradient against its own forward: use --method complex, richardson, central or dot"
         )
-    if spec is None:
-        spec = getattr(kernel, "spec", None)
+    spec = getattr(kernel, "spec", None)  # for naming gates; a kernel may come without one
     ctx = _Context(kernel, ref_kernel, wanted, seed, gates_of(spec), reference is not None)
     small = entry_problem or random_problem(ref_kernel, seed, ENTRY_SIZES)
     large = projection_problem or random_problem(ref_kernel, seed + 1, PROJECTION_SIZES)
