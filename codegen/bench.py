@@ -31,13 +31,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from . import backends as backend_registry
 from .errors import CellgenError
 from .verify import Problem, random_problem
 
 DEFAULT_CELLS = ("lstm", "gru_reset_after")
 DEFAULT_SHAPES = ("T32,B32,I256,H256", "T64,B16,I128,H128", "T100,B1,I32,H32", "T1000,B1,I64,H64")
 DTYPES = ("float32", "float64")
-BACKENDS = ("numpy", "c")
 PASSES = ("forward", "forward+backward")
 TORCH_LAYERS = {"lstm": "LSTM", "gru_reset_after": "GRU"}  # cells that torch.nn computes
 
@@ -82,7 +82,7 @@ class Row:
     shape: str
     dtype: str
     passes: str  # "forward" or "forward+backward"
-    impl: str  # "numpy", "c" or "torch"
+    impl: str  # a backend's name, or "torch"
     median_ms: float
     min_ms: float
     rounds: int
@@ -90,7 +90,7 @@ class Row:
     gflops: float  # matrix-product GFLOP per second at the median
     peak_fraction: float  # gflops / the large-GEMM peak of this dtype
     torch_ratio: float | None  # median_ms / torch's median_ms, when torch ran
-    max_rel_diff: float  # largest |ys - ys of the NumPy kernel| / largest |ys|
+    max_rel_diff: float  # largest |ys - ys of the default backend (NumPy)| / largest |ys|
 
 
 @dataclass
@@ -253,7 +253,7 @@ def run(
     cells: Sequence[str | Path] = DEFAULT_CELLS,
     shapes: Sequence[Shape] | None = None,
     dtypes: Sequence[str] = DTYPES,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] | None = None,
     *,
     rounds: int = 7,
     min_time: float = 0.02,
@@ -262,16 +262,18 @@ def run(
     peak_size: int = 1024,
     progress: TextIO | None = None,
 ) -> Report:
-    """Time every (cell, shape, dtype): our backends and, where it exists, torch; one report."""
+    """Time every (cell, shape, dtype): our backends (all registered ones by default) and,
+    where it exists, torch; one report."""
     import codegen
 
+    backends = backend_registry.names() if backends is None else tuple(backends)
     shapes = list(shapes) if shapes is not None else [Shape.parse(s) for s in DEFAULT_SHAPES]
     for d in dtypes:
         if d not in DTYPES:
             raise BenchError(f"dtype '{d}': choose float32 or float64")
     for b in backends:
-        if b not in BACKENDS:
-            raise BenchError(f"backend '{b}': choose numpy or c")
+        if b not in backend_registry.names():
+            raise BenchError(f"backend '{b}': choose {' or '.join(backend_registry.names())}")
     if rounds < 1:
         raise BenchError("rounds: at least 1")
     torch_info = torch_version() if with_torch else None
@@ -305,7 +307,7 @@ def run(
 
 def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, settle, codegen):
     """The rows of one (cell, shape, dtype): every implementation and pass, interleaved."""
-    reference = codegen.load(cell, "numpy", dtype)
+    reference = codegen.load(cell, dtype=dtype)  # the default backend
     sizes = {"T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H}
     p = random_problem(reference, seed=0, sizes=sizes).astype(dtype)
     impls: dict[str, Any] = {}
@@ -350,7 +352,7 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
             )
         )
     order = {p: k for k, p in enumerate(PASSES)}
-    impl_order = {b: k for k, b in enumerate((*BACKENDS, "torch"))}
+    impl_order = {b: k for k, b in enumerate((*backend_registry.names(), "torch"))}
     return sorted(rows, key=lambda r: (order[r.passes], impl_order[r.impl]))
 
 

@@ -7,11 +7,11 @@ stderr and exit 2; --debug shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import backends as backend_registry
 from .errors import CellgenError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -86,69 +86,25 @@ def cmd_latex(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import ENTRY_SIZES, PROJECTION_SIZES, PROJECTIONS, verify
+    from .verify import report, verify
 
-    backends = ["numpy", "c"] if args.backend == "all" else [args.backend]
+    backends = backend_registry.names() if args.backend == "all" else [args.backend]
     rows = []
     for cell in _cells(args):
         for backend in backends:
             rows += verify(cell, backend, seed=args.seed, method=args.method, dtype=args.dtype)
-    counts = {v: sum(r.verdict == v for r in rows) for v in ("PASS", "FAIL", "INCONCLUSIVE")}
-    if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=1))
-    else:
-
-        def sizes(d: dict[str, int]) -> str:
-            return " ".join(f"{k}={v}" for k, v in d.items())
-
-        print(
-            f"seed {args.seed}; entry by entry at {sizes(ENTRY_SIZES)}, {PROJECTIONS} random "
-            f"projections per tensor at {sizes(PROJECTION_SIZES)}; errors relative to the "
-            "tensor's largest entry"
-        )
-        print(
-            f"{'cell':<14} {'backend':<7} {'tensor':<12} {'shape':<9} {'dtype':<7} "
-            f"{'method':<10} {'max abs':>8} {'rel':>8} {'noise':>8} {'proj rel':>8} "
-            f"{'tol':>7}  verdict"
-        )
-        for r in rows:
-            print(_verify_line(r))
-        print(
-            f"{counts['PASS']} passed, {counts['FAIL']} failed, "
-            f"{counts['INCONCLUSIVE']} inconclusive"
-        )
-    return EXIT_OK if counts["PASS"] == len(rows) else EXIT_FAIL
-
-
-def _verify_line(r) -> str:
-    """One row of the verify table; a FAIL names its worst entry, never whole tensors."""
-
-    def num(x: float | None) -> str:
-        return f"{x:8.1e}" if x is not None else f"{'-':>8}"
-
-    shape = "x".join(str(k) for k in r.shape)
-    line = (
-        f"{r.cell:<14} {r.backend:<7} {r.tensor:<12} {shape:<9} {r.dtype:<7} {r.method:<10} "
-        f"{num(r.max_abs)} {num(r.max_rel)} {num(r.noise)} {num(r.projection_rel)} "
-        f"{r.tolerance:7.0e}  {r.verdict}"
-    )
-    if r.method == "taylor" and r.rate is not None:
-        line += f"  rate {r.rate:.2f}"
-    if r.verdict == "FAIL" and r.location:
-        line += f"  worst {r.location}: analytic {r.analytic:.10g} vs reference {r.reference:.10g}"
-    if r.verdict != "PASS" and r.detail:
-        line += f"  ({r.detail})"
-    return line
+    print(report.as_json(rows) if args.json else report.table(rows, args.seed, args.method))
+    return EXIT_OK if all(r.verdict == "PASS" for r in rows) else EXIT_FAIL
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BACKENDS, DEFAULT_CELLS, DTYPES, parse_shapes, run
+    from .bench import DEFAULT_CELLS, DTYPES, parse_shapes, run
 
     report = run(
         cells=args.cells or DEFAULT_CELLS,
         shapes=parse_shapes(args.shapes) if args.shapes else None,
         dtypes=DTYPES if args.dtype == "all" else [args.dtype],
-        backends=BACKENDS if args.backend == "all" else [args.backend],
+        backends=None if args.backend == "all" else [args.backend],
         rounds=args.rounds,
         with_torch=not args.no_torch,
         progress=sys.stderr,
@@ -158,6 +114,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .verify.report import LEGEND
+
     p = argparse.ArgumentParser(
         prog="cellgen",
         description="Recurrent-cell kernels (NumPy and C, forward and backpropagation through "
@@ -193,10 +151,11 @@ def parser() -> argparse.ArgumentParser:
         "of the forward: one row per tensor with its worst error, the method's noise and a "
         "verdict PASS, FAIL or INCONCLUSIVE; a FAIL names the worst entry. Exit 0 only if "
         "every row passes.",
+        epilog=LEGEND,
     )
     s.add_argument("cells", nargs="*", metavar="CELL")
     s.add_argument("--equations", action="append", metavar="PATH", help="an equation file")
-    s.add_argument("--backend", choices=["numpy", "c", "all"], default="all")
+    s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument(
         "--method",
         choices=["complex", "richardson", "central", "dot", "taylor"],
@@ -232,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
         help="problem sizes such as T32,B32,I256,H256 (default: the four of the README)",
     )
     s.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
-    s.add_argument("--backend", choices=["numpy", "c", "all"], default="all")
+    s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")

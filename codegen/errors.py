@@ -31,15 +31,6 @@ class EquationError(CellgenError):
         self.equation = equation
         super().__init__(self._message())
 
-    def located(self, file: str, line: int | None) -> EquationError:
-        """The same error, placed in an equation file."""
-        return EquationError(
-            self.problem,
-            file=file,
-            line=line if self.line is None else self.line,
-            equation=self.equation,
-        )
-
     def _message(self) -> str:
         where = ""
         if self.file:

@@ -5,13 +5,12 @@
     dxs, dstate0, dparams = k.backward(dys, cache, dfinal=None)
 
 Arguments are checked here, before any generated code runs: a wrong shape, a missing or unknown
-parameter, a wrong dtype, or (for C) non-contiguous data raise ValueError naming the argument
-and what was expected.
+parameter, a wrong dtype, or non-contiguous data for a backend that needs it (C) raise
+ValueError naming the argument and what was expected.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import sys
@@ -22,63 +21,54 @@ from typing import Any
 
 import numpy as np
 
+from . import backends
+from .backends import BackendConfig
+from .backends.registry import Functions
+from .cell import CellSpec
 from .errors import CellgenError
 from .paths import builtin_generated_dir, cache_dir
-from .registry import builtin_cells, resolve
+from .registry import builtin_cells, load_cell, resolve
 
-BACKENDS = ("numpy", "c")
-DTYPES = ("float32", "float64")
 Arrays = dict[str, np.ndarray]
 
 
 def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> CellKernel:
-    """The kernels of a built-in cell (by name) or of an equation file (by path).
+    """The kernels of a built-in cell (by name) or of an equation file (by path), on one of
+    the registered backends (codegen.backends.names()).
 
-    backend "numpy": the generated module, following the dtype of its inputs (float32 or
-    float64; complex128 too, for complex-step checks) unless `dtype` fixes it.
-    backend "c": the generated C compiled with $CC or cc (cached), for `dtype` float64 (the
-    default) or float32.
+    `dtype` fixes the kernels' dtype (one of the backend's dtypes); without it, the backend's
+    default: NumPy follows the dtype of its inputs (float32 or float64; complex128 too, for
+    complex-step checks), C is compiled (with $CC or cc, cached) for float64.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
-        raise ValueError(f"unsupported dtype '{dtype}'; choose float32 or float64")
-    generated, name = generated_dir_for(cell)
-    module = import_generated(generated / "numpy" / f"{name}.py")
-    if backend == "numpy":
-        return CellKernel(module, "numpy", None if dtype is None else str(np.dtype(dtype)))
-    from .backends.c.ffi import CFunctions
-
-    dtype = str(np.dtype(dtype or "float64"))
-    functions = CFunctions(
-        generated / "c" / f"{module.CELL}.c",
-        module.CELL,
-        module.STATES,
-        module.OUTPUT,
-        tuple(module.PARAM_SHAPES),
-        dtype,
-    )
-    return CellKernel(module, "c", dtype, functions)
+    config = backends.get(backend)
+    if dtype is not None:
+        dtype = str(np.dtype(dtype))
+        if dtype not in config.dtypes:
+            raise ValueError(f"unsupported dtype '{dtype}'; choose {' or '.join(config.dtypes)}")
+    generated, spec = generated_dir_for(cell, config)
+    functions = config.load(generated, spec, dtype)
+    source = hashlib.sha256(resolve(cell).read_bytes()).hexdigest()[:16]
+    return CellKernel(spec, config, dtype or config.default_dtype, functions, source)
 
 
-def generated_dir_for(cell: str | Path) -> tuple[Path, str]:
-    """Where a cell's kernels are, and its name: generated/ for a built-in cell; for an
-    equation file, its kernels generated into the cache (once per distinct output)."""
-    if str(cell) in builtin_cells():
-        return builtin_generated_dir(), str(cell)
-    from .kernel import build_kernel
-    from .registry import load_cell
-    from .render import kernel_files, write_files
-
+def generated_dir_for(cell: str | Path, config: BackendConfig) -> tuple[Path, CellSpec]:
+    """Where a cell's kernels for one backend are, and the cell: generated/ for a built-in cell
+    on a backend shipped there; else its kernels generated into the cache (once per distinct
+    output)."""
     path = resolve(cell)
     spec = load_cell(path)
-    files = kernel_files(build_kernel(spec))
+    if config.shipped and str(cell) in builtin_cells():
+        return builtin_generated_dir(), spec
+    from .kernel import build_kernel
+    from .render import kernel_files, write_files
+
+    files = kernel_files(build_kernel(spec), [config])
     digest = hashlib.sha256(
         b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
     ).hexdigest()[:24]
     out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
     write_files(files, out)  # writes only what is missing or differs, each file atomically
-    return out, spec.name
+    return out, spec
 
 
 def import_generated(path: Path) -> ModuleType:
@@ -113,18 +103,31 @@ class PackedParams:
 
 
 class CellKernel:
-    """Forward and backward kernels of one cell on one backend."""
+    """Forward and backward kernels of one cell on one backend, with checked arguments."""
 
-    def __init__(self, module: ModuleType, backend: str, dtype: str | None, c=None) -> None:
-        self._module = module
-        self._c = c
-        self.name: str = module.CELL
-        self.backend = backend
+    def __init__(
+        self,
+        spec: CellSpec,
+        config: BackendConfig,
+        dtype: str | None,
+        functions: Functions,
+        source: str = "",
+    ) -> None:
+        """`source`: a hash of the cell's equation file, part of the tag of every cache."""
+        self._functions = functions
+        self._source = source
+        self.config = config
+        self.spec = spec
+        self.name: str = spec.name
+        self.backend = config.name
         self.dtype = dtype
-        self.states: tuple[str, ...] = tuple(module.STATES)
-        self.output: str = module.OUTPUT
-        self.params: tuple[str, ...] = tuple(module.PARAM_SHAPES)
-        self._shapes = dict(module.PARAM_SHAPES)
+        self.input_dtypes: tuple[str, ...] = config.input_dtypes(dtype)
+        self.states: tuple[str, ...] = tuple(spec.states)
+        self.output: str = spec.output
+        self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
+        self._shapes = {p.name: tuple(p.shape) for p in spec.params}
+        self._contiguous = config.needs_contiguous
+        self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
@@ -137,22 +140,15 @@ class CellKernel:
         self, xs: np.ndarray, state0: Arrays, params: Arrays
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
         xs, state0, params = self._check_forward(xs, state0, params)
-        if self._c is not None:
-            ys, final, cache = self._c.forward(xs, state0, params)
-        else:
-            ys, final, cache = self._module.forward(xs, state0, params)
+        ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
-        cache["__cellgen__"] = (self.name, self.backend)
+        cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
         return ys, final, cache
 
     def backward(
         self, dys: np.ndarray, cache: dict[str, Any], dfinal: Arrays | None = None
     ) -> tuple[np.ndarray, Arrays, Arrays]:
-        if not isinstance(cache, dict) or cache.get("__cellgen__") != (self.name, self.backend):
-            raise ValueError(
-                f"cache: expected the cache returned by this kernel's forward "
-                f"({self.name}, {self.backend})"
-            )
+        self._check_cache(cache)
         ys = cache["ys"]
         dtype = ys.dtype
         dys = self._array("dys", dys, ys.shape, "(T, B, H)", dtype)
@@ -166,9 +162,7 @@ class CellKernel:
         dfinal = {
             s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
         }
-        if self._c is not None:
-            return self._c.backward(dys, cache, dfinal)
-        return self._module.backward(dys, cache, dfinal)
+        return self._functions.backward(dys, cache, dfinal)
 
     def pack(self, params: Arrays) -> PackedParams:
         """The parameters rearranged once for `infer` (C: the kernels' packed layout; NumPy:
@@ -183,7 +177,7 @@ class CellKernel:
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
         }
-        data = self._c.pack(params, I, H) if self._c is not None else self._module.pack(params)
+        data = self._functions.pack(params, I, H)
         return PackedParams(self.name, self.backend, str(dtype), I, H, data)
 
     def infer(
@@ -224,9 +218,7 @@ class CellKernel:
             s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
             for s in self.states
         }
-        if self._c is not None:
-            return self._c.infer(xs_arr, state0, packed.data, H)
-        return self._module.infer(xs_arr, state0, packed.data)
+        return self._functions.infer(xs_arr, state0, packed.data)
 
     def _sizes_of(self, params: Arrays) -> tuple[int, int]:
         """I and H from the shapes of the parameters."""
@@ -250,6 +242,25 @@ class CellKernel:
             raise ValueError(f"{what}: unknown '{unknown[0]}'; {self.name} has {', '.join(names)}")
 
     # validation ---------------------------------------------------------------------------
+
+    def _check_cache(self, cache: object) -> None:
+        """The cache must come from a forward of this cell (the same equation file's text), on
+        this backend, in a dtype this kernel computes in: anything else would be misread."""
+        tag = cache.get("__cellgen__") if isinstance(cache, dict) else None
+        mine = (self.name, self._source, self.backend)
+        ours = isinstance(tag, tuple) and len(tag) == 4
+        if ours and tag[:3] == mine and tag[3] in self.input_dtypes:
+            return
+        made = "not a cache of codegen.load's kernels"
+        if ours:
+            name, source, backend, dtype = tag
+            cell = name if source == self._source else f"{name} from another {name}.py"
+            made = f"made by a {backend} kernel of {cell} in {dtype}"
+        wanted = " or ".join(self.input_dtypes)
+        raise ValueError(
+            f"cache: {made}; this is a {self.backend} kernel of {self.name} "
+            f"({self.spec.source}) in {wanted}: pass the cache of this kernel's forward"
+        )
 
     def _check_forward(self, xs, state0, params) -> tuple[np.ndarray, Arrays, Arrays]:
         xs_arr = np.asarray(xs) if not isinstance(xs, np.ndarray) else xs
@@ -275,7 +286,8 @@ class CellKernel:
         first = np.asarray(state0[self.output])
         if first.ndim != 2 or first.shape[0] != B or first.shape[1] == 0:
             raise ValueError(
-                f"state0['{self.output}']: expected shape (B, H) = ({B}, H), got {first.shape}"
+                f"state0['{self.output}']: expected shape (B, H) with B = {B} (xs is "
+                f"(T, B, I) = {xs_arr.shape}) and H > 0, got {first.shape}"
             )
         H = first.shape[1]
         if not isinstance(params, dict):
@@ -303,6 +315,7 @@ class CellKernel:
                 f"params: unknown parameter '{unknown[0]}'; {self.name} has "
                 + ", ".join(self.params)
             )
+        self._check_input_size(I, H, params)
         params = {
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
@@ -310,14 +323,40 @@ class CellKernel:
         xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
         return xs_arr, state0, params
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few sizes per kernel, kept with it
     def _shapes_for(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        return self.param_shapes(input_size, hidden_size)
+        """param_shapes, kept per kernel (not in a global cache, which would keep it alive)."""
+        key = (input_size, hidden_size)
+        shapes = self._shape_cache.get(key)
+        if shapes is None:
+            if len(self._shape_cache) >= 64:
+                self._shape_cache.clear()
+            shapes = self._shape_cache[key] = self.param_shapes(input_size, hidden_size)
+        return shapes
+
+    def _check_input_size(self, I: int, H: int, params: Arrays) -> None:
+        """Blame xs, not the weights, when every weight of shape (H, I) agrees on another I."""
+        sizes = {}
+        for p in self.params:
+            shape = self._shapes[p]
+            if "I" in shape:
+                got = np.shape(params[p])
+                if len(got) != len(shape) or any(
+                    n != H for n, d in zip(got, shape, strict=True) if d == "H"
+                ):
+                    return  # this weight is wrong in another way: its own message says how
+                sizes[p] = got[shape.index("I")]
+        if sizes and len(set(sizes.values())) == 1 and I not in sizes.values():
+            p, size = next(iter(sizes.items()))
+            raise ValueError(
+                f"xs: input size I = {I} does not match the weights: params['{p}'] has shape "
+                f"{self._shape_text(p)} = {np.shape(params[p])}, so I = {size}; "
+                f"pass xs of shape (T, B, I) = (T, B, {size})"
+            )
 
     def _all_valid(self, state0, state_shape, params, shapes, dtype) -> bool:
         """True when every state and parameter is present, well-shaped, of dtype (and, for C,
         contiguous), and nothing else is given; the slow path then finds and names a problem."""
-        contiguous = self._c is not None
+        contiguous = self._contiguous
         if len(state0) != len(self.states) or len(params) != len(self.params):
             return False
         for arrays, names in ((state0, self.states), (params, self.params)):
@@ -337,12 +376,10 @@ class CellKernel:
         return "(" + ", ".join(self._shapes[param]) + ")"
 
     def _dtype_of(self, name: str, arr: np.ndarray) -> np.dtype:
-        allowed = DTYPES if self._c is not None else (*DTYPES, "complex128")
-        if self.dtype is not None:
-            allowed = (self.dtype,)
+        allowed = self.input_dtypes
         if str(arr.dtype) not in allowed:
             raise ValueError(
-                f"{name}: dtype {arr.dtype} is not supported by this {self.backend} kernel; "
+                f"{name}: dtype {arr.dtype} is not supported by this {self.config.title} kernel; "
                 f"expected {' or '.join(allowed)}"
             )
         return arr.dtype
@@ -358,8 +395,9 @@ class CellKernel:
                 f"{name}: dtype {arr.dtype} does not match xs ({dtype}); "
                 "pass every array in one dtype"
             )
-        if self._c is not None and not arr.flags.c_contiguous:
+        if self._contiguous and not arr.flags.c_contiguous:
             raise ValueError(
-                f"{name}: the C kernel needs C-contiguous data; pass np.ascontiguousarray({name})"
+                f"{name}: the {self.config.title} kernel needs C-contiguous data; "
+                f"pass np.ascontiguousarray({name})"
             )
         return arr

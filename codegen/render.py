@@ -1,8 +1,9 @@
 """From a cell to the text of its generated files, and writing them safely.
 
-Each backend contributes `files(kernel, render)`, a mapping from a path inside generated/ to
-text; `render` fills one of that backend's Jinja templates. Files are written atomically and
-only after every cell generated without error, so a failure leaves generated/ as it was.
+Each registered backend (codegen.backends) contributes `files(kernel, render)`, a mapping from
+a path inside generated/ to text; `render` fills one of that backend's Jinja templates. Files
+are written atomically and only after every cell generated without error, so a failure leaves
+generated/ as it was.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from pathlib import Path
 
 import jinja2
 
-from .backends import c as c_backend
-from .backends import numpy as numpy_backend
+from . import backends
+from .backends import BackendConfig
 from .errors import TemplateError
 from .kernel import Kernel, build_kernel
 from .registry import load_cell
 
-BACKENDS = {"numpy": numpy_backend, "c": c_backend}
 Render = Callable[..., str]
 
 
@@ -53,12 +53,12 @@ def renderer(backend_dir: Path, backend: str) -> Render:
     return render
 
 
-def kernel_files(kernel: Kernel) -> dict[str, str]:
-    """Every generated file of one cell: relative path -> text."""
+def kernel_files(kernel: Kernel, configs: Iterable[BackendConfig] | None = None) -> dict[str, str]:
+    """The generated files of one cell, for every registered backend (or for `configs`):
+    relative path -> text."""
     out: dict[str, str] = {}
-    for name, module in BACKENDS.items():
-        render = renderer(Path(module.__file__).parent, name)
-        out.update(module.files(kernel, render))
+    for config in backends.configs() if configs is None else configs:
+        out.update(config.files(kernel, renderer(config.folder, config.name)))
     return out
 
 

@@ -8,10 +8,10 @@ import pytest
 import codegen
 from codegen.registry import builtin_cells
 
-from conftest import make_problem
+from conftest import BACKENDS, make_problem
 
 
-@pytest.fixture(params=["numpy", "c"])
+@pytest.fixture(params=BACKENDS)
 def kernel(request):
     return codegen.load("lstm", request.param)
 

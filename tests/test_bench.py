@@ -14,7 +14,7 @@ import codegen
 from codegen.bench import BenchError, Shape, product_flops, run
 from codegen.errors import CellgenError
 
-from conftest import make_problem
+from conftest import BACKENDS, make_problem
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 TINY = Shape(T=3, B=2, I=3, H=4)
@@ -52,11 +52,11 @@ def test_flop_count_is_that_of_the_matrix_products():
 
 
 def test_every_implementation_and_pass_has_a_row(report):
-    impls = {"numpy", "c"} | ({"torch"} if HAS_TORCH else set())
+    impls = set(BACKENDS) | ({"torch"} if HAS_TORCH else set())
     lstm = {(r.impl, r.passes) for r in report.rows if r.cell == "lstm"}
     assert lstm == {(i, p) for i in impls for p in ("forward", "forward+backward")}
     gru = {(r.impl, r.passes) for r in report.rows if r.cell == "gru"}
-    assert gru == {(i, p) for i in ("numpy", "c") for p in ("forward", "forward+backward")}
+    assert gru == {(i, p) for i in BACKENDS for p in ("forward", "forward+backward")}
     assert all(r.shape == "T3,B2,I3,H4" and r.dtype == "float32" for r in report.rows)
     assert all(r.rounds == 2 and r.calls_per_sample >= 1 for r in report.rows)
 
@@ -111,7 +111,7 @@ def test_cli_prints_json_and_keeps_progress_on_stderr():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["meta"]["rounds"] == 1 and data["meta"]["peak_gflops"]["float64"] > 0
-    assert {r["impl"] for r in data["rows"]} == {"numpy", "c"} | ({"torch"} if HAS_TORCH else set())
+    assert {r["impl"] for r in data["rows"]} == set(BACKENDS) | ({"torch"} if HAS_TORCH else set())
     assert all(r["dtype"] == "float64" and r["median_ms"] > 0 for r in data["rows"])
     assert "[1/1] lstm T3,B2,I3,H4 float64" in result.stderr
 
@@ -127,7 +127,7 @@ def test_cli_rejects_a_malformed_shape_in_one_line():
     assert len(lines) == 1 and "shape 'T3,B2'" in lines[0]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_lstm_forward_keeps_seven_numbers_per_unit_and_step(backend):
     """The memory target: besides xs (and the caller's state0 and params), the cache of the
     LSTM's forward holds 7 T B H numbers: h, c, tanh(c) and the four gates of every step."""

@@ -20,7 +20,7 @@ import codegen
 from codegen.registry import builtin_cells, load_cell
 from codegen.verify import verify
 
-from conftest import make_problem, rel_err
+from conftest import BACKENDS, make_problem, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "softsign", "hard_sigmoid", "softplus", "silu")
@@ -88,7 +88,7 @@ def test_the_readme_example_generates_compiles_and_verifies(tmp_path, monkeypatc
     candidate = r"\hat{h}_{t} &= \tanh\left(W_{h} x_{t} + U_{h} \left(r_{t} \odot h_{t-1}"
     assert candidate in outputs["latex"]
     rows = [line.split() for line in outputs["verify"].splitlines() if line.startswith(name)]
-    assert {r[1] for r in rows} == {"numpy", "c"}
+    assert {r[1] for r in rows} == set(BACKENDS)
     assert {r[2] for r in rows} >= {"xs", "state0[h]", "W_z", "U_z", "b_h"}
     assert all(r[-1] == "PASS" for r in rows), outputs["verify"]
 
@@ -178,7 +178,7 @@ def test_a_three_state_cell_has_the_declared_interface(three_states):
     assert shapes["p"] == (3,) and len(shapes) == 9
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_three_state_cell_computes_its_equations(three_states, backend):
     k = codegen.load(three_states, backend=backend)
     xs, state0, params, _, _ = make_problem(k, T=5, B=2, I=4, H=3, seed=3)
@@ -189,7 +189,7 @@ def test_a_three_state_cell_computes_its_equations(three_states, backend):
         assert rel_err(got_final[s], final[s]) <= 1e-13, s
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_gradient_of_a_three_state_cell_passes(three_states, backend):
     rows = verify(str(three_states), backend, seed=1)
     tensors = {r.tensor for r in rows}
@@ -280,7 +280,7 @@ def probe(tmp_path: Path, act: str, backend: str, values: np.ndarray):
     return ys[0, :, 0], dxs[0, :, 0]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_an_activation_computes_its_definition_and_derivative(tmp_path, act, backend):
     forward, derivative = DEFINITIONS[act]
@@ -294,7 +294,7 @@ def test_an_activation_computes_its_definition_and_derivative(tmp_path, act, bac
     np.testing.assert_array_equal(dy[n:], np.zeros_like(kinks))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_an_activation_keeps_nan(tmp_path, act, backend):
     with np.errstate(invalid="ignore"):
@@ -316,7 +316,7 @@ def mgu_reference(xs, state0, p):
     return np.stack(ys), {"h": h}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mgu_computes_the_formulas_of_zhou_et_al(backend):
     assert "mgu" in builtin_cells()
     k = codegen.load("mgu", backend=backend)
@@ -361,11 +361,11 @@ def test_division_by_vectors_has_right_values_and_gradients(tmp_path):
     import codegen
     from codegen.verify import verify
 
-    from conftest import make_problem, rel_err
+    from conftest import BACKENDS, make_problem, rel_err
 
     path = tmp_path / "dividing.py"
     path.write_text(DIVIDING_CELL)
-    for backend in ("numpy", "c"):
+    for backend in BACKENDS:
         k = codegen.load(path, backend)
         xs, state0, params, _, _ = make_problem(k, T=4, B=2, I=3, H=5, seed=7)
         h, expected = state0["h"], []

@@ -23,7 +23,7 @@ from codegen.activations import Activation
 from codegen.registry import load_cell
 from codegen.verify import ENTRY_SIZES, Problem, random_problem, verify_kernel
 
-from conftest import CELLS, rel_err
+from conftest import BACKENDS, CELLS, rel_err
 
 EXTREMES = {"float64": 800.0, "float32": 100.0}
 SIZES = {"T": 3, "B": 2, "I": 3, "H": 4}
@@ -118,7 +118,7 @@ def _all_arrays(ys, final, grads):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_saturated_gates_give_finite_exact_results(cell, backend, dtype):
     kernel = codegen.load(cell, backend, dtype=dtype)
@@ -139,7 +139,7 @@ def test_saturated_lstm_gates_are_exactly_zero_or_one():
     """b_f = +800, b_i = -800: f = 1 exactly and i = 0 to within the smallest doubles, so c
     stays c0 bit for bit, and the gradients through the saturated gates' weights vanish (an
     exp() clamped at -708 leaves i ~ 1e-308 rather than 0: still no gradient to speak of)."""
-    for backend in ("numpy", "c"):
+    for backend in BACKENDS:
         kernel = codegen.load("lstm", backend)
         p = random_problem(kernel, 1, SIZES)
         p.params["b_f"][:] = 800.0
@@ -152,7 +152,7 @@ def test_saturated_lstm_gates_are_exactly_zero_or_one():
         assert np.all(np.isfinite(dstate0["c"])) and np.abs(dstate0["c"]).max() > 0
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradients_at_saturation_match_the_forward(cell, backend):
     """float64 at +-800 against Richardson differences of the forward (exp() overflows inside
@@ -188,7 +188,7 @@ from codegen.verify import random_problem
 
 out = []
 for cell in sys.argv[1:]:
-    for backend in ("numpy", "c"):
+    for backend in codegen.backends.names():
         for dtype in ("float64", "float32"):
             k = codegen.load(cell, backend, dtype=dtype)
             p = random_problem(k, 0, {"T": 3, "B": 2, "I": 3, "H": 4}).astype(np.dtype(dtype))
@@ -216,7 +216,7 @@ def test_a_nan_in_the_input_propagates_without_crash_or_hang():
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert len(rows) == 4 * len(CELLS)
+    assert len(rows) == len(BACKENDS) * 2 * len(CELLS)  # two dtypes
     for row in rows:
         # the NaN reaches every unit of its own batch row, from step 0 on, forward and back
         assert row["ys_row0_all_nan"] and row["final_row0_nan"], row

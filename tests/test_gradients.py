@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codegen.verify import central_differences, compare, verify
+from codegen.verify import verify
+
+from conftest import BACKENDS, central_differences, compare
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_gradient_passes(cell, backend):
     rows = verify(cell, backend)
     tensors = {r.tensor for r in rows}

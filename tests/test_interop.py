@@ -38,11 +38,10 @@ from torch.func import functional_call
 import codegen
 from codegen import interop
 
-from conftest import rel_err
+from conftest import BACKENDS, rel_err
 
 TOL = 1e-10
 T, B, I, H = 5, 3, 4, 6
-BACKENDS = ("numpy", "c")
 F64 = torch.float64
 
 

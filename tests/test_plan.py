@@ -33,7 +33,7 @@ def _extent(buffer: np.ndarray) -> int:
 @pytest.mark.parametrize("cell", CELLS)
 def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
     k = codegen.load(cell, "c", dtype=dtype)
-    c = k._c
+    c = k._functions  # the CFunctions of the C backend
     T, B, I, H = 3, 2, 5, 4
     xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H, dtype=np.dtype(dtype))
     work_size = c._work_size(T, B, I, H)

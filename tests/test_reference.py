@@ -7,7 +7,7 @@ import pytest
 
 import codegen
 
-from conftest import make_problem, rel_err
+from conftest import BACKENDS, make_problem, rel_err
 
 
 def sigma(x):
@@ -44,7 +44,7 @@ REFERENCES = {"lstm": lstm_reference, "gru": gru_reference}
 
 
 @pytest.mark.parametrize("cell", sorted(REFERENCES))
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_matches_the_formulas(cell, backend):
     kernel = codegen.load(cell, backend)
     xs, state0, params, _, _ = make_problem(kernel, T=6, B=2, I=3, H=5, seed=4)

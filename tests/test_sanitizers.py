@@ -28,7 +28,7 @@ import codegen
 from codegen.load import import_generated
 from codegen.paths import builtin_generated_dir
 
-from conftest import CELLS, make_problem
+from conftest import BACKENDS, CELLS, make_problem
 
 GENERATED = builtin_generated_dir()
 SHAPES = [(1, 1, 1, 1), (1, 1, 3, 2), (3, 2, 4, 5), (4, 3, 7, 2), (2, 5, 9, 17)]
@@ -373,7 +373,7 @@ def test_an_output_entry_left_unwritten_is_caught(tmp_path):
 # the same properties through the Python API, both backends -----------------------------------
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_twice_gives_the_same_bits_and_touches_no_input(cell, backend):
     kernel = codegen.load(cell, backend)

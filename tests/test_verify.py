@@ -36,7 +36,8 @@ from codegen.verify import (
     verify_kernel,
 )
 
-from conftest import CELLS
+import conftest
+from conftest import BACKENDS, CELLS
 
 PIECEWISE = '''
 """Every piecewise activation in one cell: relu, hard_sigmoid and softsign."""
@@ -127,7 +128,7 @@ def test_richardson_is_the_c_default_and_the_fallback_for_complex(cell):
     assert {r.method for r in verify(cell, "c", method="complex")} == {"richardson"}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["central", "dot", "taylor"])
 def test_every_method_passes_correct_kernels(method, backend):
     for cell in ("lstm", "gru"):
@@ -176,7 +177,7 @@ def test_a_kink_is_seen_and_its_smooth_side_is_used():
 # planted bugs -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_one_entry_off_by_1e_4_is_caught_and_named(cell, backend):
     kernel = codegen.load(cell, backend)
@@ -209,7 +210,7 @@ def test_direction_methods_catch_one_entry_off_by_1e_4_and_locate_it(method):
 
 
 def test_off_by_one_time_step_is_caught_with_its_time_step():
-    for backend in ("numpy", "c"):
+    for backend in BACKENDS:
         kernel = codegen.load("gru", backend)
 
         def shift(dxs, dstate0, dparams):
@@ -236,13 +237,13 @@ def missing_factor_kernels(tmp_path_factory):
     patch.setenv("CELLGEN_CACHE_DIR", str(tmp / "cache"))
     patch.setattr(activations.sigmoid, "derivative", classmethod(lambda cls, x, y: y))
     try:
-        kernels = {b: codegen.load(tmp / "lstm.py", b) for b in ("numpy", "c")}
+        kernels = {b: codegen.load(tmp / "lstm.py", b) for b in BACKENDS}
     finally:
         patch.undo()
     return kernels
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_derivative_missing_a_factor_is_caught_at_the_worst_entry(
     missing_factor_kernels, backend
 ):
@@ -260,7 +261,7 @@ def test_a_derivative_missing_a_factor_is_caught_at_the_worst_entry(
 
 
 def test_float32_is_checked_against_the_float64_reference():
-    for backend in ("numpy", "c"):
+    for backend in BACKENDS:
         rows = verify("lstm", backend, dtype="float32")
         assert all(r.verdict == "PASS" and r.dtype == "float32" for r in rows), rows
         assert all(r.tolerance == FLOAT32_TOLERANCE for r in rows)
@@ -272,8 +273,8 @@ def test_float32_is_checked_against_the_float64_reference():
     k32 = codegen.load("lstm", "numpy", dtype="float32")
     p = random_problem(k32, 0, ENTRY_SIZES).astype(np.float32)
     exact = analytic_gradients(codegen.load("lstm"), p.astype(np.float64))["W_f"]
-    loss = verify_module.loss_function(k32, p)
-    fd = verify_module.central_differences(p.params["W_f"], loss, 1e-3)
+    loss = conftest.loss_function(k32, p)
+    fd = conftest.central_differences(p.params["W_f"], loss, 1e-3)
     assert np.max(np.abs(fd - exact)) / np.max(np.abs(exact)) > 10 * FLOAT32_TOLERANCE
 
 
@@ -361,7 +362,7 @@ def test_a_kink_within_the_step_is_resolved_by_one_sided_differences(piecewise):
     assert row.max_rel < TOLERANCES["richardson"]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_piecewise_activations_verify_end_to_end(piecewise, backend):
     """relu, hard_sigmoid and softsign through both backends; in NumPy through the complex
     step, which needs their spellings to be complex-safe."""
@@ -388,12 +389,12 @@ def test_locate_maps_entries_to_gate_row_column_and_time_step():
 
 
 def test_the_cli_names_the_worst_entry_and_never_dumps_tensors(monkeypatch, capsys):
-    real_load = verify_module.load
+    real_load = verify_module.run.load
 
     def planted_load(cell, backend="numpy", dtype=None):
         return Planted(real_load(cell, backend, dtype), off_by("W_o", 1e-4))
 
-    monkeypatch.setattr(verify_module, "load", planted_load)
+    monkeypatch.setattr(verify_module.run, "load", planted_load)
     assert main(["verify", "lstm", "--backend", "numpy"]) == 1
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if " FAIL" in line]

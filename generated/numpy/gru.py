@@ -228,8 +228,9 @@ def backward(dys, cache, dfinal=None):
     return dxs, dstate0, dparams
 
 
-def pack(params):
-    """The parameters as infer takes them: NumPy needs no other layout, so a copy."""
+def pack(params, input_size=None, hidden_size=None):
+    """The parameters as infer takes them: NumPy needs no other layout, so a copy. (The sizes,
+    which other backends' pack needs, are read here from the arrays.)"""
     return {name: np.array(params[name]) for name in PARAM_SHAPES}
 
 

@@ -135,10 +135,10 @@ class CFunctions:
         )
         return packed
 
-    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray, hidden_size: int):
+    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray):
         """ys and the final states from packed weights; the states are copied, not changed."""
         T, B, I = xs.shape
-        H = hidden_size
+        H = state0[self.output].shape[1]
         ys = np.empty((T, B, H), self.dtype)
         final = {s: np.array(state0[s], self.dtype, order="C") for s in self.states}
         work = np.empty(max(self._infer_work_size(B, I, H), 1), self.dtype)

@@ -1,0 +1,96 @@
+"""Test points for the gradient checks: random inputs and loss weights, random directions.
+
+`cellgen bench` times the kernels on the same problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..load import CellKernel
+
+ENTRY_SIZES = {"T": 3, "B": 2, "I": 4, "H": 3}
+PROJECTION_SIZES = {"T": 5, "B": 3, "I": 7, "H": 9}
+PROJECTIONS = 3  # random directions per tensor
+
+
+@dataclass
+class Problem:
+    """A test point: inputs, and the loss weights dys and dfinal."""
+
+    xs: np.ndarray
+    state0: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    dys: np.ndarray
+    dfinal: dict[str, np.ndarray]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every differentiable input, by the name a report uses."""
+        out = {"xs": self.xs}
+        out.update({f"state0[{s}]": v for s, v in self.state0.items()})
+        out.update(self.params)
+        return out
+
+    def inputs(
+        self, changed: dict[str, np.ndarray] | None = None, dtype: Any = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(xs, state0, params) for forward, with some tensors replaced, all in one dtype."""
+        tensors = {**self.tensors(), **(changed or {})}
+        dtype = dtype or self.xs.dtype
+        cast = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}
+        state0 = {s: cast[f"state0[{s}]"] for s in self.state0}
+        return cast["xs"], state0, {p: cast[p] for p in self.params}
+
+    def astype(self, dtype: Any) -> Problem:
+        def conv(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a, dtype=dtype)
+
+        return Problem(
+            conv(self.xs),
+            {k: conv(v) for k, v in self.state0.items()},
+            {k: conv(v) for k, v in self.params.items()},
+            conv(self.dys),
+            {k: conv(v) for k, v in self.dfinal.items()},
+        )
+
+
+def random_problem(kernel: CellKernel, seed: int, sizes: dict[str, int] = ENTRY_SIZES) -> Problem:
+    """Random inputs at a moderate scale, where smooth gates are away from saturation."""
+    rng = np.random.default_rng(seed)
+    T, B, I, H = sizes["T"], sizes["B"], sizes["I"], sizes["H"]
+    params = {
+        name: rng.uniform(-1, 1, shape) / np.sqrt(H)
+        for name, shape in kernel.param_shapes(I, H).items()
+    }
+    return Problem(
+        xs=rng.normal(size=(T, B, I)),
+        state0={s: rng.uniform(-0.8, 0.8, (B, H)) for s in kernel.states},
+        params=params,
+        dys=rng.normal(size=(T, B, H)),
+        dfinal={s: rng.normal(size=(B, H)) for s in kernel.states},
+    )
+
+
+def analytic_gradients(kernel: CellKernel, p: Problem) -> dict[str, np.ndarray]:
+    """backward(dys, dfinal) at p, by tensor name."""
+    _, _, cache = kernel.forward(*p.inputs())
+    dtype = p.xs.dtype
+    dfinal = {s: np.asarray(v, dtype) for s, v in p.dfinal.items()}
+    dxs, dstate0, dparams = kernel.backward(np.asarray(p.dys, dtype), cache, dfinal)
+    out = {"xs": dxs}
+    out.update({f"state0[{s}]": v for s, v in dstate0.items()})
+    out.update(dparams)
+    return out
+
+
+def directions(shape: tuple[int, ...], seed: int, name: str, count: int) -> list[np.ndarray]:
+    """`count` seeded random directions of unit length, different for each tensor name, so
+    that a step t moves the point by t whatever the tensor's size."""
+    salt = sum(ord(c) * 31**k for k, c in enumerate(name)) % 2**32
+    rng = np.random.default_rng([seed, salt])
+    vs = [rng.normal(size=shape) for _ in range(count)]
+    return [v / np.linalg.norm(v) for v in vs]
