@@ -100,6 +100,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import DEFAULT_CELLS, DTYPES, parse_shapes, run
 
+    if args.torch_train:
+        from . import bench_train
+
+        rows, meta = bench_train.run(
+            cells=args.cells or bench_train.DEFAULT_CELLS,
+            shapes=parse_shapes(args.shapes) if args.shapes else None,
+            backends=backend_registry.names() if args.backend == "all" else [args.backend],
+            rounds=args.rounds,
+            progress=sys.stderr,
+        )
+        print(bench_train.as_json(rows, meta) if args.json else bench_train.table(rows))
+        return EXIT_OK
+
     report = run(
         cells=args.cells or DEFAULT_CELLS,
         shapes=parse_shapes(args.shapes) if args.shapes else None,
@@ -194,6 +207,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
+    s.add_argument(
+        "--torch-train",
+        action="store_true",
+        help="time one float32 training step through codegen.torch.RNN against the cell as a "
+        "Python loop of torch ops and torch.nn.LSTM/GRU (shapes default to T100,B1,I32,H32 "
+        "T100,B16,I64,H64 T64,B16,I128,H128 T32,B32,I256,H256)",
+    )
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(run=cmd_bench)
     return p
