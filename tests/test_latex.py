@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from codegen.registry import builtin_cells, load_cell
 from conftest import make_problem, rel_err
 
 CELLS = builtin_cells()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cellgen(*args, cwd=None):
@@ -167,6 +169,15 @@ def test_every_adjoint_is_defined_before_it_is_used_and_none_is_a_renaming(name)
         defined.add(row.lhs.name)
     wanted = {f"d_{p.name}" for p in cell.params} | {f"d_{cell.input}"}
     assert wanted | {f"d_{prev_name(s)}" for s in cell.states} <= set(seen)
+
+
+def test_the_readme_shows_the_lstm_backward_as_cellgen_prints_it():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Printing the math\n", 1)[1].split("\n## ", 1)[0]
+    shown = re.search(r"\$\$\n\\begin\{aligned\}\n(.*?)\n\\end\{aligned\}\n\$\$", section, re.S)
+    printed = cellgen("latex", "lstm", "--backward")
+    rows = [line.strip().removesuffix(r" \\") for line in printed.splitlines() if "&=" in line]
+    assert shown.group(1).split(" \\\\\n") == rows
 
 
 def test_help_names_the_packages_the_output_needs():
