@@ -408,9 +408,11 @@ def picture(cell: CellSpec, derivation: Derivation | None = None, width_pt: floa
         out.append(f"\\put{at(x1 - 7, y1)}{{\\vector(1,0){{7}}}}")
     for node in drawing.nodes.values():
         x, y = _x(node), MARGIN + node.y
-        content = (
-            f"$\\scriptstyle {tex(node)}$" if node.kind in ("layer", "op") else f"${tex(node)}$"
-        )
+        style = ""
+        if node.kind in ("layer", "op"):  # long names shrink to fit their circle
+            small = node.kind == "op" and len(node.text) > 2
+            style = r"\scriptscriptstyle" if small else r"\scriptstyle"
+        content = f"${style} {tex(node)}$"
         if node.kind == "layer":
             out.append(f"\\put{at(x - 24, y + 16)}{{\\framebox(48,32){{{content}}}}}")
         elif node.kind == "op":

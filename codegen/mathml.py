@@ -134,10 +134,20 @@ class _Parser:
             return f"<mi>{escape(token)}</mi>"
         if token[0].isdigit():
             return f"<mn>{token}</mn>"
-        if token == "-":
-            return "<mo>−</mo>"
-        if token in "()[]|":
-            return f'<mo stretchy="false">{token}</mo>' if token in "[]|" else f"<mo>{token}</mo>"
+        return self.operator(token, stretchy=False)
+
+    def operator(self, token: str, stretchy: bool) -> str:
+        """An operator with its form said outright: MathML guesses it from the position in
+        the row, and guesses `(` after `σ` as infix, with wide spaces around it."""
+        stretch = "" if stretchy else ' stretchy="false"'
+        if token in "([":
+            return f'<mo form="prefix"{stretch}>{token}</mo>'
+        if token in ")]":
+            return f'<mo form="postfix"{stretch}>{token}</mo>'
+        if token == "/":
+            return '<mo lspace="0" rspace="0">/</mo>'
+        if token in "+-=":
+            return f'<mo form="infix">{"−" if token == "-" else token}</mo>'
         return f"<mo>{escape(token)}</mo>"
 
     def command(self, name: str) -> str:
@@ -167,7 +177,9 @@ class _Parser:
         if name in ("mathrel", "mathbin", "mathop"):
             return f"<mo>{self.text_arg()}</mo>"
         if name in ("left", "right", "bigl", "bigr", "Bigl", "Bigr"):
-            return self.atom() if self.peek() not in (None, ".") else self._skip()
+            if self.peek() in (None, "."):
+                return self._skip()
+            return self.operator(self.take(), stretchy=name in ("left", "right"))
         if name in ("mathopen", "mathclose"):
             self.group()
             return ""

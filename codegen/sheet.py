@@ -95,6 +95,7 @@ body { font-family: Georgia, 'DejaVu Serif', serif; max-width: 52em; margin: 2em
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.6em; }
 table { border-collapse: collapse; } td, th { padding: 0.15em 0.8em; text-align: left;
         border-bottom: 1px solid #ddd; }
+math { font-family: "Latin Modern Math", "STIX Two Math", "DejaVu Math TeX Gyre", math; }
 math[display="block"] { margin: 0.8em 0; font-size: 1.1em; }
 mtd.lhs { text-align: right; padding: 0.25em 0; } mtd.rhs { text-align: left; padding: 0.25em 0; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
@@ -211,8 +212,8 @@ def tex(sheet: Sheet) -> str:
         "\\allowdisplaybreaks\n"
         "\\begin{document}\n"
         f"\\section*{{{tex_escape(cell.name)}}}\n"
-        f"{tex_escape(cell.description)}\n\n"
-        f"Reference: {tex_escape(cell.reference)}. "
+        f"\\noindent {tex_escape(cell.description)}\n\n"
+        f"\\noindent Reference: {tex_escape(cell.reference)}. "
         f"Equations: \\texttt{{{tex_escape(cell.source)}}}.\n"
         "\\subsection*{Parameters}\n"
         f"Input $x_{{t}}$ of size $I$; states ${_states(cell)}$ of size $H$.\n\n"
