@@ -87,7 +87,8 @@ def saved_values(cell: CellSpec, derivation: Derivation) -> list[str]:
     needed: set[str] = {m.operand for m in cell.matmuls}
     for adj in derivation.backward:
         needed |= {s.name for s in adj.expr.free_symbols}
-    return [p.name for p in derivation.forward if p.state is None and p.name in needed]
+    keep = [p.name for p in derivation.forward if p.state is None and p.name in needed]
+    return keep + [m.name for m in cell.matmuls if m.name in needed]
 
 
 class _Arranger:

@@ -325,7 +325,7 @@ def note_text(printer: CellLatexPrinter, note: Note) -> str:
         else:
             math = part.latex if isinstance(part, Math) else printer.doprint(part)
             out.append(f"${math}$")
-    return "".join(out).replace("$$", " ")
+    return "".join(out).replace("$$", "")
 
 
 def aligned_rows(rows: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:

@@ -22,6 +22,7 @@ from codegen import activations
 from codegen.bptt import Outer, Row, SumOverSteps, Transposed, bptt
 from codegen.cell import prev_name
 from codegen.derive import derive
+from codegen.latex import Equations, paste
 from codegen.registry import builtin_cells, load_cell
 
 from conftest import make_problem, rel_err
@@ -312,3 +313,9 @@ def test_row_objects_are_exported_for_other_printers():
     view = bptt(load_cell("mgu"))
     assert all(isinstance(r, Row) for r in view.rows)
     assert activations.sigmoid.latex_name == r"\sigma"
+
+
+def test_a_display_longer_than_a_page_breaks_across_pages(tmp_path):
+    rows = tuple((f"a_{{{k}}}", (rf"\sum_{{t=1}}^{{T}} b_{{{k}}}",)) for k in range(60))
+    log = pdflatex(tmp_path, minimal_document(paste([Equations(rows)])))
+    assert pages(log) >= 3  # an unbreakable display would overflow one page instead
