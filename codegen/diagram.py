@@ -53,7 +53,8 @@ def label(name: str, time: str = "t") -> str:
 
 def activation_text(act: type[Activation]) -> str:
     """σ, tanh, relu...: the activation's LaTeX name as plain text."""
-    text = re.sub(r"\\operatorname\{(.*?)\}", r"\1", act.latex_name).replace(r"\_", "_")
+    text = re.sub(r"\\(?:operatorname|mathrm|text|mathit)\{(.*?)\}", r"\1", act.latex_name)
+    text = text.replace(r"\_", "_")
     return re.sub(r"\\([a-zA-Z]+)", lambda m: GREEK.get(m[1], m[1]), text) or act.__name__
 
 
@@ -278,13 +279,31 @@ def _x(node: Node) -> float:
 
 
 def _anchor(node: Node, side: str) -> tuple[float, float]:
-    half = {"layer": 24, "op": 15, "in": 24, "out": 24, "param": 14, "dummy": 0}[node.kind]
+    half = _half(node)
     return (_x(node) + (half if side == "out" else -half), MARGIN + node.y)
 
 
-def _text(value: str, x: float, y: float, size: int, anchor: str = "middle", **attrs) -> str:
-    """SVG text; `a_b` draws b as a subscript."""
-    head, _, sub = value.partition("_")
+def _font(node: Node) -> int:
+    """Font size of the text inside a gate or an operation: smaller for long names."""
+    if node.kind == "layer":
+        return 15 if len(node.text) <= 5 else 12
+    return 14 if len(node.text) < 3 else 11 if len(node.text) <= 4 else 10
+
+
+def _half(node: Node) -> float:
+    """Half the width of a node's shape, grown to hold its text."""
+    if node.kind == "layer":
+        return max(24.0, 0.31 * _font(node) * len(node.text) + 8)
+    if node.kind == "op":
+        return max(15.0, 0.3 * _font(node) * len(node.text) + 5)
+    return {"in": 24.0, "out": 24.0, "param": 14.0}.get(node.kind, 0.0)
+
+
+def _text(
+    value: str, x: float, y: float, size: int, anchor: str = "middle", script=True, **attrs
+) -> str:
+    """SVG text; with `script`, `a_b` draws b as a subscript."""
+    head, _, sub = value.partition("_") if script else (value, "", "")
     extra = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in attrs.items())
     body = escape(head)
     if sub:
@@ -350,18 +369,19 @@ def svg(cell: CellSpec, derivation: Derivation | None = None) -> str:
         )
     for node in drawing.nodes.values():
         x, y = _x(node), MARGIN + node.y
+        half = _half(node)
         if node.kind == "layer":
             parts.append(
-                f'<rect x="{x - 24:.1f}" y="{y - 16:.1f}" width="48" height="32" rx="4" '
-                'fill="#ffe599" stroke="#7f6000" stroke-width="1.2"/>'
+                f'<rect x="{x - half:.1f}" y="{y - 16:.1f}" width="{2 * half:.1f}" height="32" '
+                'rx="4" fill="#ffe599" stroke="#7f6000" stroke-width="1.2"/>'
             )
-            parts.append(_text(node.text, x, y, 15))
+            parts.append(_text(node.text, x, y, _font(node), script=False))
         elif node.kind == "op":
             parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="15" fill="#f4cccc" stroke="#990000" '
-                'stroke-width="1.2"/>'
+                f'<ellipse cx="{x:.1f}" cy="{y:.1f}" rx="{half:.1f}" ry="15" fill="#f4cccc" '
+                'stroke="#990000" stroke-width="1.2"/>'
             )
-            parts.append(_text(node.text, x, y, 14 if len(node.text) < 3 else 11))
+            parts.append(_text(node.text, x, y, _font(node), script=False))
         elif node.kind in ("in", "out"):
             parts.append(_text(node.text, x, y, 16, font_style="italic"))
         elif node.kind == "param":
@@ -413,10 +433,13 @@ def picture(cell: CellSpec, derivation: Derivation | None = None, width_pt: floa
             small = node.kind == "op" and len(node.text) > 2
             style = r"\scriptscriptstyle" if small else r"\scriptstyle"
         content = f"${style} {tex(node)}$"
+        half = _half(node)
         if node.kind == "layer":
-            out.append(f"\\put{at(x - 24, y + 16)}{{\\framebox(48,32){{{content}}}}}")
+            box = f"\\framebox({2 * half:.0f},32){{{content}}}"
+            out.append(f"\\put{at(x - half, y + 16)}{{{box}}}")
         elif node.kind == "op":
-            out.append(f"\\put{at(x, y)}{{\\circle{{30}}}}")
+            shape = "\\circle{30}" if half == 15 else f"\\oval({2 * half:.0f},30)"
+            out.append(f"\\put{at(x, y)}{{{shape}}}")
             out.append(f"\\put{at(x, y)}{{\\makebox(0,0){{{content}}}}}")
         elif node.kind in ("in", "out", "param"):
             out.append(f"\\put{at(x, y)}{{\\makebox(0,0){{{content}}}}}")
