@@ -170,12 +170,12 @@ def test_the_markdown_sheet_is_math_blocks_and_text_with_the_diagram_beside_it(n
     assert len(gates) == sum(1 for e in cell.equations if not e.auto and e.state is None)
 
 
-@pytest.mark.parametrize("suffix", [".tex", ".pdf"])
-def test_the_latex_and_pdf_sheets_compile(suffix, tmp_path):
+@pytest.mark.parametrize(("name", "suffix"), [(c, ".tex") for c in CELLS] + [("lstm", ".pdf")])
+def test_the_latex_and_pdf_sheets_compile(name, suffix, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.fail("pdflatex is not installed: .ci/run installs texlive-latex-base")
-    out = tmp_path / f"lstm{suffix}"
-    result = cellgen("sheet", "lstm", "-o", str(out))
+    out = tmp_path / f"{name}{suffix}"
+    result = cellgen("sheet", name, "-o", str(out))
     assert result.returncode == 0, result.stderr
     if suffix == ".pdf":
         assert out.read_bytes()[:5] == b"%PDF-"
@@ -184,9 +184,9 @@ def test_the_latex_and_pdf_sheets_compile(suffix, tmp_path):
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", out.name],
         cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    log = (tmp_path / "lstm.log").read_text(errors="replace")
+    log = (tmp_path / f"{name}.log").read_text(errors="replace")
     assert run.returncode == 0, log[-2000:]
-    assert not re.findall(r"^(Overfull .*|LaTeX Warning: .*)$", log, re.M)
+    assert not re.findall(r"^(Overfull .*|Underfull .*|LaTeX Warning: .*)$", log, re.M)
     assert r"\begin{picture}" in out.read_text()
 
 
