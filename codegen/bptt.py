@@ -64,12 +64,13 @@ def d(name: str) -> sympy.Symbol:
 
 @dataclass(frozen=True)
 class Bptt:
-    """The backward of one step: its rows and notes in reading order, and what it reads."""
+    """The backward of one step: rows and notes in reading order; `incoming` says which states
+    keep a separate δs_t^in (those that the step itself also uses)."""
 
     cell: CellSpec
     derivation: Derivation
     items: tuple[Row | Note, ...]
-    incoming: dict[str, bool]  # state -> the row names δs_t^in (False: it is δs_t itself)
+    incoming: dict[str, bool]  # state -> the rows name δs_t^in (False: it is δs_t itself)
 
     @property
     def rows(self) -> tuple[Row, ...]:
@@ -125,22 +126,20 @@ class _Arranger:
         # fold renamings and products into their uses; inline what is used once
         subs: dict[sympy.Symbol, sympy.Expr] = {}
         incoming: dict[str, bool] = {s: True for s in self.cell.states}
+        state_in = {sympy.Symbol(incoming_name(s)): s for s in self.cell.states}
         kept: list[tuple[str, sympy.Expr]] = []
         for target, expr in step:
             expr = expr.xreplace(subs)
-            state_in = {sympy.Symbol(incoming_name(s)): s for s in self.cell.states}
-            if expr in state_in:  # δh_t = δh_t^in: call it δh_t
+            if expr in state_in:  # δh_t = δh_t^in: the notes call it δh_t
                 incoming[state_in[expr]] = False
                 subs[expr] = d(target)
-                kept.append((target, expr))
-                continue
-            if isinstance(expr, sympy.Symbol):
+            elif isinstance(expr, sympy.Symbol):  # δ(W_f x_t) = δa_{f,t}: a renaming
                 subs[d(target)] = expr
-                continue
-            kept.append((target, expr))
+            else:
+                kept.append((target, expr))
         for name, expr in products:
             subs[d(name)] = expr.xreplace(subs)
-        kept = [(t, e.xreplace(subs)) for t, e in kept if not self.aliased(t, incoming)]
+        kept = [(t, e.xreplace(subs)) for t, e in kept]
         passed = [(t, e.xreplace(subs)) for t, e in passed]
         params = [(t, e.xreplace(subs)) for t, e in params]
         kept, passed = self.inline_once(kept, passed)
@@ -162,9 +161,6 @@ class _Arranger:
         items.append(Note(("The parameter gradients add up the shares of all steps:",)))
         items += [Row(d(t), e) for t, e in params]
         return Bptt(self.cell, self.d, tuple(items), incoming)
-
-    def aliased(self, target: str, incoming: dict[str, bool]) -> bool:
-        return target in self.cell.states and not incoming[target]
 
     def param_gradient(self, name: str, adj: dict[str, sympy.Expr]) -> sympy.Expr:
         if name in adj:  # a vector parameter
