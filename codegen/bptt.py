@@ -9,6 +9,7 @@ transposed products, and the weight gradients are written once, as sums over t.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sympy
@@ -236,6 +237,9 @@ class _Arranger:
         return notes
 
 
+PRE = re.compile(r"^(?P<head>.+)_pre(?P<k>\d*)$")  # derive.lift's names for activation arguments
+
+
 def is_pre(name: str) -> bool:
-    head, sep, tail = name.rpartition("_pre")
-    return bool(sep) and bool(head) and (tail == "" or tail.isdigit())
+    """Whether a primitive is the argument of an activation (a pre-activation, `f_pre`)."""
+    return PRE.match(name) is not None

@@ -16,7 +16,7 @@ import sympy
 from sympy.printing.latex import LatexPrinter
 
 from .activations import Activation, Indicator
-from .bptt import Math, Note, Outer, Row, SumOverSteps, Transposed, bptt
+from .bptt import PRE, Math, Note, Outer, Row, SumOverSteps, Transposed, bptt
 from .cell import CellSpec
 from .derive import Derivation
 from .text import factor_rank, term_rank
@@ -28,7 +28,6 @@ _GREEK = {
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "lambda",
     "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega",
 }  # fmt: skip
-_PRE = re.compile(r"^(?P<head>.+)_pre(?P<k>\d*)$")
 ROW_WIDTH = 54  # the width(...) of the widest row that fits a default article page
 
 
@@ -65,7 +64,7 @@ class CellLatexPrinter(LatexPrinter):
         if derivation is not None:
             sources = {e.name for e in cell.equations}
             for p in derivation.forward:
-                if p.name not in sources and not _PRE.match(p.name):
+                if p.name not in sources and not PRE.match(p.name):
                     self.definitions[p.name] = p.expr
         for e in cell.equations:
             if e.auto:
@@ -86,7 +85,7 @@ class CellLatexPrinter(LatexPrinter):
             return self._print(self.definitions[name])
         if name.endswith("_prev") and name[: -len("_prev")] in self.cell.states:
             return f"{_base(name[: -len('_prev')])}_{{t-1}}"
-        pre = _PRE.match(name)
+        pre = PRE.match(name)
         if pre:
             k = f"^{{({pre['k']})}}" if pre["k"] else ""
             return f"a{k}_{{{_base(pre['head'])},t}}"
