@@ -21,6 +21,7 @@ from .activations import Activation
 from .bptt import is_pre
 from .cell import CellSpec, prev_name
 from .derive import Derivation, derive
+from .latex import CellLatexPrinter
 from .mathml import GREEK
 
 COLUMN, ROW, MARGIN = 112, 64, 36
@@ -397,8 +398,6 @@ _OPS_TEX = {"×": r"\times", "−": "-", "1−": "1-", "1/·": r"1/\cdot"}
 
 def picture(cell: CellSpec, derivation: Derivation | None = None, width_pt: float = 400) -> str:
     """The same diagram in LaTeX's picture mode (kernel commands only: no package needed)."""
-    from .latex import CellLatexPrinter  # here, as latex needs nothing of this module
-
     drawing = layout(cell, derivation)
     printer = CellLatexPrinter(cell)
     unit = min(0.6, width_pt / drawing.width)

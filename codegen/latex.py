@@ -395,10 +395,3 @@ def standalone(title: str, sections: list[tuple[str, list[Block]]]) -> str:
         f"{body}"
         "\\end{document}\n"
     )
-
-
-def forward_latex(cell: CellSpec) -> list[str]:
-    """The forward's aligned rows (`lhs &= rhs`), for callers that build their own display."""
-    (block,) = forward_blocks(cell)
-    assert isinstance(block, Equations)
-    return aligned_rows(block.rows)
