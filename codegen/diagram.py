@@ -67,11 +67,12 @@ class _Graph:
         self.forward = {p.name: p for p in derivation.forward}
         self.params = {p.name for p in cell.params}
         self.products = {m.name: m for m in cell.matmuls}
-        self.add(Node(cell.input, "in", label(cell.input), symbol=cell.input))
-        self.source[cell.input] = cell.input
-        for s in cell.states:
+        # as in the classic figures: the states run along the top, the input enters below
+        for s in reversed(cell.states):
             self.add(Node(prev_name(s), "in", label(s, "t−1"), symbol=prev_name(s)))
             self.source[prev_name(s)] = prev_name(s)
+        self.add(Node(cell.input, "in", label(cell.input), symbol=cell.input))
+        self.source[cell.input] = cell.input
         pres = {
             p.expr.args[0].name
             for p in derivation.forward
