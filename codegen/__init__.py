@@ -5,7 +5,16 @@ equations -> cell -> derivation -> kernel description -> backend printer + templ
 """
 
 from .errors import CellgenError, EquationError, UnknownCellError
+from .info import CellInfo, cell_info
 from .load import CellKernel, load
 
-__all__ = ["CellKernel", "CellgenError", "EquationError", "UnknownCellError", "load"]
+__all__ = [
+    "CellInfo",
+    "CellKernel",
+    "CellgenError",
+    "EquationError",
+    "UnknownCellError",
+    "cell_info",
+    "load",
+]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `cellgen` command line: list, generate, latex, verify, bench.
+"""The `cellgen` command line: list, generate, latex, sheet, verify, bench.
 
 User errors (an unknown cell, a broken equation file, a missing compiler) print one line to
 stderr and exit 2; --debug shows the traceback instead.
@@ -69,19 +69,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_latex(args: argparse.Namespace) -> int:
-    from .latex import backward_latex, document, forward_latex
+    from .latex import PACKAGES, backward_blocks, forward_blocks, paste, standalone
     from .registry import load_cell
 
     if (args.cell is None) == (args.equations is None):
         raise CellgenError("latex: give one CELL or --equations PATH")
     cell = load_cell(args.equations or args.cell)
-    print(f"% {cell.name}: {cell.description} ({cell.source})")
-    if args.backward:
-        print("% adjoints of one step: delta q = dL/dq; the in-adjoint of a state is")
-        print("% dL/dy_t (for h) plus the adjoint arriving from step t+1; += sums over t.")
-        print(document(backward_latex(cell)), end="")
-    else:
-        print(document(forward_latex(cell)), end="")
+    part = "backward" if args.backward else "forward"
+    blocks = backward_blocks(cell) if args.backward else forward_blocks(cell)
+    if args.standalone:
+        heading = f"The {part} pass of {cell.name}"
+        print(standalone(f"{cell.name}: {cell.description}", [(heading, blocks)]), end="")
+        return EXIT_OK
+    print(f"% {cell.name}, {part} pass: {cell.description} ({cell.source})")
+    print(f"% paste into a document's body; needs \\usepackage{{{','.join(PACKAGES)}}}")
+    print(paste(blocks), end="")
+    return EXIT_OK
+
+
+def cmd_sheet(args: argparse.Namespace) -> int:
+    from .registry import load_cell
+    from .sheet import write
+
+    if (args.cell is None) == (args.equations is None):
+        raise CellgenError("sheet: give one CELL or --equations PATH")
+    cell = load_cell(args.equations or args.cell)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise CellgenError(f"sheet: no directory {out.parent} to write {out.name} into")
+    for path in write(cell, out):
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -151,11 +168,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--diff", action="store_true", help="with --check, show unified diffs")
     s.set_defaults(run=cmd_generate)
 
-    s = sub.add_parser("latex", help="print a cell's equations as LaTeX")
+    s = sub.add_parser(
+        "latex",
+        help="print a cell's equations as LaTeX",
+        description="Print a cell's forward equations (or, with --backward, its backward pass) "
+        "as LaTeX to paste into the body of a document that loads the packages amsmath and "
+        "amssymb: align* displays, which break across pages, and sentences between them. "
+        "--standalone prints a whole document instead, for pdflatex as is.",
+    )
     s.add_argument("cell", metavar="CELL", nargs="?")
     s.add_argument("--equations", metavar="PATH", help="an equation file, instead of CELL")
-    s.add_argument("--backward", action="store_true", help="print the derived adjoints")
+    s.add_argument(
+        "--backward", action="store_true", help="the backward pass: backpropagation through time"
+    )
+    s.add_argument(
+        "--standalone", action="store_true", help="a whole document (pdflatex compiles it as is)"
+    )
     s.set_defaults(run=cmd_latex)
+
+    s = sub.add_parser(
+        "sheet",
+        help="write a cell's derivation sheet (.html, .md, .tex or .pdf)",
+        description="Write one page about a cell: description, parameters and shapes, a "
+        "diagram, the forward equations, what the forward keeps, and the backward. The suffix "
+        "of FILE picks the format: .html (one self-contained file, MathML and SVG), .md (math "
+        "in $$ blocks as GitHub and Jupyter render them; the diagram goes beside it as .svg), "
+        ".tex (a LaTeX document) or .pdf (needs pdflatex).",
+    )
+    s.add_argument("cell", metavar="CELL", nargs="?")
+    s.add_argument("--equations", metavar="PATH", help="an equation file, instead of CELL")
+    s.add_argument("-o", "--output", metavar="FILE", required=True, help="the file to write")
+    s.set_defaults(run=cmd_sheet)
 
     s = sub.add_parser(
         "verify",

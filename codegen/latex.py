@@ -1,50 +1,38 @@
-"""LaTeX of a cell's equations and of its derived adjoints.
+"""LaTeX of a cell's equations and of its backward, to paste into a document or compile as is.
 
-Conventions of the issue and the papers: row vectors, `W x` for the product, ⊙ (`\\odot`) for
-the elementwise product, σ for the logistic sigmoid, time subscripts t and t-1. Adjoints print
-as δ (`\\delta`), the derivative of the loss with respect to the quantity.
+Conventions of the papers: column vectors, `W x` for the product, ⊙ (`\\odot`) for the
+elementwise product, σ for the logistic sigmoid, time subscripts t and t-1, δq for the gradient
+of the loss with respect to q, a_{g,t} for the argument of gate g's activation. The output needs
+the packages amsmath (align*) and amssymb (the indicator 𝟙 of relu and hard_sigmoid).
 """
 
 from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
 
 import sympy
 from sympy.printing.latex import LatexPrinter
 
 from .activations import Activation, Indicator
-from .cell import CellSpec, prev_name
-from .derive import Derivation, derive
-from .kernel import build_kernel
+from .bptt import PRE, Math, Note, Outer, Row, SumOverSteps, Transposed, bptt
+from .cell import CellSpec
+from .derive import Derivation
 from .text import factor_rank, term_rank
+from .written_order import WrittenOrder
 
+PACKAGES = ("amsmath", "amssymb")
 _ACCENTS = {"tilde": r"\tilde", "hat": r"\hat", "bar": r"\bar"}
-_GREEK = set(
-    [
-        "alpha",
-        "beta",
-        "gamma",
-        "delta",
-        "epsilon",
-        "zeta",
-        "eta",
-        "theta",
-        "kappa",
-        "lambda",
-        "mu",
-        "nu",
-        "xi",
-        "rho",
-        "sigma",
-        "tau",
-        "phi",
-        "chi",
-        "psi",
-        "omega",
-    ]
-)
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "kappa", "lambda",
+    "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "chi", "psi", "omega",
+}  # fmt: skip
+ROW_WIDTH = 54  # the width(...) of the widest row that fits a default article page
 
 
 def _base(name: str) -> str:
-    """`c_tilde` -> `\\tilde{c}`, `h` -> `h`, `gate` -> `\\mathrm{gate}`."""
+    """`c_tilde` -> `\\tilde{c}`, `h` -> `h`, `W_f` -> `W_{f}`, `gate` -> `\\mathrm{gate}`."""
     head, _, tail = name.partition("_")
     core = f"\\{head}" if head in _GREEK else head if len(head) == 1 else rf"\mathrm{{{head}}}"
     if tail in _ACCENTS:
@@ -54,32 +42,43 @@ def _base(name: str) -> str:
     return core
 
 
+def _paren(text: str) -> str:
+    """Parentheses; stretchy only around tall content, where plain ones would look too small."""
+    if r"\frac" in text or r"\sum" in text:
+        return rf"\left({text}\right)"
+    return f"({text})"
+
+
 class CellLatexPrinter(LatexPrinter):
-    """Prints a cell's symbols as the papers do; `adjoint` names print as δ(...)."""
+    """Prints a cell's symbols as the papers do; `d_<name>` symbols print as δ."""
 
     def __init__(self, cell: CellSpec, derivation: Derivation | None = None) -> None:
         super().__init__({"mul_symbol": None})
         self.cell = cell
-        self.kinds = dict(cell.kinds)
         self.products = {m.name: m for m in cell.matmuls}
         self.params = {p.name for p in cell.params}
+        self.param_order = {p.name: k for k, p in enumerate(cell.params)}
         self.definitions: dict[str, sympy.Expr] = {}
+        self.written: WrittenOrder | None = None  # the file as written, for the forward
+        self.source: dict[sympy.Expr, ast.AST] = {}  # pieces of the file being printed
+        self.owner = derivation.names.owner if derivation is not None else (lambda name: None)
         if derivation is not None:
             sources = {e.name for e in cell.equations}
             for p in derivation.forward:
-                lifted = p.name not in sources and not p.name.endswith("_pre")
-                if lifted:
+                if p.name not in sources and not PRE.match(p.name):
                     self.definitions[p.name] = p.expr
         for e in cell.equations:
             if e.auto:
                 self.definitions[e.name] = e.expr
+
+    # names -------------------------------------------------------------------------------
 
     def name(self, name: str) -> str:
         if name in self.products:
             m = self.products[name]
             operand = self._print(m.operand_expr)
             if not isinstance(m.operand_expr, sympy.Symbol):
-                operand = rf"\left({operand}\right)"
+                operand = _paren(operand)
             return f"{_base(m.matrix)} {operand}"
         if name in self.params:
             return _base(name)
@@ -87,44 +86,107 @@ class CellLatexPrinter(LatexPrinter):
             return self._print(self.definitions[name])
         if name.endswith("_prev") and name[: -len("_prev")] in self.cell.states:
             return f"{_base(name[: -len('_prev')])}_{{t-1}}"
-        if name.endswith("_pre"):
-            return rf"{_base(name[: -len('_pre')])}^{{\mathrm{{pre}}}}_{{t}}"
+        pre = PRE.match(name)
+        if pre:
+            k = f"^{{({pre['k']})}}" if pre["k"] else ""
+            return f"a{k}_{{{_base(pre['head'])},t}}"
         return f"{_base(name)}_{{t}}"
 
     def adjoint(self, name: str) -> str:
-        """δ of a forward quantity, or of a state's incoming / product-borne adjoint."""
-        for state in self.cell.states:
-            if name == f"{state}_in":
-                return rf"\delta {_base(state)}_{{t}}^{{\mathrm{{in}}}}"
-        if name.endswith("_mm"):
-            return rf"\delta\left({self.name(name[: -len('_mm')])}\right)^{{\mathrm{{mm}}}}"
+        """δ of a forward quantity."""
         inner = self.name(name)
         if name in self.products or name in self.definitions:
-            return rf"\delta\left({inner}\right)"
+            return rf"\delta {_paren(inner)}"
         return rf"\delta {inner}"
 
     def _print_Symbol(self, expr: sympy.Symbol, style: str = "plain") -> str:
-        if expr.name.startswith("d_"):
-            return self.adjoint(expr.name[2:])
-        return self.name(expr.name)
+        owner = self.owner(expr.name)  # a symbol of the backward: what it is the adjoint of
+        if owner is None:
+            return self.name(expr.name)
+        kind, symbol = owner
+        if kind == "incoming":
+            return rf"\delta {_base(symbol)}_{{t}}^{{\mathrm{{in}}}}"
+        return self.adjoint(symbol)
+
+    # functions and the nodes of the backward ---------------------------------------------
 
     def _print_Function(self, expr: sympy.Function, exp: str | None = None) -> str:
         if isinstance(expr, (Activation, Indicator)):
+            node = self.source.get(expr)
+            if isinstance(node, ast.Call) and len(node.args) == 1:
+                self.source[expr.args[0]] = node.args[0]
             args = ", ".join(self._print(a) for a in expr.args)
-            text = rf"{type(expr).latex_name}\left({args}\right)"
-            return f"{text}^{{{exp}}}" if exp else text
+            power = f"^{{{exp}}}" if exp else ""
+            return f"{type(expr).latex_name}{power}{_paren(args)}"
         return super()._print_Function(expr, exp)
 
-    def _print_Add(self, expr: sympy.Add, order: str | None = None) -> str:
-        terms = sorted(
-            expr.args, key=lambda t: (term_rank(self.cell, t), sympy.default_sort_key(t))
+    def _print_Transposed(self, expr: Transposed) -> str:
+        matrix, vector = expr.args
+        return rf"{_base(matrix.name)}^{{\top}} {self._operand(vector)}"
+
+    def _print_Outer(self, expr: Outer) -> str:
+        left, right = expr.args
+        return rf"{self._operand(left)}\, {self._operand(right)}^{{\top}}"
+
+    def _print_SumOverSteps(self, expr: SumOverSteps) -> str:
+        (body,) = expr.args
+        text = self._print(body)
+        return rf"\sum_{{t=1}}^{{T}} {_paren(text) if isinstance(body, sympy.Add) else text}"
+
+    def _operand(self, expr: sympy.Expr) -> str:
+        text = self._print(expr)
+        compound = isinstance(expr, (sympy.Add, sympy.Mul)) or (
+            isinstance(expr, sympy.Symbol)
+            and (expr.name in self.definitions or expr.name[2:] in self.definitions)
         )
+        if compound and not text.startswith((r"\delta (", r"\delta \left(")):
+            return _paren(text)
+        return text
+
+    # arithmetic ---------------------------------------------------------------------------
+
+    def terms(self, expr: sympy.Add) -> list[str]:
+        """The printed terms of a sum in reading order, each with its sign (`+ a`, `- b`)."""
+        if self.written is not None and expr in self.source:
+            terms = self._as_written(expr.args, self.source[expr], ast.Add)
+        else:
+            terms = sorted(
+                expr.args,
+                key=lambda t: (
+                    self._backward_rank(t),
+                    term_rank(self.cell, t),
+                    sympy.default_sort_key(t),
+                ),
+            )
         # keep positive terms first so the line does not start with a minus sign
         terms = sorted(terms, key=lambda t: t.could_extract_minus_sign())
-        out = self._print(terms[0])
-        for term in terms[1:]:
+        out = []
+        for term in terms:
             text = self._print(term)
-            out += f" - {text[1:].lstrip()}" if text.startswith("-") else f" + {text}"
+            out.append(f"- {text[1:].lstrip()}" if text.startswith("-") else f"+ {text}")
+        return out
+
+    def _backward_rank(self, term: sympy.Expr) -> tuple[int, int]:
+        """In the backward: incoming adjoints, products carried back (in the file's order of
+        their matrices), then the rest."""
+        owner = self.owner(term.name) if isinstance(term, sympy.Symbol) else None
+        if owner is not None and owner[0] == "incoming":
+            return (0, 0)
+        if isinstance(term, Transposed):
+            return (1, self.param_order[term.args[0].name])
+        return (2, 0)
+
+    def _print_Add(self, expr: sympy.Add, order: str | None = None) -> str:
+        return " ".join(self.terms(expr))[2:]
+
+    def _as_written(self, parts: tuple, node: ast.AST, kind: type[ast.operator]) -> list:
+        """Terms or factors in the order the file writes them; each remembers its piece."""
+        assert self.written is not None
+        out = []
+        for part, piece in self.written.match(parts, node, kind):
+            if piece is not None:
+                self.source[part] = piece
+            out.append(part)
         return out
 
     def _print_Mul(self, expr: sympy.Mul) -> str:
@@ -134,73 +196,205 @@ class CellLatexPrinter(LatexPrinter):
         if coeff < 0:
             sign, coeff = "-", -coeff
         parts = [] if coeff == 1 else [self._print(coeff)]
+        if self.written is not None and expr in self.source:
+            ordered = self._as_written(factors, self.source[expr], ast.Mult)
+        else:
+            ordered = sorted(factors, key=self._factor_rank)
         vectors = []
-        for f in sorted(factors, key=lambda f: factor_rank(self.cell, f)):
+        for f in ordered:
             text = self._print(f)
-            if isinstance(f, sympy.Add):
-                text = rf"\left({text}\right)"
-            vectors.append(text)
+            vectors.append(_paren(text) if isinstance(f, sympy.Add) else text)
         body = r" \odot ".join(vectors)
         return sign + " ".join([*parts, body] if body else parts)
 
+    def _factor_rank(self, factor: sympy.Expr) -> tuple:
+        return factor_rank(self.cell, factor)
+
     def _print_Pow(self, expr: sympy.Pow) -> str:
         base, exp = expr.args
+        if exp.is_negative:
+            return rf"\frac{{1}}{{{self._print(base**-exp)}}}"
+        shown = self.definitions.get(base.name, base) if isinstance(base, sympy.Symbol) else base
+        if isinstance(shown, (Activation, Indicator)):
+            return self._print_Function(shown, exp=self._print(exp))
         text = self._print(base)
-        if isinstance(base, (sympy.Add, sympy.Mul)):
-            text = rf"\left({text}\right)"
-        if exp == -1:
-            return rf"\frac{{1}}{{{self._print(base)}}}"
+        if isinstance(base, (sympy.Add, sympy.Mul)) or (
+            isinstance(base, sympy.Symbol) and base.name in self.definitions
+        ):
+            text = _paren(text)
         return f"{text}^{{{self._print(exp)}}}"
 
 
-def forward_latex(cell: CellSpec) -> list[str]:
-    """One aligned line per equation of the cell, as written in its file."""
+# rows, notes and the documents they go into ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Equations:
+    """Aligned rows: `lhs`, then `rhs` over one or more lines (a long sum is broken)."""
+
+    rows: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """Text with inline math between `$` signs."""
+
+    text: str
+
+
+Block = Equations | Paragraph
+
+
+def _row(printer: CellLatexPrinter, lhs: str, rhs: sympy.Expr) -> tuple[str, tuple[str, ...]]:
+    """One row; a sum too wide for the page (or an activation of one) continues on further
+    lines, split at + and -."""
+    whole = printer.doprint(rhs)
+    if width(lhs + whole) <= ROW_WIDTH:
+        return lhs, (whole,)
+    head = tail = ""
+    inner = rhs
+    if isinstance(rhs, Activation) and isinstance(rhs.args[0], sympy.Add):
+        printer.doprint(rhs)  # records where the file writes the argument's terms
+        head, tail, inner = rf"{type(rhs).latex_name}\bigl(", r"\bigr)", rhs.args[0]
+    if not isinstance(inner, sympy.Add):
+        return lhs, (whole,)
+    lines: list[str] = []
+    for term in printer.terms(inner):
+        room = ROW_WIDTH - (width(lhs + head) if not lines else 6)
+        if lines and width(lines[-1] + term) <= room:
+            lines[-1] += f" {term}"
+        else:
+            lines.append(term)
+    lines[0] = head + lines[0][2:]
+    lines[-1] += tail
+    return lhs, tuple(lines)
+
+
+def width(latex: str) -> float:
+    """A rough width of typeset math, in letters: a script counts 0.7 a character, a binary
+    operator with its spaces 2.5, a command (\\delta, \\tanh) by what it prints."""
+    text = re.sub(r"\\(left|right|bigl|bigr|mathrm|operatorname|mathopen|mathclose)\b", "", latex)
+    text = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: max(m[1], m[2], key=len), text)
+    scripts = sum(
+        len(re.sub(r"\\[a-zA-Z]+", "x", s)) for s in re.findall(r"[_^]\{([^{}]*)\}", text)
+    )
+    operators = len(re.findall(r"\\odot|\\times|(?<![_^{])[-+=]", text))
+    names = sum(len(m) - 2 for m in re.findall(r"\\(?:tanh|exp|log|sgn)\b", text))
+    text = re.sub(r"\\[a-zA-Z]+", "x", re.sub(r"[_^]\{[^{}]*\}", "", text))
+    text = re.sub(r"[{}\s,\\]", "", text)
+    return len(text) + 0.7 * scripts + 1.5 * operators + names
+
+
+def forward_blocks(cell: CellSpec) -> list[Block]:
+    """One row per equation of the cell, as written in its file."""
     printer = CellLatexPrinter(cell)
-    lines = []
+    printer.written = WrittenOrder(cell)
+    rows = []
     for eq in cell.equations:
         if eq.auto:
             continue
-        lhs = printer.name(eq.name)
-        lines.append(rf"{lhs} &= {printer.doprint(eq.expr)}")
-    return lines
+        written = printer.written.sources.get(eq.name)
+        printer.source = {eq.expr: written} if written is not None else {}
+        rows.append(_row(printer, printer.name(eq.name), eq.expr))
+    return [Equations(tuple(rows))]
 
 
-def backward_latex(cell: CellSpec) -> list[str]:
-    """The adjoint equations of one step, then the matrix-product and parameter gradients.
-
-    `+=` marks a sum over steps (parameters) or a share that other lines add to.
-    """
-    derivation = derive(cell)
-    kernel = build_kernel(cell, derivation)
-    printer = CellLatexPrinter(cell, derivation)
-    vectors = {p.name for p in cell.params if p.kind == "vector"}
-    prevs = {prev_name(s) for s in cell.states}
-    accumulate = r"\mathrel{+}="
-    lines = []
-    for adj in derivation.backward:
-        if adj.expr == 0:
+def backward_blocks(cell: CellSpec) -> list[Block]:
+    """The backward of one step: notes saying what is given, then rows to read top to bottom."""
+    view = bptt(cell)
+    printer = CellLatexPrinter(cell, view.derivation)
+    blocks: list[Block] = []
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    for item in view.items:
+        if isinstance(item, Row):
+            rows.append(_row(printer, printer.doprint(item.lhs), item.rhs))
             continue
-        lhs = printer.adjoint(adj.target)
-        op = accumulate if adj.target in vectors | prevs else "="
-        lines.append(rf"{lhs} &{op} {printer.doprint(adj.expr)}")
-    for g in kernel.gemms:
-        operand = printer.name(g.operand) if g.operand != cell.input else f"{cell.input}_{{t}}"
-        if g.operand in printer.definitions:
-            operand = rf"\left({operand}\right)"
-        if g.operand == cell.input:
-            target = rf"\delta {cell.input}_{{t}}"
-        elif g.operand in prevs:
-            target = printer.adjoint(g.operand)
+        if rows:
+            blocks.append(Equations(tuple(rows)))
+            rows = []
+        blocks.append(Paragraph(note_text(printer, item)))
+    if rows:
+        blocks.append(Equations(tuple(rows)))
+    return blocks
+
+
+def note_text(printer: CellLatexPrinter, note: Note) -> str:
+    """A note as text with inline math between $ signs."""
+    out = []
+    for part in note.parts:
+        if isinstance(part, str):
+            out.append(part)
         else:
-            target = printer.adjoint(f"{g.operand}_mm")
-        for matrix, product in zip(g.matrices, g.products, strict=True):
-            d_product = printer.adjoint(product)
-            lines.append(rf"\delta {_base(matrix)} &{accumulate} {d_product}^{{\top}} {operand}")
-            lines.append(rf"{target} &{accumulate} {d_product} {_base(matrix)}")
-    return lines
+            math = part.latex if isinstance(part, Math) else printer.doprint(part)
+            out.append(f"${math}$")
+    return "".join(out).replace("$$", "")
 
 
-def document(lines: list[str]) -> str:
-    """The lines in an `aligned` environment, ready for a display-math block."""
-    body = " \\\\\n".join(f"  {line}" for line in lines)
-    return "\\begin{aligned}\n" + body + "\n\\end{aligned}\n"
+def aligned_rows(rows: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:
+    """`lhs &= rhs` lines, continuation lines indented under the right-hand side."""
+    out = []
+    for lhs, lines in rows:
+        out.append(f"{lhs} &= {lines[0]}")
+        out += [rf"&\quad {line}" for line in lines[1:]]
+    return out
+
+
+_TEXT_ESCAPES = {c: "\\" + c for c in "#$%&_{}"} | {
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "⊙": r"$\odot$",
+    "−": "-",
+    "σ": r"$\sigma$",
+    "δ": r"$\delta$",
+    "→": r"$\to$",
+    "×": r"$\times$",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Plain text (a description, a reference) for LaTeX's text mode under pdflatex."""
+    out = []
+    for ch in text:
+        if ch in _TEXT_ESCAPES:
+            out.append(_TEXT_ESCAPES[ch])
+        else:
+            out.append(ch if ord(ch) < 0x250 else "?")  # beyond Latin, pdflatex has no glyph
+    return "".join(out)
+
+
+def _tex_text(text: str) -> str:
+    """A note: plain text, and LaTeX math between $ signs."""
+    pieces = text.split("$")
+    for k in range(0, len(pieces), 2):
+        pieces[k] = tex_escape(pieces[k])
+    return "$".join(pieces)
+
+
+def paste(blocks: list[Block]) -> str:
+    """Body text for a document with amsmath and amssymb: paragraphs and align* displays.
+
+    Each display is in a group with \\allowdisplaybreaks, so that a long backward breaks
+    across pages without changing the rest of the document.
+    """
+    out = []
+    for block in blocks:
+        if isinstance(block, Paragraph):
+            out.append(_tex_text(block.text) + "\n")
+        else:
+            body = " \\\\\n".join(f"  {line}" for line in aligned_rows(block.rows))
+            out.append("{\\allowdisplaybreaks\n\\begin{align*}\n" + body + "\n\\end{align*}}\n")
+    return "\n".join(out)
+
+
+def standalone(title: str, sections: list[tuple[str, list[Block]]]) -> str:
+    """A whole document that pdflatex compiles as is."""
+    body = "\n".join(f"\\section*{{{tex_escape(h)}}}\n{paste(b)}" for h, b in sections)
+    return (
+        "\\documentclass{article}\n"
+        f"\\usepackage{{{','.join(PACKAGES)}}}\n"
+        "\\begin{document}\n"
+        f"\\noindent\\textbf{{{tex_escape(title)}}}\n\n"
+        f"{body}"
+        "\\end{document}\n"
+    )

@@ -132,6 +132,18 @@ class CellKernel:
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
 
+    def _repr_latex_(self) -> str:
+        """In a notebook: the cell's equations as rendered math."""
+        from .info import cell_info
+
+        return cell_info(self.spec)._repr_latex_()
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the equations as MathML and the cell's diagram."""
+        from .info import cell_info
+
+        return cell_info(self.spec)._repr_html_()
+
     def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
         sizes = {"I": int(input_size), "H": int(hidden_size)}
         return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}

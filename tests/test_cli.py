@@ -58,30 +58,7 @@ def test_unknown_cell_exits_2_with_one_line_naming_the_known_cells(command):
         assert cell in lines[0]
 
 
-def test_latex_of_the_lstm():
-    out = cellgen("latex", "lstm", check=True).stdout
-    assert r"f_{t} &= \sigma\left(W_{f} x_{t} + U_{f} h_{t-1} + b_{f}\right)" in out
-    assert r"c_{t} &= f_{t} \odot c_{t-1} + i_{t} \odot \tilde{c}_{t}" in out
-    assert r"h_{t} &= o_{t} \odot \tanh\left(c_{t}\right)" in out
-
-
-def test_latex_of_the_gru_keeps_the_reset_inside_the_product():
-    out = cellgen("latex", "gru", check=True).stdout
-    assert r"U_{h} \left(r_{t} \odot h_{t-1}\right)" in out
-    assert r"\left(1 - z_{t}\right) \odot h_{t-1}" in out
-
-
-def test_latex_backward_prints_the_derived_adjoints():
-    out = cellgen("latex", "lstm", "--backward", check=True).stdout
-    # the cell-state adjoint, derived once, from the saved tanh(c_t)
-    expected = (r"\delta c_{t} &= \delta c_{t}^{\mathrm{in}} + \delta\left(\tanh\left(c_{t}"
-                r"\right)\right) \odot \left(1 - \tanh\left(c_{t}\right)^{2}\right)")  # fmt: skip
-    assert expected in out
-    assert (
-        r"\delta f^{\mathrm{pre}}_{t} &= \delta f_{t} \odot f_{t} \odot \left(1 - f_{t}\right)"
-        in out
-    )
-    assert r"\delta W_{f} &\mathrel{+}= \delta\left(W_{f} x_{t}\right)^{\top} x_{t}" in out
+# the latex command: tests/test_latex.py
 
 
 def test_verify_prints_a_passing_row_per_tensor():
