@@ -1,11 +1,13 @@
 """cellgen: recurrent-cell kernels (NumPy and C) generated from SymPy equations.
 
-The public API is `codegen.load`; the pipeline behind it runs
+The public API is `codegen.load`, and `codegen.export` (a trained model as a C module); the
+pipeline behind them runs
 equations -> cell -> derivation -> kernel description -> backend printer + template -> files.
 """
 
+from .deploy import export
 from .errors import CellgenError, EquationError, UnknownCellError
 from .load import CellKernel, load
 
-__all__ = ["CellKernel", "CellgenError", "EquationError", "UnknownCellError", "load"]
+__all__ = ["CellKernel", "CellgenError", "EquationError", "UnknownCellError", "export", "load"]
 __version__ = "0.1.0"
