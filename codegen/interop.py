@@ -361,6 +361,18 @@ def from_onnx_model(model: onnx.ModelProto | str | Path, node: str | None = None
     return from_onnx_lstm(W, R, B, tensor(7, "P"), input_forget=bool(attrs.get("input_forget", 0)))
 
 
+def check_onnx_node(node: onnx.NodeProto) -> dict[str, Any]:
+    """The attributes of an ONNX LSTM or GRU node, after checking that cellgen can run it
+    (direction "forward", the default activations, no clip); else InteropError."""
+    import onnx
+
+    if node.op_type not in ("LSTM", "GRU"):
+        raise InteropError(f"node '{node.name}' is {node.op_type}, not an LSTM or GRU")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    _check_onnx_attributes(node.op_type, attrs)
+    return attrs
+
+
 def from_onnx_node(node: onnx.NodeProto, values: Mapping[str, np.ndarray]) -> Converted:
     """The cell and parameters of one ONNX LSTM or GRU node, its inputs' arrays from `values`
     (input name -> array: initializers, or constants a caller has evaluated).
@@ -368,12 +380,7 @@ def from_onnx_node(node: onnx.NodeProto, values: Mapping[str, np.ndarray]) -> Co
     Checks the attributes as from_onnx_model does (direction, activations, clip, hidden_size);
     the node's X, sequence_lens and initial states are the caller's business.
     """
-    import onnx
-
-    if node.op_type not in ("LSTM", "GRU"):
-        raise InteropError(f"node '{node.name}' is {node.op_type}, not an LSTM or GRU")
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    _check_onnx_attributes(node.op_type, attrs)
+    attrs = check_onnx_node(node)
 
     def tensor(index: int) -> np.ndarray | None:
         name = node.input[index] if index < len(node.input) else ""

@@ -15,10 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CellgenError
 from ..interop import InteropError
 from .model import Model
 
 DTYPES = ("float32", "float64")
+
+
+class ExportError(CellgenError, ValueError):
+    """An export request that cannot be carried out as given (name, dtype, folder)."""
+
+
 AGREE = 1e-9  # the framework and cellgen's float64 kernels on the same weights, relative
 RESERVED = ("all", "clean", "help", "install", "package", "test")  # make and CMake targets
 
@@ -37,12 +44,14 @@ def export(
     from . import emit
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype '{dtype}': choose float32 or float64")
+        raise ExportError(f"dtype '{dtype}': choose float32 or float64")
     converted = _convert(model, dtype)
     _check_name(name, [layer.cell for layer in converted.layers])
     _agree(converted)
     files = emit.files(converted, name, dtype)  # everything in memory first: errors write nothing
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; give another --out")
     write_files(files, out)
     paths = [out / rel for rel in sorted(files)]
     for path in paths:
@@ -56,6 +65,12 @@ def _convert(model: Any, dtype: str) -> Model:
     if isinstance(model, (str, Path)):
         if not Path(model).is_file():
             raise InteropError(f"no ONNX file at {model}")
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "exporting an ONNX file needs the onnx package: pip install onnx"
+            ) from None
         from .from_onnx import from_onnx
 
         return from_onnx(model, dtype)
@@ -69,12 +84,12 @@ def _convert(model: Any, dtype: str) -> Model:
 
 def _check_name(name: str, cells: list[str]) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
-        raise ValueError(
+        raise ExportError(
             f"name {name!r}: use a C identifier of letters, digits and _ that starts with a "
             "letter (it prefixes every C name and file)"
         )
     if name in RESERVED or name in cells:
-        raise ValueError(
+        raise ExportError(
             f"name '{name}' is taken (by a build target or a kernel file); choose another"
         )
 

@@ -38,6 +38,9 @@ def from_onnx(path: str | Path, dtype: str) -> Model:
     graph = model.graph
     x = _data_input(graph)
     chain, data = _data_nodes(graph, x.name)
+    for node in chain:
+        if node.op_type in RECURRENT:
+            interop.check_onnx_node(node)  # an unsupported attribute is named before probing
     first = next((n for n in chain if n.op_type in RECURRENT), None)
     if first is None:
         raise InteropError(f"the ONNX graph of {path} has no LSTM or GRU node on its input")
