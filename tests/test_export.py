@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from codegen.cli import main
 from codegen.deploy import ExportError
 from codegen.deploy.literals import c_literal
 from codegen.interop import InteropError
+from codegen.paths import checkout_root
 
 STRICT = "-O2 -ffp-contract=off -Wall -Wextra -Wpedantic -Wdouble-promotion -Werror"
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
@@ -339,8 +341,11 @@ def test_literals_read_back_exactly(value, tmp_path):
     assert out == f32.tobytes() + f64.astype(np.float64).tobytes()
 
 
-def _onnx_graph(op: str, path: Path, after: str | None = None, **attrs) -> Path:
-    """A hand-built ONNX graph: one LSTM or GRU node, optionally followed by another op."""
+def _onnx_graph(
+    op: str, path: Path, after: str | None = None, initial_h: float = 0.0, **attrs
+) -> Path:
+    """A hand-built ONNX graph: one LSTM or GRU node with a constant initial_h, then Squeeze,
+    then optionally another op (a Gemm of 2 outputs, or one without parameters)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -352,11 +357,20 @@ def _onnx_graph(op: str, path: Path, after: str | None = None, **attrs) -> Path:
         numpy_helper.from_array(rng.uniform(-0.5, 0.5, (1, 2 * G * H)).astype(np.float32), "B"),
     ]
     directions = 2 if attrs.get("direction") == "bidirectional" else 1
-    nodes = [helper.make_node(op, ["x", "W", "R", "B"], ["Y"], hidden_size=H, **attrs)]
+    inits.append(numpy_helper.from_array(np.full((1, 1, H), initial_h, np.float32), "h0"))
+    rnn_inputs = ["x", "W", "R", "B", "", "h0"]
+    nodes = [helper.make_node(op, rnn_inputs, ["Y"], hidden_size=H, **attrs)]
     nodes.append(helper.make_node("Squeeze", ["Y", "axis"], ["Ys"]))
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis"))
     out = "Ys"
-    if after:
+    if after == "Gemm":
+        w, b = rng.uniform(-1, 1, (2, H)), rng.uniform(-1, 1, (2,))
+        inits.append(numpy_helper.from_array(w.astype(np.float32), "Wd"))
+        inits.append(numpy_helper.from_array(b.astype(np.float32), "bd"))
+        nodes.append(helper.make_node("Flatten", ["Ys"], ["F"]))  # (T, 1, H) -> (T, H)
+        nodes.append(helper.make_node("Gemm", ["F", "Wd", "bd"], ["Z"], transB=1))
+        out = "Z"
+    elif after:
         nodes.append(helper.make_node(after, ["Ys"], ["Z"]))
         out = "Z"
     if directions == 2:
@@ -376,9 +390,10 @@ def _onnx_graph(op: str, path: Path, after: str | None = None, **attrs) -> Path:
 
 
 def test_onnx_gru_linear_before_reset_0_is_read_not_assumed(tmp_path):
-    path = _onnx_graph("GRU", tmp_path / "gru.onnx", linear_before_reset=0)
+    path = _onnx_graph("GRU", tmp_path / "gru.onnx", after="Gemm", linear_before_reset=0)
     codegen.export(path, tmp_path / "out", name="net", dtype="float64")
     assert (tmp_path / "out" / "gru.c").is_file()  # the reset-before cell, not torch's
+    assert "#define net_OUTPUT_SIZE 2" in (tmp_path / "out" / "net.h").read_text()  # the Gemm
     result = _make(tmp_path / "out", "test", f"CFLAGS={STRICT}")
     assert result.returncode == 0 and "PASS" in result.stdout, result.stdout + result.stderr
 
@@ -399,6 +414,7 @@ def _bad_models(tmp_path: Path) -> list:
             "activations",
         ),
         (_onnx_graph("LSTM", tmp_path / "relu.onnx", after="Relu"), "Relu"),
+        (_onnx_graph("GRU", tmp_path / "h0.onnx", initial_h=0.5), "initial_h is not zero"),
     ]
 
 
@@ -430,3 +446,28 @@ def test_cli_export(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Relu" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_readme_example_exports_builds_and_runs(tmp_path, monkeypatch):
+    """README "Deploying a trained model": the Python, `make test`, main.c and its build line,
+    exactly as written; main's outputs against torch."""
+    readme = (checkout_root() / "README.md").read_text()
+    section = readme.split("## Deploying a trained model\n", 1)[1].split("\n## ", 1)[0]
+    python = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    shell = re.findall(r"```sh\n(.*?)```", section, re.S)
+    main_c = re.findall(r"```c\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(python, scope)
+    for command in (shell[0], shell[1]):
+        line = command.split("  #")[0].strip()
+        if "main.c" in line:
+            (tmp_path / "main.c").write_text(main_c)
+        result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, line + "\n" + result.stdout + result.stderr
+    printed = np.array([float(v) for v in result.stdout.split()])
+    x = torch.tensor([[[0.5, -1.0, 0.25]] * 5])
+    with torch.no_grad():
+        want = scope["head"](scope["lstm"](x)[0])[0, :, 0].numpy()
+    assert printed.shape == (5,)
+    assert np.max(np.abs(printed - want)) <= 2e-6  # printed to 6 decimals
