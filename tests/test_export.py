@@ -170,7 +170,7 @@ def test_the_folder_holds_the_promised_files(exported):
 def test_make_test_gcc_under_asan_and_ubsan(exported):
     folder = _copy(exported, "gcc_sanitized")
     result = _make(
-        folder, "test", "CC=gcc", f"CFLAGS={STRICT} {SANITIZE} -g", f"LDFLAGS={SANITIZE}",
+        folder, "test", "CC=gcc", f"CFLAGS={STRICT} -O1 {SANITIZE} -g", f"LDFLAGS={SANITIZE}",
         env=SANITIZER_ENV,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
