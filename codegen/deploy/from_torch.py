@@ -4,6 +4,7 @@ followed by one nn.Linear) as an export Model, with torch itself as the referenc
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,10 @@ from .model import Dense, Layer, Model, checked
 
 
 def is_torch_model(model: Any) -> bool:
-    """True for a torch module, or a list or tuple of them (without importing torch)."""
+    """True for a torch module, or a list or tuple of them (torch is imported already if so)."""
+    torch = sys.modules.get("torch")
     items = model if isinstance(model, (list, tuple)) else [model]
-    return bool(items) and all(type(m).__module__.startswith("torch.") for m in items)
+    return torch is not None and bool(items) and all(isinstance(m, torch.nn.Module) for m in items)
 
 
 def from_torch(model: Any, dtype: str) -> Model:
