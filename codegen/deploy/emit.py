@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import __version__, backends
 from .literals import C_TYPE, SUFFIX, c_numbers
-from .model import Model, rounded
+from .model import Layer, Model, rounded
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TOLERANCE = {"float32": "1e-5", "float64": "1e-12"}  # relative to the largest output
@@ -99,7 +99,7 @@ def _kernel(cell: str) -> dict[str, Any]:
     }
 
 
-def _layer(k: int, layer: Any, kernel: dict[str, Any], below: str, dtype: str) -> dict[str, Any]:
+def _layer(k: int, layer: Layer, kernel: dict[str, Any], below: str, dtype: str) -> dict[str, Any]:
     """What the templates need of one layer; `below` is the C expression of its input."""
     import codegen
 
