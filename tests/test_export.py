@@ -295,10 +295,11 @@ def test_generated_test_fails_on_a_wrong_weight(tmp_path):
 
 
 def test_stack_use_is_small(tmp_path):
-    """NAME_run -> NAME_step -> the kernel's infer -> its helpers: well under 1 KB (gcc)."""
+    """NAME_run -> NAME_step -> the kernel's infer -> its helpers: under 2 KB with gcc -O3, the
+    Makefile's default (about 1.1 KB on x86-64, as the folder's README says)."""
     codegen.export(_modules("lstm2_linear"), tmp_path, name="net")
     subprocess.run(
-        ["gcc", "-std=c99", "-O2", "-fstack-usage", "-c", "net.c", "lstm.c"], cwd=tmp_path,
+        ["gcc", "-std=c99", "-O3", "-fstack-usage", "-c", "net.c", "lstm.c"], cwd=tmp_path,
         check=True,
     )  # fmt: skip
     frames = {}
@@ -310,7 +311,7 @@ def test_stack_use_is_small(tmp_path):
     path = ["net_run", "net_step", "cellgen_lstm_infer_f32"]
     helpers = ["gemm_f32", "fill_f32", "copy_f32"]  # absent when inlined into infer
     total = sum(frames[f] for f in path) + sum(frames.get(f, 0) for f in helpers)
-    assert total < 1024, frames
+    assert total < 2048, frames
 
 
 @pytest.mark.parametrize(
