@@ -1,9 +1,11 @@
 """cellgen: recurrent-cell kernels (NumPy and C) generated from SymPy equations.
 
-The public API is `codegen.load`; the pipeline behind it runs
+The public API is `codegen.load`, and `codegen.export` (a trained model as a C module); the
+pipeline behind them runs
 equations -> cell -> derivation -> kernel description -> backend printer + template -> files.
 """
 
+from .deploy import export
 from .errors import CellgenError, EquationError, UnknownCellError
 from .info import CellInfo, cell_info
 from .load import CellKernel, load
@@ -15,6 +17,7 @@ __all__ = [
     "EquationError",
     "UnknownCellError",
     "cell_info",
+    "export",
     "load",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `cellgen` command line: list, generate, latex, sheet, verify, bench.
+"""The `cellgen` command line: list, generate, latex, sheet, verify, bench, export.
 
 User errors (an unknown cell, a broken equation file, a missing compiler) print one line to
 stderr and exit 2; --debug shows the traceback instead.
@@ -143,6 +143,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export
+
+    paths = export(args.model, args.out, name=args.name, dtype=args.dtype)
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"{len(paths)} file(s) in {args.out}; build and test with `make -C {args.out} test`")
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     from .verify.report import LEGEND
 
@@ -259,6 +269,20 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(run=cmd_bench)
+
+    s = sub.add_parser(
+        "export",
+        help="an ONNX model (a chain of LSTM / GRU nodes, optionally a dense layer) as a C module",
+        description="Write a standalone C99 module of a trained model: the weights as static "
+        "const arrays, NAME_reset / NAME_step / NAME_run on a caller-owned state, a test "
+        "against the framework's outputs, a Makefile and a CMakeLists.txt. torch modules are "
+        "exported from Python: codegen.export(module, DIR).",
+    )
+    s.add_argument("model", metavar="MODEL.onnx")
+    s.add_argument("--out", metavar="DIR", required=True, help="the folder to write")
+    s.add_argument("--name", default="model", help="prefix of the C names and files")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.set_defaults(run=cmd_export)
     return p
 
 

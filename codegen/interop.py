@@ -194,6 +194,64 @@ def _torch_classes(kind: str) -> tuple[type, type]:
     return getattr(torch.nn, kind), getattr(torch.nn, f"{kind}Cell")
 
 
+def from_torch_layers(module: torch.nn.Module) -> list[Converted]:
+    """The cell and parameters of every layer of a torch.nn.LSTM / GRU (any num_layers, one
+    direction), or of an LSTMCell / GRUCell (one layer), bottom layer first.
+
+    Layer k reads weight_ih_l{k} etc.; each converts as from_torch_lstm / from_torch_gru does:
+    `lstm` or `gru_reset_after`. Dropout between layers is a training-time operation and
+    plays no part here (the function of the module in eval mode).
+    """
+    import torch
+
+    if isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell)):
+        kind, gates = "LSTM", 4
+    elif isinstance(module, (torch.nn.GRU, torch.nn.GRUCell)):
+        kind, gates = "GRU", 3
+    else:
+        raise InteropError(
+            f"expected a torch.nn.LSTM, GRU, LSTMCell or GRUCell, got {type(module).__name__}"
+        )
+    if isinstance(module, torch.nn.RNNBase):
+        if module.bidirectional:
+            raise InteropError(
+                f"torch.nn.{kind} is bidirectional: cellgen runs one direction; export a "
+                "unidirectional model"
+            )
+        if getattr(module, "proj_size", 0):
+            raise InteropError(
+                f"torch.nn.LSTM has proj_size={module.proj_size}: a projected LSTM is not "
+                "the lstm cell"
+            )
+        suffixes = [f"_l{k}" for k in range(module.num_layers)]
+    else:
+        suffixes = [""]
+    return [_torch_layer(module, kind, gates, suffix) for suffix in suffixes]
+
+
+def _torch_layer(module: Any, kind: str, gates: int, suffix: str) -> Converted:
+    """One layer's weights (those named with `suffix`) as a cellgen cell and parameters."""
+    w_ih, w_hh = (
+        getattr(module, f"weight_{k}{suffix}").detach().cpu().numpy() for k in ("ih", "hh")
+    )
+    if module.bias:
+        b_ih, b_hh = (
+            getattr(module, f"bias_{k}{suffix}").detach().cpu().numpy() for k in ("ih", "hh")
+        )
+    else:
+        b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
+    assert w_ih.shape[0] == gates * w_hh.shape[1]
+    p = _split_gates(
+        w_ih, w_hh, b_ih + b_hh, TORCH_LSTM_GATES if kind == "LSTM" else TORCH_GRU_GATES
+    )
+    if kind == "LSTM":
+        return Converted("lstm", _ordered(p, LSTM_PARAMS))
+    H = w_hh.shape[1]
+    del p["b_n"]
+    p["b_in"], p["b_hn"] = b_ih[2 * H :].copy(), b_hh[2 * H :].copy()
+    return Converted("gru_reset_after", _ordered(p, GRU_RESET_AFTER_PARAMS))
+
+
 # ONNX --------------------------------------------------------------------------------------
 
 
@@ -301,6 +359,45 @@ def from_onnx_model(model: onnx.ModelProto | str | Path, node: str | None = None
     if n.op_type == "GRU":
         return from_onnx_gru(W, R, B, linear_before_reset=attrs.get("linear_before_reset", 0))
     return from_onnx_lstm(W, R, B, tensor(7, "P"), input_forget=bool(attrs.get("input_forget", 0)))
+
+
+def check_onnx_node(node: onnx.NodeProto) -> dict[str, Any]:
+    """The attributes of an ONNX LSTM or GRU node, after checking that cellgen can run it
+    (direction "forward", the default activations, no clip); else InteropError."""
+    import onnx
+
+    if node.op_type not in ("LSTM", "GRU"):
+        raise InteropError(f"node '{node.name}' is {node.op_type}, not an LSTM or GRU")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    _check_onnx_attributes(node.op_type, attrs)
+    return attrs
+
+
+def from_onnx_node(node: onnx.NodeProto, values: Mapping[str, np.ndarray]) -> Converted:
+    """The cell and parameters of one ONNX LSTM or GRU node, its inputs' arrays from `values`
+    (input name -> array: initializers, or constants a caller has evaluated).
+
+    Checks the attributes as from_onnx_model does (direction, activations, clip, hidden_size);
+    the node's X, sequence_lens and initial states are the caller's business.
+    """
+    attrs = check_onnx_node(node)
+
+    def tensor(index: int) -> np.ndarray | None:
+        name = node.input[index] if index < len(node.input) else ""
+        return np.asarray(values[name]) if name else None
+
+    W, R, B = tensor(1), tensor(2), tensor(3)
+    if W is None or R is None:
+        raise InteropError(f"{node.op_type} node '{node.name}' has no W or R input")
+    if "hidden_size" in attrs and attrs["hidden_size"] != R.shape[-1]:
+        raise InteropError(
+            f"{node.op_type} node '{node.name}': hidden_size={attrs['hidden_size']} does not "
+            f"match R of shape {R.shape}"
+        )
+    if node.op_type == "GRU":
+        return from_onnx_gru(W, R, B, linear_before_reset=attrs.get("linear_before_reset", 0))
+    P = tensor(7) if len(node.input) > 7 else None
+    return from_onnx_lstm(W, R, B, P, input_forget=bool(attrs.get("input_forget", 0)))
 
 
 _ONNX_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
