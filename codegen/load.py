@@ -11,6 +11,7 @@ ValueError naming the argument and what was expected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -26,7 +27,7 @@ from .backends import BackendConfig
 from .backends.registry import Functions
 from .cell import CellSpec
 from .errors import CellgenError
-from .paths import builtin_generated_dir, cache_dir
+from .paths import PACKAGE_DIR, builtin_generated_dir, cache_dir
 from .registry import builtin_cells, load_cell, resolve
 
 Arrays = dict[str, np.ndarray]
@@ -53,22 +54,59 @@ def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> 
 
 def generated_dir_for(cell: str | Path, config: BackendConfig) -> tuple[Path, CellSpec]:
     """Where a cell's kernels for one backend are, and the cell: generated/ for a built-in cell
-    on a backend shipped there; else its kernels generated into the cache (once per distinct
-    output)."""
+    on a backend shipped there; else the cache, where they are generated once for each
+    equation file's text and version of cellgen (see generation_key), then found again."""
     path = resolve(cell)
     spec = load_cell(path)
     if config.shipped and str(cell) in builtin_cells():
         return builtin_generated_dir(), spec
-    from .kernel import build_kernel
-    from .render import kernel_files, write_files
+    out = cache_dir() / "kernels" / f"{spec.name}-{generation_key(path, config)}"
+    if not _complete(out):
+        from .kernel import build_kernel
+        from .render import kernel_files, write_files
 
-    files = kernel_files(build_kernel(spec), [config])
-    digest = hashlib.sha256(
-        b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
-    ).hexdigest()[:24]
-    out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
-    write_files(files, out)  # writes only what is missing or differs, each file atomically
+        files = kernel_files(build_kernel(spec), [config])
+        write_files(files, out)  # writes only what is missing or differs, each file atomically
+        write_files({_COMPLETE: "".join(f"{name}\n" for name in sorted(files))}, out)
     return out, spec
+
+
+_COMPLETE = "cellgen-complete"  # written last, listing the files: the folder holds them all
+
+
+def _complete(out: Path) -> bool:
+    """Whether a cache folder holds a whole generated set (its list, and every file on it)."""
+    try:
+        names = (out / _COMPLETE).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(names) and all((out / name).is_file() for name in names)
+
+
+def generation_key(path: Path, config: BackendConfig) -> str:
+    """What a cell's generated files depend on, hashed: the equation file's path (named in the
+    files) and text, the backend, and the code that generates them (cellgen's sources and
+    templates, the backend's folder, the versions of SymPy and Jinja)."""
+    digest = hashlib.sha256()
+    for part in (str(path).encode(), config.name.encode(), path.read_bytes()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    digest.update(_code_digest(config.folder).encode())
+    return digest.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=16)
+def _code_digest(backend_folder: Path) -> str:
+    """A hash of cellgen's own sources and templates and a backend's (once per process)."""
+    import jinja2
+    import sympy
+
+    digest = hashlib.sha256(f"sympy {sympy.__version__} jinja2 {jinja2.__version__}".encode())
+    folders = [PACKAGE_DIR] + ([] if PACKAGE_DIR in backend_folder.parents else [backend_folder])
+    for folder in folders:
+        for file in sorted(folder.rglob("*")):
+            if file.suffix in (".py", ".jinja") and "__pycache__" not in file.parts:
+                digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def import_generated(path: Path) -> ModuleType:
