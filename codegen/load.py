@@ -170,6 +170,19 @@ class CellKernel:
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
 
+    @property
+    def work_limit(self) -> int | None:
+        """Bytes of work arrays the kernel keeps between the calls of each thread (64 MiB by
+        default; None if its backend keeps none); a call that needs more allocates the rest
+        for itself. Set it to trade memory for speed; 0 keeps nothing."""
+        return getattr(self._functions, "work_limit", None)
+
+    @work_limit.setter
+    def work_limit(self, limit: int) -> None:
+        if not hasattr(self._functions, "work_limit"):
+            raise ValueError(f"work_limit: the {self.config.title} kernel keeps no work arrays")
+        self._functions.work_limit = int(limit)
+
     def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
         sizes = {"I": int(input_size), "H": int(hidden_size)}
         return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}

@@ -4,7 +4,8 @@ Arguments arrive validated (shapes, dtype, contiguity) from codegen.load; this m
 allocates the outputs and the saved buffer, keeps a workspace per thread, and passes pointers in
 the order of the generated signatures (see printer.signatures). A call costs a few microseconds
 of Python on top of the C: pointers are taken from the buffer protocol (cheaper than
-ndarray.ctypes) and the workspace is reused from call to call.
+ndarray.ctypes) and the workspace is reused from call to call, up to `work_limit` bytes per
+thread (a larger one is allocated for its call only); it is freed with the CFunctions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from .build import build, open_library
 
 _REAL = {"float64": "f64", "float32": "f32"}
+WORK_KEPT = 1 << 26  # bytes: the largest workspace kept between calls (64 MiB), as NumPy's
 _char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
 
@@ -73,14 +75,19 @@ class CFunctions:
         self._infer.restype = None
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
+        self.work_limit = WORK_KEPT
 
-    def _work(self, T: int, B: int, I: int, H: int) -> int:
-        """The address of a workspace of work_size numbers, reused by this thread's calls."""
+    def _work(self, T: int, B: int, I: int, H: int) -> np.ndarray:
+        """A workspace of work_size numbers: this thread's, reused, when it fits the limit.
+        The caller holds the array for the duration of the call."""
         size = max(self._work_size(T, B, I, H), 1)
         work = getattr(self._local, "work", None)
+        if work is not None and work.nbytes > self.work_limit:  # the limit was lowered
+            work = self._local.work = None
         if work is None or work.size < size:
-            work = self._local.work = np.empty(size, self.dtype)
-        return address(work)
+            work = np.empty(size, self.dtype)
+            self._local.work = work if work.nbytes <= self.work_limit else None
+        return work
 
     def forward(self, xs: np.ndarray, state0: dict, params: dict):
         T, B, I = xs.shape
@@ -89,6 +96,7 @@ class CFunctions:
         ys = np.empty((T, B, H), dtype)
         final = {s: np.empty((B, H), dtype) for s in self.states}
         saved = np.empty(self._saved_size(T, B, H), dtype)
+        work = self._work(T, B, I, H)
         self._forward(
             T, B, I, H,
             address(xs),
@@ -97,7 +105,7 @@ class CFunctions:
             address(ys),
             *[address(final[s]) for s in self.states],
             address(saved) if saved.size else None,
-            self._work(T, B, I, H),
+            address(work),
         )  # fmt: skip
         cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": saved}
         return ys, final, cache
@@ -111,6 +119,7 @@ class CFunctions:
         dstate0 = {s: np.empty((B, H), dtype) for s in self.states}
         dparams = {p: np.empty(params[p].shape, dtype) for p in self.params}
         saved = cache["saved"]
+        work = self._work(T, B, I, H)
         self._backward(
             T, B, I, H,
             address(xs),
@@ -123,7 +132,7 @@ class CFunctions:
             address(dxs),
             *[address(dstate0[s]) for s in self.states],
             *[address(dparams[p]) for p in self.params],
-            self._work(T, B, I, H),
+            address(work),
         )  # fmt: skip
         return dxs, dstate0, dparams
 
