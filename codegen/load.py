@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,24 @@ def import_generated(path: Path) -> ModuleType:
     return module
 
 
+@functools.lru_cache(maxsize=1)
+def physical_memory() -> int:
+    """Bytes of physical memory (where the system says; else 2**63, no limit in practice)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 63
+
+
+def _bytes(n: int) -> str:
+    """A number of bytes for people: 1.5 GiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class PackedParams:
     """A cell's parameters rearranged for inference by one kernel: pass it to its `infer`."""
@@ -165,6 +185,8 @@ class CellKernel:
         self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
         self._shapes = {p.name: tuple(p.shape) for p in spec.params}
         self._contiguous = config.needs_contiguous
+        # the most memory one call may need, in bytes; None: the machine's physical memory
+        self.memory_limit: int | None = None
         self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
@@ -191,6 +213,8 @@ class CellKernel:
         self, xs: np.ndarray, state0: Arrays, params: Arrays
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
         xs, state0, params = self._check_forward(xs, state0, params)
+        T, B, I = xs.shape
+        self._check_memory("forward", T, B, I, state0[self.output].shape[1], xs.dtype)
         ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
@@ -213,6 +237,9 @@ class CellKernel:
         dfinal = {
             s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
         }
+        xs = cache.get("xs")
+        I = xs.shape[2] if isinstance(xs, np.ndarray) and xs.ndim == 3 else 0
+        self._check_memory("backward", ys.shape[0], B, I, H, dtype)
         return self._functions.backward(dys, cache, dfinal)
 
     def pack(self, params: Arrays) -> PackedParams:
@@ -269,7 +296,33 @@ class CellKernel:
             s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
             for s in self.states
         }
+        self._check_memory("infer", T, B, I, H, dtype)
         return self._functions.infer(xs_arr, state0, packed.data)
+
+    def _check_memory(self, what: str, T: int, B: int, I: int, H: int, dtype: Any) -> None:
+        """Refuse a call whose arrays cannot fit, before anything is allocated: the arrays it
+        returns, and what its backend saves and works in (where the backend can say)."""
+        states = len(self.states) * B * H
+        if what == "backward":  # dxs, dstate0, dparams
+            P = sum(math.prod(shape) for shape in self._shapes_for(I, H).values())
+            numbers = T * B * I + states + P
+        else:  # ys and the final states
+            numbers = T * B * H + states
+        count = getattr(self._functions, "numbers", None)
+        extra = count(what, T, B, I, H) if count is not None else 0
+        limit = self.memory_limit if self.memory_limit is not None else physical_memory()
+        itemsize = np.dtype(dtype).itemsize
+        if extra is not None and (numbers + extra) * itemsize <= limit:
+            return
+        call = f"{what} at T={T}, B={B}, I={I}, H={H} in {np.dtype(dtype)}"
+        fix = "split the sequence (the final state carries over) or the batch"
+        if extra is None:
+            raise ValueError(f"{call}: its memory does not even fit in size_t; {fix}")
+        where = "k.memory_limit" if self.memory_limit is not None else "the physical memory"
+        raise ValueError(
+            f"{call}: needs at least {_bytes((numbers + extra) * itemsize)} of memory, more "
+            f"than {where} ({_bytes(limit)}); {fix}, or set k.memory_limit"
+        )
 
     def _sizes_of(self, params: Arrays) -> tuple[int, int]:
         """I and H from the shapes of the parameters."""

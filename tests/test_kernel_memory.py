@@ -76,3 +76,56 @@ def test_each_thread_keeps_its_own_bounded_work():
     np.testing.assert_array_equal(  # a fresh Work computes what no Work does
         k.forward(xs, state0, params)[0], k._functions.module.forward(xs, state0, params)[0]
     )
+
+
+# sizes checked before anything is allocated (item 9) --------------------------------------------
+
+
+def test_c_size_functions_say_so_instead_of_wrapping():
+    c = codegen.load("lstm", "c")._functions
+    size_max = 2**64 - 1 if np.dtype(np.uintp).itemsize == 8 else 2**32 - 1
+    # the LSTM saves f, i, c~, o, tanh(c) and c: six numbers per unit and step
+    assert c._saved_size(5, 3, 7) == 6 * 5 * 3 * 7
+    assert c._saved_size(2**52, 1, 1) == 6 * 2**52  # far from the limit: exact
+    assert c._saved_size(2**62, 1, 1) == size_max  # was 2**63, wrapped
+    assert c._saved_size(2**21, 2**21, 2**21) == size_max
+    assert c._work_size(2**62, 1, 1, 1) == size_max
+    assert c._work_size(1, 1, 1, 2**32) == size_max  # 4 H^2
+    assert c._packed_size(2**61, 2) == size_max
+    assert c._infer_work_size(2**40, 1, 2**40) == size_max
+    assert c._work_size(5, 3, 2, 7) == c._work_size(5, 3, 1, 7) + 4 * 7  # 4 I H: I adds 4 H
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_over_the_memory_limit_is_refused_saying_how_much_it_needs(backend):
+    k = codegen.load("lstm", backend)
+    xs, state0, params, dys, _ = make_problem(k, **BIG)
+    _, _, cache = k.forward(xs, state0, params)
+    k.memory_limit = MiB  # ys alone, T B H float64 numbers, is 2 MiB
+    with pytest.raises(ValueError, match=r"forward at T=64, B=32, I=64, H=128 in float64: "
+                       r"needs at least \d+\.\d MiB of memory, more than k\.memory_limit "
+                       r"\(1\.0 MiB\)"):  # fmt: skip
+        k.forward(xs, state0, params)
+    with pytest.raises(ValueError, match=r"backward at .*needs at least"):
+        k.backward(dys, cache)
+    with pytest.raises(ValueError, match=r"infer at .*needs at least"):
+        k.infer(xs, state0, params)
+    k.memory_limit = None  # the machine's physical memory
+    k.backward(dys, cache)
+
+
+def test_a_sequence_larger_than_the_machine_is_refused_before_allocating():
+    """xs of 2**40 steps costs nothing (broadcast); its ys would need 32 TiB."""
+    k = codegen.load("lstm")
+    _, state0, params, _, _ = make_problem(k, T=1, B=1, I=1, H=4)
+    xs = np.broadcast_to(np.zeros(1), (2**40, 1, 1))
+    with pytest.raises(ValueError, match=r"needs at least \d+\.\d TiB of memory, more than the "
+                       r"physical memory"):  # fmt: skip
+        k.forward(xs, state0, params)
+
+
+def test_a_count_that_does_not_fit_in_size_t_is_refused():
+    k = codegen.load("lstm", "c")
+    assert k._functions.numbers("forward", 2**62, 1, 1, 1) is None
+    with pytest.raises(ValueError, match=r"forward at T=4611686018427387904.*does not even fit"):
+        k._check_memory("forward", 2**62, 1, 1, 1, np.float64)

@@ -19,6 +19,7 @@ import numpy as np
 from .build import build, open_library
 
 _REAL = {"float64": "f64", "float32": "f32"}
+SIZE_MAX = ctypes.c_size_t(-1).value  # what a size function returns when a count cannot fit
 WORK_KEPT = 1 << 26  # bytes: the largest workspace kept between calls (64 MiB), as NumPy's
 _char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
@@ -76,6 +77,16 @@ class CFunctions:
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
         self.work_limit = WORK_KEPT
+
+    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int | None:
+        """Numbers a call allocates besides its results (saved, work), from the C size
+        functions; None when one of them says the count does not fit in size_t."""
+        if what == "infer":
+            sizes = [self._infer_work_size(B, I, H)]
+        else:
+            sizes = [self._work_size(T, B, I, H)]
+            sizes += [self._saved_size(T, B, H)] if what == "forward" else []
+        return None if SIZE_MAX in sizes else sum(sizes)
 
     def _work(self, T: int, B: int, I: int, H: int) -> np.ndarray:
         """A workspace of work_size numbers: this thread's, reused, when it fits the limit.

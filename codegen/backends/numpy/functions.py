@@ -26,6 +26,12 @@ class NumpyFunctions:
             work = self._local.work = self.module.Work(self.work_limit)
         return work
 
+    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int:
+        """Numbers a call allocates besides its results, at least: forward saves a series
+        of each SAVED value and of each state besides the output (ys)."""
+        module = self.module
+        return (len(module.SAVED) + len(module.STATES) - 1) * T * B * H if what == "forward" else 0
+
     def forward(self, xs, state0: dict, params: dict):
         return self.module.forward(xs, state0, params, work=self._work())
 
