@@ -187,6 +187,7 @@ class CellKernel:
         self._contiguous = config.needs_contiguous
         # the most memory one call may need, in bytes; None: the machine's physical memory
         self.memory_limit: int | None = None
+        self._fits: set[tuple] = set()  # calls that passed _check_memory
         self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
@@ -215,10 +216,15 @@ class CellKernel:
         xs, state0, params = self._check_forward(xs, state0, params)
         T, B, I = xs.shape
         self._check_memory("forward", T, B, I, state0[self.output].shape[1], xs.dtype)
+        # the cache owns what backward reads: copies of the inputs, and the ys it computed
+        # (the caller gets a copy), so that changing any of them leaves the gradients alone
+        xs = xs.copy()
+        state0 = {s: a.copy() for s, a in state0.items()}
+        params = {p: a.copy() for p, a in params.items()}
         ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
-        return ys, final, cache
+        return ys.copy(), final, cache
 
     def backward(
         self, dys: np.ndarray, cache: dict[str, Any], dfinal: Arrays | None = None
@@ -302,10 +308,16 @@ class CellKernel:
     def _check_memory(self, what: str, T: int, B: int, I: int, H: int, dtype: Any) -> None:
         """Refuse a call whose arrays cannot fit, before anything is allocated: the arrays it
         returns, and what its backend saves and works in (where the backend can say)."""
+        key = (what, T, B, I, H, dtype, self.memory_limit)
+        if key in self._fits:  # the common case: sizes seen before
+            return
         states = len(self.states) * B * H
-        if what == "backward":  # dxs, dstate0, dparams
-            P = sum(math.prod(shape) for shape in self._shapes_for(I, H).values())
-            numbers = T * B * I + states + P
+        P = sum(math.prod(shape) for shape in self._shapes_for(I, H).values())
+        inputs = T * B * I + states + P  # xs, state0, params: forward's copies, backward's d
+        if what == "backward":
+            numbers = inputs
+        elif what == "forward":  # ys and the final states; the cache's ys and inputs
+            numbers = 2 * T * B * H + states + inputs
         else:  # ys and the final states
             numbers = T * B * H + states
         count = getattr(self._functions, "numbers", None)
@@ -313,6 +325,9 @@ class CellKernel:
         limit = self.memory_limit if self.memory_limit is not None else physical_memory()
         itemsize = np.dtype(dtype).itemsize
         if extra is not None and (numbers + extra) * itemsize <= limit:
+            if len(self._fits) >= 64:
+                self._fits.clear()
+            self._fits.add(key)
             return
         call = f"{what} at T={T}, B={B}, I={I}, H={H} in {np.dtype(dtype)}"
         fix = "split the sequence (the final state carries over) or the batch"

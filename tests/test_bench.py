@@ -141,13 +141,17 @@ def test_cli_rejects_a_malformed_shape_in_one_line():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_lstm_forward_keeps_seven_numbers_per_unit_and_step(backend):
-    """The memory target: besides xs (and the caller's state0 and params), the cache of the
-    LSTM's forward holds 7 T B H numbers: h, c, tanh(c) and the four gates of every step."""
+    """The memory target: besides its copies of the inputs (xs, state0, params), the cache of
+    the LSTM's forward holds 7 T B H numbers: h, c, tanh(c) and the four gates of every step."""
     k = codegen.load("lstm", backend)
     T, B, I, H = 5, 3, 4, 6
     xs, state0, params, _, _ = make_problem(k, T=T, B=B, I=I, H=H)
     _, _, cache = k.forward(xs, state0, params)
-    inputs = {id(xs), *map(id, state0.values()), *map(id, params.values())}
+    copies = [cache["xs"], *cache["state0"].values(), *cache["params"].values()]
+    assert sum(a.size for a in copies) == xs.size + sum(a.size for a in state0.values()) + sum(
+        a.size for a in params.values()
+    )
+    inputs = set(map(id, copies))
     roots = {}
     for value in _arrays(cache):
         if id(value) not in inputs:
