@@ -5,8 +5,10 @@ Timings are taken in rounds: a round times each implementation and pass once, in
 rotates from round to round, so that a slow spell of the machine hits all of them alike. Before
 each sample the bench pauses briefly and makes one untimed call: OpenBLAS and OpenMP worker
 threads spin for a while after a call, and would otherwise slow down whichever runtime comes
-next. A sample is the mean of enough back-to-back calls to last `min_time`; a result is the
-median over the rounds.
+next. A sample is the median of REPEATS timed repetitions, each the mean of enough back-to-back
+calls to last `min_time`; a result is the median over the rounds, so that even one round is not
+decided by a single stall. A row whose repetitions spread too widely (interquartile range over
+median above UNSTEADY) is marked as not to be trusted.
 
 GFLOP/s count the matrix products only (2 T B H K per product, three times that for forward and
 backward); `% peak` divides by the speed of one large matrix product in NumPy measured at the
@@ -40,6 +42,8 @@ DEFAULT_SHAPES = ("T32,B32,I256,H256", "T64,B16,I128,H128", "T100,B1,I32,H32", "
 DTYPES = ("float32", "float64")
 PASSES = ("forward", "forward+backward")
 TORCH_LAYERS = {"lstm": "LSTM", "gru_reset_after": "GRU"}  # cells that torch.nn computes
+REPEATS = 3  # timed repetitions in each round's sample; the sample is their median
+UNSTEADY = 0.25  # a row whose repetitions' interquartile range exceeds this of its median
 
 
 class BenchError(CellgenError, ValueError):
@@ -91,6 +95,8 @@ class Row:
     peak_fraction: float  # gflops / the large-GEMM peak of this dtype
     torch_ratio: float | None  # median_ms / torch's median_ms, when torch ran
     max_rel_diff: float  # largest |ys - ys of the default backend (NumPy)| / largest |ys|
+    spread: float = 0.0  # interquartile range / median of every timed repetition
+    steady: bool = True  # spread <= UNSTEADY: else the timing is not to be trusted
 
 
 @dataclass
@@ -108,21 +114,34 @@ class Report:
         """The rows as a fixed-width table, with the run's conditions above it."""
         m = self.meta
         peaks = ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in m["peak_gflops"].items())
+        torch = m["torch"] or "not installed"
+        if m["torch"] and not m.get("torch_run", True):
+            torch += ", not run (--no-torch)"
+        repeats = m.get("repeats", REPEATS)
         lines = [
-            f"cellgen bench: median of {m['rounds']} interleaved rounds; ratio = ours / torch "
-            "for the same pass, shape and dtype",
+            f"cellgen bench: median of {m['rounds']} interleaved rounds of {repeats} timed "
+            "repetitions; ratio = ours / torch for the same pass, shape and dtype",
             f"large-GEMM peak (NumPy, {m['peak_size']}^3): {peaks}; "
-            f"load average {m['load_average']}; torch {m['torch'] or 'not installed'}",
+            f"load average {m['load_average']}; torch {torch}",
             "",
             f"{'cell':<16} {'shape':<20} {'dtype':<8} {'pass':<8} {'impl':<6} "
-            f"{'ms':>10} {'GFLOP/s':>8} {'%peak':>6} {'/torch':>7}",
+            f"{'ms':>10} {'GFLOP/s':>8} {'%peak':>6} {'/torch':>7} {'spread':>7}",
         ]
+        steady = {(r.cell, r.shape, r.dtype, r.passes, r.impl): r.steady for r in self.rows}
         for r in self.rows:
             ratio = f"{r.torch_ratio:7.2f}" if r.torch_ratio is not None else f"{'':>7}"
+            trusted = r.steady and steady.get((r.cell, r.shape, r.dtype, r.passes, "torch"), True)
             lines.append(
                 f"{r.cell:<16} {r.shape:<20} {r.dtype:<8} "
                 f"{'fwd' if r.passes == 'forward' else 'fwd+bwd':<8} {r.impl:<6} "
-                f"{r.median_ms:10.3f} {r.gflops:8.1f} {100 * r.peak_fraction:6.1f} {ratio}"
+                f"{r.median_ms:10.3f} {r.gflops:8.1f} {100 * r.peak_fraction:6.1f} {ratio} "
+                f"{100 * r.spread:6.0f}%{'' if trusted else ' !'}"
+            )
+        if not all(steady.values()):
+            lines.append(
+                f"! the timed repetitions of this row (or of torch's, for its ratio) spread by "
+                f"more than {100 * UNSTEADY:.0f}% of their median: not to be trusted; rerun with "
+                "more --rounds, on a quieter machine"
             )
         return "\n".join(lines)
 
@@ -197,38 +216,58 @@ def product_flops(cell: str | Path, shape: Shape) -> int:
 # timing -------------------------------------------------------------------------------------
 
 
-def calls_for(fn: Callable[[], object], min_time: float) -> int:
-    """How many back-to-back calls make a sample of at least min_time (after a warm-up)."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = time.perf_counter() - start
-    return max(1, math.ceil(min_time / max(once, 1e-9)))
-
-
-def sample(fn: Callable[[], object], calls: int, settle: float) -> float:
-    """Seconds per call over `calls` back-to-back calls, after a pause and one untimed call."""
-    if settle:
-        time.sleep(settle)
-    fn()
+def timed(fn: Callable[[], object], calls: int = 1) -> float:
+    """Seconds per call over `calls` back-to-back calls."""
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     return (time.perf_counter() - start) / calls
 
 
+def calls_for(fn: Callable[[], object], min_time: float) -> int:
+    """How many back-to-back calls make a sample of at least min_time (after a warm-up; the
+    faster of two timed calls, so that one stall does not shrink every sample to one call)."""
+    fn()
+    once = min(timed(fn), timed(fn))
+    return max(1, math.ceil(min_time / max(once, 1e-9)))
+
+
+def sample(
+    fn: Callable[[], object], calls: int, settle: float, repeats: int = REPEATS
+) -> list[float]:
+    """Seconds per call of `repeats` timed repetitions of `calls` back-to-back calls each,
+    after a pause and one untimed call."""
+    if settle:
+        time.sleep(settle)
+    fn()
+    return [timed(fn, calls) for _ in range(repeats)]
+
+
 def interleaved(
-    tasks: dict[str, Callable[[], object]], rounds: int, min_time: float, settle: float
-) -> dict[str, tuple[list[float], int]]:
-    """Per task: the seconds per call of each round, and the calls per sample."""
+    tasks: dict[str, Callable[[], object]],
+    rounds: int,
+    min_time: float,
+    settle: float,
+    repeats: int = REPEATS,
+) -> dict[str, tuple[list[list[float]], int]]:
+    """Per task: the seconds per call of each round's repetitions, and the calls per sample."""
     calls = {name: calls_for(fn, min_time) for name, fn in tasks.items()}
-    times: dict[str, list[float]] = {name: [] for name in tasks}
+    times: dict[str, list[list[float]]] = {name: [] for name in tasks}
     names = list(tasks)
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            times[name].append(sample(tasks[name], calls[name], settle))
+            times[name].append(sample(tasks[name], calls[name], settle, repeats))
     return {name: (times[name], calls[name]) for name in names}
+
+
+def summary(rounds: list[list[float]]) -> tuple[float, float, float]:
+    """The median over rounds of each round's median repetition, the fastest repetition, and
+    the spread: the interquartile range of every repetition over their median."""
+    every = np.concatenate([np.asarray(r, float) for r in rounds])
+    median = float(np.median([np.median(r) for r in rounds]))
+    q1, q2, q3 = np.percentile(every, [25, 50, 75])
+    return median, float(every.min()), float((q3 - q1) / q2) if q2 > 0 else math.inf
 
 
 def gemm_peak(dtype: str, size: int, repeats: int = 5) -> float:
@@ -276,26 +315,32 @@ def run(
             raise BenchError(f"backend '{b}': choose {' or '.join(backend_registry.names())}")
     if rounds < 1:
         raise BenchError("rounds: at least 1")
-    torch_info = torch_version() if with_torch else None
+    torch_info = torch_version()
+    torch_run = with_torch and torch_info is not None
     peak = {d: gemm_peak(d, peak_size) for d in dtypes}
     cases = [(c, s, d) for c in cells for s in shapes for d in dtypes]
     rows: list[Row] = []
-    for n, (cell, shape, dtype) in enumerate(cases, 1):
+    try:
+        for n, (cell, shape, dtype) in enumerate(cases, 1):
+            if progress is not None:
+                progress.write(f"\r[{n}/{len(cases)}] {cell} {shape} {dtype} ...".ljust(72))
+                progress.flush()
+            rows += _case(cell, shape, dtype, backends, torch_run, peak[dtype],
+                          rounds, min_time, settle, codegen)  # fmt: skip
+    finally:  # an error is then printed on a line of its own, not after the progress
         if progress is not None:
-            progress.write(f"\r[{n}/{len(cases)}] {cell} {shape} {dtype} ...".ljust(72))
+            progress.write("\r" + " " * 72 + "\r")
             progress.flush()
-        rows += _case(cell, shape, dtype, backends, torch_info is not None, peak[dtype],
-                      rounds, min_time, settle, codegen)  # fmt: skip
-    if progress is not None:
-        progress.write("\r" + " " * 72 + "\r")
-        progress.flush()
     meta = {
         "rounds": rounds,
+        "repeats": REPEATS,
+        "unsteady_spread": UNSTEADY,
         "min_time_s": min_time,
         "settle_s": settle,
         "peak_size": peak_size,
         "peak_gflops": peak,
-        "torch": torch_info,
+        "torch": torch_info,  # installed, run or not
+        "torch_run": torch_run,
         "numpy": np.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -325,13 +370,14 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
     for k, impl in impls.items():
         tasks[f"{k}|forward"] = impl.forward
         tasks[f"{k}|forward+backward"] = impl.forward_backward
-    timed = interleaved(tasks, rounds, min_time, settle)
+    timings = interleaved(tasks, rounds, min_time, settle)
     flops = product_flops(cell, shape)
-    medians = {key: float(np.median(ts)) for key, (ts, _) in timed.items()}
+    summaries = {key: summary(ts) for key, (ts, _) in timings.items()}
+    medians = {key: s[0] for key, s in summaries.items()}
     rows = []
-    for key, (ts, calls) in timed.items():
+    for key, (ts, calls) in timings.items():
         impl, passes = key.split("|")
-        median = medians[key]
+        median, fastest, spread = summaries[key]
         total = flops * (1 if passes == "forward" else 3)
         torch_key = f"torch|{passes}"
         rows.append(
@@ -342,13 +388,15 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
                 passes=passes,
                 impl=impl,
                 median_ms=median * 1e3,
-                min_ms=min(ts) * 1e3,
+                min_ms=fastest * 1e3,
                 rounds=len(ts),
                 calls_per_sample=calls,
                 gflops=total / median / 1e9,
                 peak_fraction=total / median / 1e9 / peak,
                 torch_ratio=median / medians[torch_key] if torch_key in medians else None,
                 max_rel_diff=diffs[impl],
+                spread=spread,
+                steady=spread <= UNSTEADY,
             )
         )
     order = {p: k for k, p in enumerate(PASSES)}

@@ -11,8 +11,11 @@ ValueError naming the argument and what was expected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from .backends import BackendConfig
 from .backends.registry import Functions
 from .cell import CellSpec
 from .errors import CellgenError
-from .paths import builtin_generated_dir, cache_dir
+from .paths import PACKAGE_DIR, builtin_generated_dir, cache_dir
 from .registry import builtin_cells, load_cell, resolve
 
 Arrays = dict[str, np.ndarray]
@@ -53,22 +56,59 @@ def load(cell: str | Path, backend: str = "numpy", dtype: str | None = None) -> 
 
 def generated_dir_for(cell: str | Path, config: BackendConfig) -> tuple[Path, CellSpec]:
     """Where a cell's kernels for one backend are, and the cell: generated/ for a built-in cell
-    on a backend shipped there; else its kernels generated into the cache (once per distinct
-    output)."""
+    on a backend shipped there; else the cache, where they are generated once for each
+    equation file's text and version of cellgen (see generation_key), then found again."""
     path = resolve(cell)
     spec = load_cell(path)
     if config.shipped and str(cell) in builtin_cells():
         return builtin_generated_dir(), spec
-    from .kernel import build_kernel
-    from .render import kernel_files, write_files
+    out = cache_dir() / "kernels" / f"{spec.name}-{generation_key(path, config)}"
+    if not _complete(out):
+        from .kernel import build_kernel
+        from .render import kernel_files, write_files
 
-    files = kernel_files(build_kernel(spec), [config])
-    digest = hashlib.sha256(
-        b"\0".join(f"{k}\0{v}".encode() for k, v in sorted(files.items()))
-    ).hexdigest()[:24]
-    out = cache_dir() / "kernels" / f"{spec.name}-{digest}"
-    write_files(files, out)  # writes only what is missing or differs, each file atomically
+        files = kernel_files(build_kernel(spec), [config])
+        write_files(files, out)  # writes only what is missing or differs, each file atomically
+        write_files({_COMPLETE: "".join(f"{name}\n" for name in sorted(files))}, out)
     return out, spec
+
+
+_COMPLETE = "cellgen-complete"  # written last, listing the files: the folder holds them all
+
+
+def _complete(out: Path) -> bool:
+    """Whether a cache folder holds a whole generated set (its list, and every file on it)."""
+    try:
+        names = (out / _COMPLETE).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(names) and all((out / name).is_file() for name in names)
+
+
+def generation_key(path: Path, config: BackendConfig) -> str:
+    """What a cell's generated files depend on, hashed: the equation file's path (named in the
+    files) and text, the backend, and the code that generates them (cellgen's sources and
+    templates, the backend's folder, the versions of SymPy and Jinja)."""
+    digest = hashlib.sha256()
+    for part in (str(path).encode(), config.name.encode(), path.read_bytes()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    digest.update(_code_digest(config.folder).encode())
+    return digest.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=16)
+def _code_digest(backend_folder: Path) -> str:
+    """A hash of cellgen's own sources and templates and a backend's (once per process)."""
+    import jinja2
+    import sympy
+
+    digest = hashlib.sha256(f"sympy {sympy.__version__} jinja2 {jinja2.__version__}".encode())
+    folders = [PACKAGE_DIR] + ([] if PACKAGE_DIR in backend_folder.parents else [backend_folder])
+    for folder in folders:
+        for file in sorted(folder.rglob("*")):
+            if file.suffix in (".py", ".jinja") and "__pycache__" not in file.parts:
+                digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def import_generated(path: Path) -> ModuleType:
@@ -82,6 +122,24 @@ def import_generated(path: Path) -> ModuleType:
     spec.loader.exec_module(module)
     sys.modules[key] = module
     return module
+
+
+@functools.lru_cache(maxsize=1)
+def physical_memory() -> int:
+    """Bytes of physical memory (where the system says; else 2**63, no limit in practice)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 63
+
+
+def _bytes(n: int) -> str:
+    """A number of bytes for people: 1.5 GiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -127,6 +185,9 @@ class CellKernel:
         self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
         self._shapes = {p.name: tuple(p.shape) for p in spec.params}
         self._contiguous = config.needs_contiguous
+        # the most memory one call may need, in bytes; None: the machine's physical memory
+        self.memory_limit: int | None = None
+        self._fits: set[tuple] = set()  # calls that passed _check_memory
         self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
@@ -144,6 +205,19 @@ class CellKernel:
 
         return cell_info(self.spec)._repr_html_()
 
+    @property
+    def work_limit(self) -> int | None:
+        """Bytes of work arrays the kernel keeps between the calls of each thread (64 MiB by
+        default; None if its backend keeps none); a call that needs more allocates the rest
+        for itself. Set it to trade memory for speed; 0 keeps nothing."""
+        return getattr(self._functions, "work_limit", None)
+
+    @work_limit.setter
+    def work_limit(self, limit: int) -> None:
+        if not hasattr(self._functions, "work_limit"):
+            raise ValueError(f"work_limit: the {self.config.title} kernel keeps no work arrays")
+        self._functions.work_limit = int(limit)
+
     def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
         sizes = {"I": int(input_size), "H": int(hidden_size)}
         return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}
@@ -152,10 +226,17 @@ class CellKernel:
         self, xs: np.ndarray, state0: Arrays, params: Arrays
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
         xs, state0, params = self._check_forward(xs, state0, params)
+        T, B, I = xs.shape
+        self._check_memory("forward", T, B, I, state0[self.output].shape[1], xs.dtype)
+        # the cache owns what backward reads: copies of the inputs, and the ys it computed
+        # (the caller gets a copy), so that changing any of them leaves the gradients alone
+        xs = xs.copy()
+        state0 = {s: a.copy() for s, a in state0.items()}
+        params = {p: a.copy() for p, a in params.items()}
         ys, final, cache = self._functions.forward(xs, state0, params)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
-        return ys, final, cache
+        return ys.copy(), final, cache
 
     def backward(
         self, dys: np.ndarray, cache: dict[str, Any], dfinal: Arrays | None = None
@@ -174,6 +255,9 @@ class CellKernel:
         dfinal = {
             s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
         }
+        xs = cache.get("xs")
+        I = xs.shape[2] if isinstance(xs, np.ndarray) and xs.ndim == 3 else 0
+        self._check_memory("backward", ys.shape[0], B, I, H, dtype)
         return self._functions.backward(dys, cache, dfinal)
 
     def pack(self, params: Arrays) -> PackedParams:
@@ -230,7 +314,42 @@ class CellKernel:
             s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
             for s in self.states
         }
+        self._check_memory("infer", T, B, I, H, dtype)
         return self._functions.infer(xs_arr, state0, packed.data)
+
+    def _check_memory(self, what: str, T: int, B: int, I: int, H: int, dtype: Any) -> None:
+        """Refuse a call whose arrays cannot fit, before anything is allocated: the arrays it
+        returns, and what its backend saves and works in (where the backend can say)."""
+        key = (what, T, B, I, H, dtype, self.memory_limit)
+        if key in self._fits:  # the common case: sizes seen before
+            return
+        states = len(self.states) * B * H
+        P = sum(math.prod(shape) for shape in self._shapes_for(I, H).values())
+        inputs = T * B * I + states + P  # xs, state0, params: forward's copies, backward's d
+        if what == "backward":
+            numbers = inputs
+        elif what == "forward":  # ys and the final states; the cache's ys and inputs
+            numbers = 2 * T * B * H + states + inputs
+        else:  # ys and the final states
+            numbers = T * B * H + states
+        count = getattr(self._functions, "numbers", None)
+        extra = count(what, T, B, I, H) if count is not None else 0
+        limit = self.memory_limit if self.memory_limit is not None else physical_memory()
+        itemsize = np.dtype(dtype).itemsize
+        if extra is not None and (numbers + extra) * itemsize <= limit:
+            if len(self._fits) >= 64:
+                self._fits.clear()
+            self._fits.add(key)
+            return
+        call = f"{what} at T={T}, B={B}, I={I}, H={H} in {np.dtype(dtype)}"
+        fix = "split the sequence (the final state carries over) or the batch"
+        if extra is None:
+            raise ValueError(f"{call}: its memory does not even fit in size_t; {fix}")
+        where = "k.memory_limit" if self.memory_limit is not None else "the physical memory"
+        raise ValueError(
+            f"{call}: needs at least {_bytes((numbers + extra) * itemsize)} of memory, more "
+            f"than {where} ({_bytes(limit)}); {fix}, or set k.memory_limit"
+        )
 
     def _sizes_of(self, params: Arrays) -> tuple[int, int]:
         """I and H from the shapes of the parameters."""

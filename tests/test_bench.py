@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import codegen
-from codegen.bench import BenchError, Shape, product_flops, run
+from codegen.bench import (
+    REPEATS,
+    UNSTEADY,
+    BenchError,
+    Report,
+    Shape,
+    interleaved,
+    product_flops,
+    run,
+    summary,
+)
 from codegen.errors import CellgenError
 
 from conftest import BACKENDS, make_problem
@@ -129,13 +141,17 @@ def test_cli_rejects_a_malformed_shape_in_one_line():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_lstm_forward_keeps_seven_numbers_per_unit_and_step(backend):
-    """The memory target: besides xs (and the caller's state0 and params), the cache of the
-    LSTM's forward holds 7 T B H numbers: h, c, tanh(c) and the four gates of every step."""
+    """The memory target: besides its copies of the inputs (xs, state0, params), the cache of
+    the LSTM's forward holds 7 T B H numbers: h, c, tanh(c) and the four gates of every step."""
     k = codegen.load("lstm", backend)
     T, B, I, H = 5, 3, 4, 6
     xs, state0, params, _, _ = make_problem(k, T=T, B=B, I=I, H=H)
     _, _, cache = k.forward(xs, state0, params)
-    inputs = {id(xs), *map(id, state0.values()), *map(id, params.values())}
+    copies = [cache["xs"], *cache["state0"].values(), *cache["params"].values()]
+    assert sum(a.size for a in copies) == xs.size + sum(a.size for a in state0.values()) + sum(
+        a.size for a in params.values()
+    )
+    inputs = set(map(id, copies))
     roots = {}
     for value in _arrays(cache):
         if id(value) not in inputs:
@@ -152,3 +168,66 @@ def _arrays(tree):
             yield from _arrays(value)
         elif isinstance(value, np.ndarray):
             yield value
+
+
+# timing that fewer rounds cannot fool (issue 15 item 14) ---------------------------------------
+
+
+class _Stalling:
+    """A call of ~0.5 ms whose sixth call stalls for 100 ms, as a call did in the issue."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        time.sleep(0.1 if self.calls == 6 else 0.0005)
+
+
+def test_one_stall_neither_decides_a_single_round_nor_goes_unflagged():
+    timings = interleaved({"stalling": _Stalling()}, rounds=1, min_time=0.005, settle=0.0)
+    rounds, calls = timings["stalling"]
+    assert len(rounds) == 1 and len(rounds[0]) == REPEATS >= 3 and calls >= 5
+    median, fastest, spread = summary(rounds)
+    assert 0.0004 < fastest <= median < 0.003  # the 100 ms stall does not set the time
+    assert spread > UNSTEADY  # and the row says it is not to be trusted
+
+
+def test_summary_is_the_median_of_round_medians_and_the_spread_of_every_repetition():
+    median, fastest, spread = summary([[1.0, 1.1, 0.9], [2.0, 1.2, 1.0], [0.95, 1.05, 1.0]])
+    assert (median, fastest) == (1.0, 0.9)
+    # the nine sorted: 0.9 0.95 [1.0] 1.0 (1.0) 1.05 [1.1] 1.2 2.0: quartiles 1.0 and 1.1
+    assert spread == pytest.approx(0.1)
+
+
+def test_an_unsteady_row_is_marked_in_the_table(report):
+    rows = list(report.rows)
+    rows[0] = dataclasses.replace(rows[0], spread=0.6, steady=False)
+    table = Report(rows, report.meta).table().splitlines()
+    marked = [line for line in table if line.endswith(" !")]
+    assert marked and marked[0].split()[:5][-1] == rows[0].impl
+    assert "60%" in marked[0] and "not to be trusted" in table[-1]
+
+
+def test_no_torch_does_not_claim_torch_is_missing():
+    report = run(["lstm"], [TINY], ["float64"], ["numpy"], rounds=1, min_time=0.0, settle=0.0,
+                 with_torch=False, peak_size=64)  # fmt: skip
+    assert {r.impl for r in report.rows} == {"numpy"}
+    header = report.table().splitlines()[1]
+    if HAS_TORCH:
+        assert "not installed" not in header and "not run (--no-torch)" in header
+        assert report.meta["torch"] and report.meta["torch_run"] is False
+    else:
+        assert "torch not installed" in header
+
+
+def test_an_error_is_printed_on_its_own_line_not_after_the_progress():
+    # stderr as bytes: text mode would turn the progress line's \r into \n
+    result = subprocess.run(
+        [sys.executable, "-m", "codegen", "bench", "lstm", "no_such_cell", "--shapes",
+         "T3,B2,I3,H4", "--dtype", "float64", "--backend", "numpy", "--rounds", "1"],
+        capture_output=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.decode().rsplit("\r", 1)[-1]  # what the terminal shows on the last line
+    assert "unknown cell 'no_such_cell'" in last and "[2/2]" not in last, last

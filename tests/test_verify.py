@@ -35,6 +35,7 @@ from codegen.verify import (
     verify,
     verify_kernel,
 )
+from codegen.verify.judge import Judgement
 
 import conftest
 from conftest import BACKENDS, CELLS
@@ -297,12 +298,25 @@ def test_judge_separates_pass_fail_and_inconclusive():
     # an error within the noise, the noise above the tolerance: cannot tell
     noisy = judge(np.array([2e-6]), np.array([5e-6]), ones, 1e-6, {})
     assert noisy.verdict == "INCONCLUSIVE" and "noise" in noisy.detail
-    # an error far beyond the noise is a failure whatever the noise
-    assert judge(np.array([1e-2]), np.array([5e-6]), ones, 1e-6, {}).verdict == "FAIL"
+    # an error far beyond the noise: still no verdict while the noise is above the tolerance
+    assert judge(np.array([1e-2]), np.array([5e-6]), ones, 1e-6, {}).verdict == "INCONCLUSIVE"
     assert judge(np.array([2e-6]), np.array([1e-8]), ones, 1e-6, {}).verdict == "FAIL"
     kink = judge(np.array([2e-6]), np.array([1e-8]), ones, 1e-6, {0: "on a kink"})
     assert kink.verdict == "INCONCLUSIVE" and "kink" in kink.detail
     assert judge(np.array([np.nan]), ones, ones, 1e-6, {}).verdict == "FAIL"
+
+
+def test_noise_above_the_tolerance_is_never_a_failure():
+    """Issue 15 item 5: Richardson on a correct C gradient of a 200-term cell, noise 1.2e-5
+    against a tolerance of 1e-10 and an error beyond 100 times that noise, was a FAIL."""
+    ones = np.ones(3)
+    errors, noise = np.array([3e-3, 1e-11, 2e-11]), np.array([1.2e-5, 1e-12, 1e-12])
+    verdict = judge(errors, noise, ones, 1e-10, {})
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.index == 0
+    assert "1.2e-05" in verdict.detail and "3.0e-03" in verdict.detail
+    # a failing entry whose own noise is within the tolerance still fails, noisy ones aside
+    errors[2] = 1e-6
+    assert judge(errors, noise, ones, 1e-10, {}) == Judgement("FAIL", 2)
 
 
 def test_a_saturated_gate_is_inconclusive_for_differences_and_passes_the_complex_step():

@@ -16,30 +16,62 @@
 #include <stdint.h>
 #include <string.h>
 
-size_t cellgen_gru_saved_size(size_t T, size_t B, size_t H)
+/* Sizes, overflow-safe: each size is also evaluated in double, where it cannot wrap (and is
+ * off by a relative 1e-15 at most); from SIZE_MAX / 16 on, the size is SIZE_MAX. Below that,
+ * the size_t value is exact (unsigned arithmetic is exact modulo 2^N, so a result that fits is
+ * right), and so is the size times sizeof(double). */
+static size_t checked_size(double estimate, size_t exact)
+{
+    return estimate < (double)(SIZE_MAX / 16) ? exact : SIZE_MAX;
+}
+
+static double saved_estimate(double T, double B, double H)
 {
     (void)T, (void)B, (void)H;
     return 4 * T * B * H;
+}
+
+size_t cellgen_gru_saved_size(size_t T, size_t B, size_t H)
+{
+    return checked_size(saved_estimate((double)T, (double)B, (double)H), 4 * T * B * H);
+}
+
+static double work_estimate(double T, double B, double I, double H)
+{
+    const double forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
+    const double backward = 5 * B * H + 3 * T * B * H;
+    (void)T, (void)B, (void)I, (void)H;
+    return forward > backward ? forward : backward;
 }
 
 size_t cellgen_gru_work_size(size_t T, size_t B, size_t I, size_t H)
 {
     const size_t forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
     const size_t backward = 5 * B * H + 3 * T * B * H;
-    (void)T, (void)B, (void)I, (void)H;
-    return forward > backward ? forward : backward;
+    const double estimate = work_estimate((double)T, (double)B, (double)I, (double)H);
+    return checked_size(estimate, forward > backward ? forward : backward);
 }
 
-size_t cellgen_gru_packed_size(size_t I, size_t H)
+static double packed_estimate(double I, double H)
 {
     (void)I, (void)H;
     return 3 * H + 3 * H * H + 3 * I * H;
 }
 
-size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H)
+size_t cellgen_gru_packed_size(size_t I, size_t H)
+{
+    return checked_size(packed_estimate((double)I, (double)H), 3 * H + 3 * H * H + 3 * I * H);
+}
+
+static double infer_work_estimate(double B, double I, double H)
 {
     (void)B, (void)I, (void)H;
     return 54 * B * H;
+}
+
+size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H)
+{
+    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 54 * B * H);
 }
 
 /* ---- double ---- */

@@ -10,6 +10,8 @@
  * The caller provides all memory; nothing is allocated and nothing global is kept:
  *   saved: cellgen_gru_reset_after_saved_size(T, B, H) numbers that forward keeps for backward;
  *   work:  cellgen_gru_reset_after_work_size(T, B, I, H) numbers of scratch space, for either call.
+ * A size function returns SIZE_MAX when the count would reach SIZE_MAX / 16 (memory no machine
+ * has): check for it before allocating. Any other count, times sizeof(double), fits in size_t.
  * In backward, a NULL d_<state>_final means a zero adjoint for that final state.
  */
 #ifndef CELLGEN_GRU_RESET_AFTER_H

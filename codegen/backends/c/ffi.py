@@ -4,7 +4,8 @@ Arguments arrive validated (shapes, dtype, contiguity) from codegen.load; this m
 allocates the outputs and the saved buffer, keeps a workspace per thread, and passes pointers in
 the order of the generated signatures (see printer.signatures). A call costs a few microseconds
 of Python on top of the C: pointers are taken from the buffer protocol (cheaper than
-ndarray.ctypes) and the workspace is reused from call to call.
+ndarray.ctypes) and the workspace is reused from call to call, up to `work_limit` bytes per
+thread (a larger one is allocated for its call only); it is freed with the CFunctions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 from .build import build, open_library
 
 _REAL = {"float64": "f64", "float32": "f32"}
+SIZE_MAX = ctypes.c_size_t(-1).value  # what a size function returns when a count cannot fit
+WORK_KEPT = 1 << 26  # bytes: the largest workspace kept between calls (64 MiB), as NumPy's
 _char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
 
@@ -73,14 +76,29 @@ class CFunctions:
         self._infer.restype = None
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
+        self.work_limit = WORK_KEPT
 
-    def _work(self, T: int, B: int, I: int, H: int) -> int:
-        """The address of a workspace of work_size numbers, reused by this thread's calls."""
+    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int | None:
+        """Numbers a call allocates besides its results (saved, work), from the C size
+        functions; None when one of them says the count does not fit in size_t."""
+        if what == "infer":
+            sizes = [self._infer_work_size(B, I, H)]
+        else:
+            sizes = [self._work_size(T, B, I, H)]
+            sizes += [self._saved_size(T, B, H)] if what == "forward" else []
+        return None if SIZE_MAX in sizes else sum(sizes)
+
+    def _work(self, T: int, B: int, I: int, H: int) -> np.ndarray:
+        """A workspace of work_size numbers: this thread's, reused, when it fits the limit.
+        The caller holds the array for the duration of the call."""
         size = max(self._work_size(T, B, I, H), 1)
         work = getattr(self._local, "work", None)
+        if work is not None and work.nbytes > self.work_limit:  # the limit was lowered
+            work = self._local.work = None
         if work is None or work.size < size:
-            work = self._local.work = np.empty(size, self.dtype)
-        return address(work)
+            work = np.empty(size, self.dtype)
+            self._local.work = work if work.nbytes <= self.work_limit else None
+        return work
 
     def forward(self, xs: np.ndarray, state0: dict, params: dict):
         T, B, I = xs.shape
@@ -89,6 +107,7 @@ class CFunctions:
         ys = np.empty((T, B, H), dtype)
         final = {s: np.empty((B, H), dtype) for s in self.states}
         saved = np.empty(self._saved_size(T, B, H), dtype)
+        work = self._work(T, B, I, H)
         self._forward(
             T, B, I, H,
             address(xs),
@@ -97,7 +116,7 @@ class CFunctions:
             address(ys),
             *[address(final[s]) for s in self.states],
             address(saved) if saved.size else None,
-            self._work(T, B, I, H),
+            address(work),
         )  # fmt: skip
         cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": saved}
         return ys, final, cache
@@ -111,6 +130,7 @@ class CFunctions:
         dstate0 = {s: np.empty((B, H), dtype) for s in self.states}
         dparams = {p: np.empty(params[p].shape, dtype) for p in self.params}
         saved = cache["saved"]
+        work = self._work(T, B, I, H)
         self._backward(
             T, B, I, H,
             address(xs),
@@ -123,7 +143,7 @@ class CFunctions:
             address(dxs),
             *[address(dstate0[s]) for s in self.states],
             *[address(dparams[p]) for p in self.params],
-            self._work(T, B, I, H),
+            address(work),
         )  # fmt: skip
         return dxs, dstate0, dparams
 

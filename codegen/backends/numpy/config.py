@@ -17,10 +17,11 @@ def files(kernel, render) -> dict[str, str]:
 
 
 def load(generated: Path, spec, dtype: str | None):
-    """The generated module itself: it has forward() and backward()."""
+    """The generated module's functions, with work arrays of their own (see functions.py)."""
     from ...load import import_generated
+    from .functions import NumpyFunctions
 
-    return import_generated(generated / "numpy" / f"{spec.name}.py")
+    return NumpyFunctions(import_generated(generated / "numpy" / f"{spec.name}.py"))
 
 
 CONFIG = register(

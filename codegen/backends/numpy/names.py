@@ -28,7 +28,7 @@ RESERVED = (
     | {
         "np", "threading", "CELL", "STATES", "OUTPUT", "PARAM_SHAPES", "SAVED", "forward",
         "backward", "t", "T", "B", "I", "H", "xs", "ys", "dys", "params", "state0", "final",
-        "cache", "dfinal", "dxs", "dstate0", "dparams", "dtype",
+        "cache", "dfinal", "dxs", "dstate0", "dparams", "dtype", "work",
     }
 )  # fmt: skip
 RESERVED_PATTERN = r"_.*"

@@ -1,0 +1,45 @@
+"""A generated NumPy module's functions for one kernel, with work arrays that kernel owns.
+
+The module itself is shared (imported once per path); its work arrays live here instead, one
+Work per thread, so that they are bounded (`work_limit` bytes per thread) and are freed with the
+kernel that uses them.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import ModuleType
+
+
+class NumpyFunctions:
+    """forward, backward, pack and infer of one generated module, with this kernel's Work."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+        self.work_limit: int = module.WORK_KEPT  # bytes kept between calls, per thread
+        self._local = threading.local()
+
+    def _work(self):
+        """This thread's Work (a new one when the limit changed)."""
+        work = getattr(self._local, "work", None)
+        if work is None or work.limit != self.work_limit:
+            work = self._local.work = self.module.Work(self.work_limit)
+        return work
+
+    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int:
+        """Numbers a call allocates besides its results, at least: forward saves a series
+        of each SAVED value and of each state besides the output (ys)."""
+        module = self.module
+        return (len(module.SAVED) + len(module.STATES) - 1) * T * B * H if what == "forward" else 0
+
+    def forward(self, xs, state0: dict, params: dict):
+        return self.module.forward(xs, state0, params, work=self._work())
+
+    def backward(self, dys, cache: dict, dfinal: dict):
+        return self.module.backward(dys, cache, dfinal, work=self._work())
+
+    def pack(self, params: dict, input_size: int, hidden_size: int):
+        return self.module.pack(params, input_size, hidden_size)
+
+    def infer(self, xs, state0: dict, packed):
+        return self.module.infer(xs, state0, packed, work=self._work())
