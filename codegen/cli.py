@@ -114,8 +114,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.verdict == "PASS" for r in rows) else EXIT_FAIL
 
 
+def cmd_bench_infer(args: argparse.Namespace) -> int:
+    from .bench_infer import DEFAULT_CELLS, DTYPES, parse_sizes, run
+
+    report = run(
+        cells=args.cells or DEFAULT_CELLS,
+        sizes=parse_sizes(args.sizes) if args.sizes else None,
+        dtypes=DTYPES if args.dtype == "all" else [args.dtype or "float32"],
+        B=args.batch,
+        T=args.steps,
+        rounds=args.rounds,
+        progress=sys.stderr,
+    )
+    print(report.json() if args.json else report.table())
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import DEFAULT_CELLS, DTYPES, parse_shapes, run
+
+    if args.infer:
+        return cmd_bench_infer(args)
 
     if args.torch_train:
         from . import bench_train
@@ -133,7 +152,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run(
         cells=args.cells or DEFAULT_CELLS,
         shapes=parse_shapes(args.shapes) if args.shapes else None,
-        dtypes=DTYPES if args.dtype == "all" else [args.dtype],
+        dtypes=DTYPES if args.dtype in ("all", None) else [args.dtype],
         backends=None if args.backend == "all" else [args.backend],
         rounds=args.rounds,
         with_torch=not args.no_torch,
@@ -256,9 +275,27 @@ def parser() -> argparse.ArgumentParser:
         metavar="T,B,I,H",
         help="problem sizes such as T32,B32,I256,H256 (default: the four of the README)",
     )
-    s.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
+    s.add_argument(
+        "--dtype",
+        choices=["float32", "float64", "all"],
+        default=None,
+        help="default: all; float32 with --infer",
+    )
     s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
+    s.add_argument(
+        "--infer",
+        action="store_true",
+        help="time C inference in C instead: per-sample streaming and whole sequences",
+    )
+    s.add_argument(
+        "--sizes",
+        nargs="+",
+        metavar="I,H",
+        help="with --infer: sizes such as I1,H64 (default: I=1 and I=H for H=8..128)",
+    )
+    s.add_argument("--batch", type=int, default=1, help="with --infer: batch B (default 1)")
+    s.add_argument("--steps", type=int, default=48000, help="with --infer: steps T (default 48000)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
     s.add_argument(
         "--torch-train",

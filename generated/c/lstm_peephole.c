@@ -15,6 +15,51 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+/* Shared by the float and double inference helpers (infer_helpers.c.jinja): FMA, the AVX-512
+ * switch, the panel width and the row pitch of packed groups. Include once, after the headers. */
+#if defined(FP_FAST_FMAF)
+#define CELLGEN_FMA_F32(a, b, c) fmaf((a), (b), (c))
+#else
+#define CELLGEN_FMA_F32(a, b, c) ((a) * (b) + (c))
+#endif
+#if defined(FP_FAST_FMA)
+#define CELLGEN_FMA_F64(a, b, c) fma((a), (b), (c))
+#else
+#define CELLGEN_FMA_F64(a, b, c) ((a) * (b) + (c))
+#endif
+#if defined(__AVX512F__) && defined(FP_FAST_FMAF) && defined(FP_FAST_FMA)
+#define CELLGEN_AVX512 1
+#include <immintrin.h>
+#endif
+#if defined(__GNUC__)
+#define CELLGEN_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define CELLGEN_NOINLINE __attribute__((noinline, unused))
+#else
+#define CELLGEN_ALWAYS_INLINE inline
+#define CELLGEN_NOINLINE
+#endif
+
+/* Panel width in numbers: 8 vectors of 64 bytes. */
+enum { CELLGEN_PANEL_F32 = 128, CELLGEN_PANEL_F64 = 64 };
+
+/* n rounded up to a multiple of 16 numbers (64 bytes of float): row pitch of packed panels. */
+static inline size_t infer_pad(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+/* Numbers one packed group of Kp rows and N columns takes (the same for both dtypes). */
+static inline size_t infer_group_size(size_t Kp, size_t N)
+{
+    return Kp * infer_pad(N);
+}
+
+/* Over several steps, infer computes the input products of CELLGEN_CHUNK steps as one product
+ * (each weight loaded serves 4 rows) when the input weights are large enough to be worth it (at
+ * least CELLGEN_HOIST_MIN numbers: below, a step is bound by latency, not by loading weights);
+ * the work buffer holds the pre-activations of CELLGEN_CHUNK steps, whatever T. Either way each
+ * element is summed in the same order, so the results do not depend on the choice. */
+enum { CELLGEN_CHUNK = 32, CELLGEN_HOIST_MIN = 8192 };
 
 /* Sizes, overflow-safe: each size is also evaluated in double, where it cannot wrap (and is
  * off by a relative 1e-15 at most); from SIZE_MAX / 16 on, the size is SIZE_MAX. Below that,
@@ -60,7 +105,10 @@ static double packed_estimate(double I, double H)
 
 size_t cellgen_lstm_peephole_packed_size(size_t I, size_t H)
 {
-    return checked_size(packed_estimate((double)I, (double)H), 7 * H + 4 * H * H + 4 * I * H);
+    const size_t size = infer_group_size(I, 4 * H) + infer_group_size(H, 4 * H) + H + H + H + H + H + H + H;
+    /* the padding adds at most 16 numbers per row of a group */
+    const double pad = 16.0 * ((double)I + (double)H);
+    return checked_size(packed_estimate((double)I, (double)H) + pad, size);
 }
 
 static double infer_work_estimate(double B, double I, double H)
@@ -130,6 +178,436 @@ static inline double tanh_f64(double x)
     const double small = x + x * (p / q);
     const double large = 1.0 - 2.0 / (exp_f64(2.0 * a) + 1.0);
     return a < 0.625 ? small : (x < 0.0 ? -large : large);
+}
+
+/* ---- double inference: packed product groups ----
+ *
+ * A product group is the gate matrices that one operand multiplies, side by side: column
+ * g * H + j for unit j of gate g (or any order the cell's pointwise stage reads). A fused group
+ * stacks two operands over k: x's matrices in rows 0..I-1, h's in rows I..I+H-1, for gates whose
+ * pre-activation is W x + U h + b, which then take both products in one accumulator. Columns
+ * from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n gate).
+ *
+ * Packed layout of a group of Kp rows: panels of 64 columns (8 AVX-512
+ * vectors of double), the last one narrower; a panel of width w is stored k-major, Kp rows of
+ * wp = w rounded up to 16 numbers (zeros past w), so that the product streams it front to back,
+ * a row at a time. Panel p starts at Kp * (p * panel width); a group takes
+ * infer_group_size(Kp, N) numbers, a multiple of 16, so that groups packed one after another stay
+ * 64-byte aligned if the first is.
+ *
+ * Arithmetic order: for each output element and each operand (x, then h), the products are
+ * added one at a time, in increasing k, each with a single rounding (FMA), to the running value
+ * e (its initial value: a bias, or an earlier product). In a panel narrower than 8 vectors
+ * (where too few accumulators would leave the FMA units waiting on each other's latency) the
+ * chain is split: even k into e, odd k likewise into o, which starts at zero, and then, if the
+ * operand has two rows or more, e = e + o. The order depends only on the packed layout: no path
+ * (vector width, rows per tile, tail, input products hoisted over a chunk of steps or not)
+ * changes it, so streaming one step per call gives the same bits as one call over the sequence.
+ * Without hardware FMA (FP_FAST_FMA undefined) the same order runs as
+ * a * b + c, two roundings.
+ */
+
+/* Writes M (H, K) into rows k0..k0+K-1 and columns n0..n0+H-1 of a packed group of Kp rows and
+ * N columns at P: P's element (k0 + k, n0 + j) = M[j][k]. Pack every matrix of a group after
+ * infer_clear_f64 has zeroed it (the padding must be zero). */
+static inline void infer_pack_f64(size_t H, size_t K, const double *restrict M, size_t Kp,
+                                  size_t N, size_t k0, size_t n0, double *restrict P)
+{
+    for (size_t j = 0; j < H; ++j) {
+        const size_t n = n0 + j;
+        const size_t p0 = n - n % CELLGEN_PANEL_F64;
+        const size_t w = N - p0 < CELLGEN_PANEL_F64 ? N - p0 : CELLGEN_PANEL_F64;
+        double *const panel = P + Kp * p0;
+        const size_t wp = infer_pad(w);
+        for (size_t k = 0; k < K; ++k) {
+            panel[(k0 + k) * wp + (n - p0)] = M[j * K + k];
+        }
+    }
+}
+
+/* out[0..n) = 0 */
+static inline void infer_clear_f64(size_t n, double *restrict out)
+{
+    for (size_t k = 0; k < n; ++k) {
+        out[k] = 0.0;
+    }
+}
+
+#if defined(CELLGEN_AVX512)
+/* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
+ * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
+ * k into o, then e += o. */
+static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int split,
+    const double *restrict p, size_t wp, size_t K, const double *restrict a, size_t lda,
+    __m512d (*e)[8])
+{
+    if (!split) {
+        for (size_t k = 0; k < K; ++k) {
+            const double *const row0 = p + k * wp;
+            for (size_t r = 0; r < R; ++r) {
+                const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
+                for (size_t v = 0; v < V; ++v) {
+                    e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                }
+            }
+        }
+        return;
+    }
+    __m512d o[4][8];
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            o[r][v] = _mm512_setzero_pd();
+        }
+    }
+    size_t k = 0;
+    for (; k + 2 <= K; k += 2) {
+        const double *const row0 = p + k * wp;
+        const double *const row1 = row0 + wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
+            const __m512d x1 = _mm512_set1_pd(a[r * lda + k + 1]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                o[r][v] = _mm512_fmadd_pd(x1, _mm512_loadu_pd(row1 + v * 8), o[r][v]);
+            }
+        }
+    }
+    if (k < K) {
+        const double *const row0 = p + k * wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+            }
+        }
+    }
+    if (K >= 2) {
+        for (size_t r = 0; r < R; ++r) {
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_add_pd(e[r][v], o[r][v]);
+            }
+        }
+    }
+}
+
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
+ * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
+ * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
+ * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+ * call, so that the accumulators live in registers. */
+static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned lanes,
+    const double *restrict p, size_t wp, size_t K1, const double *restrict a1, size_t lda1,
+    size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi,
+    double *c, size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2,
+    size_t ldc2)
+{
+    __m512d e[4][8];
+    const __mmask8 last = (__mmask8)((1u << lanes) - 1u);
+    const __mmask8 all = (__mmask8)~0u;
+    const int split = wp < 64;
+    if (K2 == 0) {
+        apart = V;
+    }
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            e[r][v] = _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8);
+        }
+    }
+    infer_segment_f64(R, V, split, p, wp, K1, a1, lda1, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
+            if (v >= apart) {
+                const __mmask8 m = v + 1 < V ? all : last;
+                _mm512_mask_storeu_pd(c + r * ldc + v * 8, m, e[r][v]);
+                e[r][v] = _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8);
+            }
+        }
+    }
+    infer_segment_f64(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            double *const out = v < apart ? c + r * ldc + v * 8
+                                         : c2 + r * ldc2 + (v - apart) * 8;
+            _mm512_mask_storeu_pd(out, v + 1 < V ? all : last, e[r][v]);
+        }
+    }
+}
+
+/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_4x1_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x8_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x7_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x6_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x5_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_tile_f64(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+
+/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
+ * kept apart: the same order per element as two 1x8 tiles. */
+static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, size_t Kp,
+    size_t K1, const double *restrict a1, size_t K2, const double *restrict a2,
+    const double *init, double *c)
+{
+    const size_t wp = CELLGEN_PANEL_F64;
+    const double *const q = p + Kp * wp;
+    __m512d e[16];
+    for (size_t v = 0; v < 16; ++v) {
+        e[v] = _mm512_loadu_pd(init + v * 8);
+    }
+    for (size_t k = 0; k < K1 + K2; ++k) {
+        const __m512d x = _mm512_set1_pd(k < K1 ? a1[k] : a2[k - K1]);
+        for (size_t v = 0; v < 8; ++v) {
+            e[v] = _mm512_fmadd_pd(x, _mm512_loadu_pd(p + k * wp + v * 8), e[v]);
+            e[v + 8] = _mm512_fmadd_pd(x, _mm512_loadu_pd(q + k * wp + v * 8), e[v + 8]);
+        }
+    }
+    for (size_t v = 0; v < 16; ++v) {
+        _mm512_storeu_pd(c + v * 8, e[v]);
+    }
+}
+#else
+/* The products of one operand into the row c (w numbers), in the order stated above; o is
+ * scratch for the odd k of a split panel. */
+static inline void infer_segment_f64(size_t w, const double *restrict p, size_t wp, size_t K,
+    const double *restrict a, double *restrict c, double *restrict o)
+{
+    size_t k = 0;
+    if (wp >= 64) {
+        for (; k < K; ++k) {
+            const double x0 = a[k];
+            const double *const row0 = p + k * wp;
+            for (size_t n = 0; n < w; ++n) {
+                c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
+            }
+        }
+        return;
+    }
+    for (size_t n = 0; n < w; ++n) {
+        o[n] = 0.0;
+    }
+    for (; k + 2 <= K; k += 2) {
+        const double x0 = a[k], x1 = a[k + 1];
+        const double *const row0 = p + k * wp;
+        const double *const row1 = row0 + wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
+            o[n] = CELLGEN_FMA_F64(x1, row1[n], o[n]);
+        }
+    }
+    if (k < K) {
+        const double x0 = a[k];
+        const double *const row0 = p + k * wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
+        }
+    }
+    if (K >= 2) {
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = c[n] + o[n];
+        }
+    }
+}
+#endif
+
+/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
+ * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
+ * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * in the order stated above; K1 or K2 may be 0 (one operand).
+ *
+ * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
+ * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ *
+ * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static inline void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
+    size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
+#if defined(CELLGEN_AVX512)
+        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F64 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F64 || K2 == 0)) {
+            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            n0 += CELLGEN_PANEL_F64;
+            continue;
+        }
+#endif
+        const size_t w = N - n0 < CELLGEN_PANEL_F64 ? N - n0 : CELLGEN_PANEL_F64;
+        const size_t wp = infer_pad(w);
+        const double *const p = P + Kp * n0 + k0 * wp;
+        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+        const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+        const size_t Va = ja < w ? ja / 8 : CELLGEN_PANEL_F64; /* first apart vector */
+        size_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            for (size_t v0 = 0; v0 * 8 < w; v0 += 2) {
+                const size_t left = w - v0 * 8;
+                const unsigned lanes = (unsigned)(left > 2 * 8 ? 8
+                                                  : left > 8 ? left - 8 : left);
+                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 8 : q;
+                const double *const pv = p + v0 * 8;
+                const double *const iv = init + r * ldi + n0 + v0 * 8;
+                double *const cv = c + r * ldc + n0 + v0 * 8;
+                const double *const b1 = a1 + r * lda1;
+                const double *const b2 = a2 + r * lda2;
+                const double *const i2 = init2 + r * ldi2 + qv;
+                double *const c2v = c2 + r * ldc2 + qv;
+                if (left > 8) {
+                    infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart, i2, ldi2, c2v, ldc2);
+                } else {
+                    infer_tile_4x1_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                }
+            }
+        }
+        for (; r < R; ++r) {
+            const size_t V = (w + 7) / 8;
+            const unsigned lanes = (unsigned)(w - (V - 1) * 8);
+            const double *const b1 = a1 + r * lda1;
+            const double *const b2 = a2 + r * lda2;
+            const double *const iv = init + r * ldi + n0;
+            double *const cv = c + r * ldc + n0;
+            const double *const i2 = init2 + r * ldi2 + q;
+            double *const c2v = c2 + r * ldc2 + q;
+            switch (V) {
+            case 8:
+                infer_tile_1x8_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 7:
+                infer_tile_1x7_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 6:
+                infer_tile_1x6_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 5:
+                infer_tile_1x5_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 4:
+                infer_tile_1x4_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 3:
+                infer_tile_1x3_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 2:
+                infer_tile_1x2_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            default:
+                infer_tile_1x1_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            }
+        }
+#else
+        double o[CELLGEN_PANEL_F64];
+        for (size_t r = 0; r < R; ++r) {
+            double *const cr = c + r * ldc + n0;
+            const double *const ir = init + r * ldi + n0;
+            const double *const b2 = a2 + r * lda2;
+            for (size_t n = 0; n < w; ++n) {
+                cr[n] = ir[n];
+            }
+            infer_segment_f64(w, p, wp, K1, a1 + r * lda1, cr, o);
+            if (K2 == 0) {
+                continue;
+            }
+            infer_segment_f64(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            if (ja < w) {
+                double *const c2r = c2 + r * ldc2 + q;
+                const double *const i2r = init2 + r * ldi2 + q;
+                for (size_t n = 0; n < w - ja; ++n) {
+                    c2r[n] = i2r[n];
+                }
+                infer_segment_f64(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+            }
+        }
+#endif
+    }
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -514,21 +992,35 @@ void cellgen_lstm_peephole_pack_f64(
     const double *p_i, const double *p_f, const double *p_o,
     double *packed)
 {
-    transpose_f64(H, I, W_f, packed + 0 + 0 * H, 4 * H);
-    transpose_f64(H, I, W_i, packed + 0 + 1 * H, 4 * H);
-    transpose_f64(H, I, W_c, packed + 0 + 2 * H, 4 * H);
-    transpose_f64(H, I, W_o, packed + 0 + 3 * H, 4 * H);
-    transpose_f64(H, H, U_f, packed + 4 * I * H + 0 * H, 4 * H);
-    transpose_f64(H, H, U_i, packed + 4 * I * H + 1 * H, 4 * H);
-    transpose_f64(H, H, U_c, packed + 4 * I * H + 2 * H, 4 * H);
-    transpose_f64(H, H, U_o, packed + 4 * I * H + 3 * H, 4 * H);
-    copy_f64(H, b_f, packed + 4 * H * H + 4 * I * H);
-    copy_f64(H, b_i, packed + H + 4 * H * H + 4 * I * H);
-    copy_f64(H, b_c, packed + 2 * H + 4 * H * H + 4 * I * H);
-    copy_f64(H, b_o, packed + 3 * H + 4 * H * H + 4 * I * H);
-    copy_f64(H, p_i, packed + 4 * H + 4 * H * H + 4 * I * H);
-    copy_f64(H, p_f, packed + 5 * H + 4 * H * H + 4 * I * H);
-    copy_f64(H, p_o, packed + 6 * H + 4 * H * H + 4 * I * H);
+    double *next = packed;
+    /* W_f, W_i, W_c, W_o in panels, for the products of x */
+    infer_clear_f64(infer_group_size(I, 4 * H), next);
+    infer_pack_f64(H, I, W_f, I, 4 * H, 0, 0 * H, next);
+    infer_pack_f64(H, I, W_i, I, 4 * H, 0, 1 * H, next);
+    infer_pack_f64(H, I, W_c, I, 4 * H, 0, 2 * H, next);
+    infer_pack_f64(H, I, W_o, I, 4 * H, 0, 3 * H, next);
+    next += infer_group_size(I, 4 * H);
+    /* U_f, U_i, U_c, U_o in panels, for the products of h_prev */
+    infer_clear_f64(infer_group_size(H, 4 * H), next);
+    infer_pack_f64(H, H, U_f, H, 4 * H, 0, 0 * H, next);
+    infer_pack_f64(H, H, U_i, H, 4 * H, 0, 1 * H, next);
+    infer_pack_f64(H, H, U_c, H, 4 * H, 0, 2 * H, next);
+    infer_pack_f64(H, H, U_o, H, 4 * H, 0, 3 * H, next);
+    next += infer_group_size(H, 4 * H);
+    copy_f64(H, b_f, next);
+    next += H;
+    copy_f64(H, b_i, next);
+    next += H;
+    copy_f64(H, b_c, next);
+    next += H;
+    copy_f64(H, b_o, next);
+    next += H;
+    copy_f64(H, p_i, next);
+    next += H;
+    copy_f64(H, p_f, next);
+    next += H;
+    copy_f64(H, p_o, next);
+    next += H;
     (void)I;
 }
 
@@ -539,15 +1031,25 @@ void cellgen_lstm_peephole_infer_f64(
     double *ys, double *work)
 {
     const size_t BH = B * H;
-    const double *const x_MT = packed + 0;
-    const double *const h_prev_MT = packed + 4 * I * H;
-    const double *const b_f = packed + 4 * H * H + 4 * I * H;
-    const double *const b_i = packed + H + 4 * H * H + 4 * I * H;
-    const double *const b_c = packed + 2 * H + 4 * H * H + 4 * I * H;
-    const double *const b_o = packed + 3 * H + 4 * H * H + 4 * I * H;
-    const double *const p_i = packed + 4 * H + 4 * H * H + 4 * I * H;
-    const double *const p_f = packed + 5 * H + 4 * H * H + 4 * I * H;
-    const double *const p_o = packed + 6 * H + 4 * H * H + 4 * I * H;
+    const double *weights = packed;
+    const double *const x_MT = weights;
+    weights += infer_group_size(I, 4 * H);
+    const double *const h_prev_MT = weights;
+    weights += infer_group_size(H, 4 * H);
+    const double *const b_f = weights;
+    weights += H;
+    const double *const b_i = weights;
+    weights += H;
+    const double *const b_c = weights;
+    weights += H;
+    const double *const b_o = weights;
+    weights += H;
+    const double *const p_i = weights;
+    weights += H;
+    const double *const p_f = weights;
+    weights += H;
+    const double *const p_o = weights;
+    weights += H;
     double *next = work;
     double *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x of up to 16 steps */
     next += 64 * B * H;
@@ -561,7 +1063,8 @@ void cellgen_lstm_peephole_infer_f64(
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
         fill_f64(steps * B * 4 * H, 0.0, x_products);
-        gemm_f64(steps * B, I, 4 * H, xs + t0 * B * I, I, x_MT, 4 * H, x_products, 4 * H);
+        infer_product_f64(steps * B, 4 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                          x_products, 4 * H, x_products, 4 * H, 4 * H, x_products, 0, x_products, 0);
         for (size_t t = t0; t < t0 + steps; ++t) {
             const double *const h_prev = h_state;
             const double *const c_prev = c_state;
@@ -574,7 +1077,8 @@ void cellgen_lstm_peephole_infer_f64(
             const double *const U_c_h_prev = h_prev_products + 2 * H;
             const double *const U_o_h_prev = h_prev_products + 3 * H;
             fill_f64(B * 4 * H, 0.0, h_prev_products);
-            gemm_f64(B, H, 4 * H, h_prev, H, h_prev_MT, 4 * H, h_prev_products, 4 * H);
+            infer_product_f64(B, 4 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
+                              h_prev_products, 4 * H, h_prev_products, 4 * H, 4 * H, h_prev_products, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
@@ -656,6 +1160,436 @@ static inline float tanh_f32(float x)
     const float small = p * x + x;
     const float large = 1.0F - 2.0F / (exp_f32(2.0F * a) + 1.0F);
     return a < 0.625F ? small : (x < 0.0F ? -large : large);
+}
+
+/* ---- float inference: packed product groups ----
+ *
+ * A product group is the gate matrices that one operand multiplies, side by side: column
+ * g * H + j for unit j of gate g (or any order the cell's pointwise stage reads). A fused group
+ * stacks two operands over k: x's matrices in rows 0..I-1, h's in rows I..I+H-1, for gates whose
+ * pre-activation is W x + U h + b, which then take both products in one accumulator. Columns
+ * from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n gate).
+ *
+ * Packed layout of a group of Kp rows: panels of 128 columns (8 AVX-512
+ * vectors of float), the last one narrower; a panel of width w is stored k-major, Kp rows of
+ * wp = w rounded up to 16 numbers (zeros past w), so that the product streams it front to back,
+ * a row at a time. Panel p starts at Kp * (p * panel width); a group takes
+ * infer_group_size(Kp, N) numbers, a multiple of 16, so that groups packed one after another stay
+ * 64-byte aligned if the first is.
+ *
+ * Arithmetic order: for each output element and each operand (x, then h), the products are
+ * added one at a time, in increasing k, each with a single rounding (FMA), to the running value
+ * e (its initial value: a bias, or an earlier product). In a panel narrower than 8 vectors
+ * (where too few accumulators would leave the FMA units waiting on each other's latency) the
+ * chain is split: even k into e, odd k likewise into o, which starts at zero, and then, if the
+ * operand has two rows or more, e = e + o. The order depends only on the packed layout: no path
+ * (vector width, rows per tile, tail, input products hoisted over a chunk of steps or not)
+ * changes it, so streaming one step per call gives the same bits as one call over the sequence.
+ * Without hardware FMA (FP_FAST_FMAF undefined) the same order runs as
+ * a * b + c, two roundings.
+ */
+
+/* Writes M (H, K) into rows k0..k0+K-1 and columns n0..n0+H-1 of a packed group of Kp rows and
+ * N columns at P: P's element (k0 + k, n0 + j) = M[j][k]. Pack every matrix of a group after
+ * infer_clear_f32 has zeroed it (the padding must be zero). */
+static inline void infer_pack_f32(size_t H, size_t K, const float *restrict M, size_t Kp,
+                                  size_t N, size_t k0, size_t n0, float *restrict P)
+{
+    for (size_t j = 0; j < H; ++j) {
+        const size_t n = n0 + j;
+        const size_t p0 = n - n % CELLGEN_PANEL_F32;
+        const size_t w = N - p0 < CELLGEN_PANEL_F32 ? N - p0 : CELLGEN_PANEL_F32;
+        float *const panel = P + Kp * p0;
+        const size_t wp = infer_pad(w);
+        for (size_t k = 0; k < K; ++k) {
+            panel[(k0 + k) * wp + (n - p0)] = M[j * K + k];
+        }
+    }
+}
+
+/* out[0..n) = 0 */
+static inline void infer_clear_f32(size_t n, float *restrict out)
+{
+    for (size_t k = 0; k < n; ++k) {
+        out[k] = 0.0F;
+    }
+}
+
+#if defined(CELLGEN_AVX512)
+/* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
+ * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
+ * k into o, then e += o. */
+static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int split,
+    const float *restrict p, size_t wp, size_t K, const float *restrict a, size_t lda,
+    __m512 (*e)[8])
+{
+    if (!split) {
+        for (size_t k = 0; k < K; ++k) {
+            const float *const row0 = p + k * wp;
+            for (size_t r = 0; r < R; ++r) {
+                const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+                for (size_t v = 0; v < V; ++v) {
+                    e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                }
+            }
+        }
+        return;
+    }
+    __m512 o[4][8];
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            o[r][v] = _mm512_setzero_ps();
+        }
+    }
+    size_t k = 0;
+    for (; k + 2 <= K; k += 2) {
+        const float *const row0 = p + k * wp;
+        const float *const row1 = row0 + wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+            const __m512 x1 = _mm512_set1_ps(a[r * lda + k + 1]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                o[r][v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(row1 + v * 16), o[r][v]);
+            }
+        }
+    }
+    if (k < K) {
+        const float *const row0 = p + k * wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+            }
+        }
+    }
+    if (K >= 2) {
+        for (size_t r = 0; r < R; ++r) {
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_add_ps(e[r][v], o[r][v]);
+            }
+        }
+    }
+}
+
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
+ * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
+ * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
+ * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+ * call, so that the accumulators live in registers. */
+static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned lanes,
+    const float *restrict p, size_t wp, size_t K1, const float *restrict a1, size_t lda1,
+    size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi,
+    float *c, size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2,
+    size_t ldc2)
+{
+    __m512 e[4][8];
+    const __mmask16 last = (__mmask16)((1u << lanes) - 1u);
+    const __mmask16 all = (__mmask16)~0u;
+    const int split = wp < 128;
+    if (K2 == 0) {
+        apart = V;
+    }
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            e[r][v] = _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16);
+        }
+    }
+    infer_segment_f32(R, V, split, p, wp, K1, a1, lda1, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
+            if (v >= apart) {
+                const __mmask16 m = v + 1 < V ? all : last;
+                _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
+                e[r][v] = _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16);
+            }
+        }
+    }
+    infer_segment_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            float *const out = v < apart ? c + r * ldc + v * 16
+                                         : c2 + r * ldc2 + (v - apart) * 16;
+            _mm512_mask_storeu_ps(out, v + 1 < V ? all : last, e[r][v]);
+        }
+    }
+}
+
+/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_4x1_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x8_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x7_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x6_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x5_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_f32(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+
+/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
+ * kept apart: the same order per element as two 1x8 tiles. */
+static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, size_t Kp,
+    size_t K1, const float *restrict a1, size_t K2, const float *restrict a2,
+    const float *init, float *c)
+{
+    const size_t wp = CELLGEN_PANEL_F32;
+    const float *const q = p + Kp * wp;
+    __m512 e[16];
+    for (size_t v = 0; v < 16; ++v) {
+        e[v] = _mm512_loadu_ps(init + v * 16);
+    }
+    for (size_t k = 0; k < K1 + K2; ++k) {
+        const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
+        for (size_t v = 0; v < 8; ++v) {
+            e[v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(p + k * wp + v * 16), e[v]);
+            e[v + 8] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + k * wp + v * 16), e[v + 8]);
+        }
+    }
+    for (size_t v = 0; v < 16; ++v) {
+        _mm512_storeu_ps(c + v * 16, e[v]);
+    }
+}
+#else
+/* The products of one operand into the row c (w numbers), in the order stated above; o is
+ * scratch for the odd k of a split panel. */
+static inline void infer_segment_f32(size_t w, const float *restrict p, size_t wp, size_t K,
+    const float *restrict a, float *restrict c, float *restrict o)
+{
+    size_t k = 0;
+    if (wp >= 128) {
+        for (; k < K; ++k) {
+            const float x0 = a[k];
+            const float *const row0 = p + k * wp;
+            for (size_t n = 0; n < w; ++n) {
+                c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
+            }
+        }
+        return;
+    }
+    for (size_t n = 0; n < w; ++n) {
+        o[n] = 0.0F;
+    }
+    for (; k + 2 <= K; k += 2) {
+        const float x0 = a[k], x1 = a[k + 1];
+        const float *const row0 = p + k * wp;
+        const float *const row1 = row0 + wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
+            o[n] = CELLGEN_FMA_F32(x1, row1[n], o[n]);
+        }
+    }
+    if (k < K) {
+        const float x0 = a[k];
+        const float *const row0 = p + k * wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
+        }
+    }
+    if (K >= 2) {
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = c[n] + o[n];
+        }
+    }
+}
+#endif
+
+/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
+ * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
+ * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * in the order stated above; K1 or K2 may be 0 (one operand).
+ *
+ * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
+ * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ *
+ * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static inline void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
+    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
+#if defined(CELLGEN_AVX512)
+        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
+            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            n0 += CELLGEN_PANEL_F32;
+            continue;
+        }
+#endif
+        const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
+        const size_t wp = infer_pad(w);
+        const float *const p = P + Kp * n0 + k0 * wp;
+        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+        const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+        const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
+        size_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
+                const size_t left = w - v0 * 16;
+                const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
+                                                  : left > 16 ? left - 16 : left);
+                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
+                const float *const pv = p + v0 * 16;
+                const float *const iv = init + r * ldi + n0 + v0 * 16;
+                float *const cv = c + r * ldc + n0 + v0 * 16;
+                const float *const b1 = a1 + r * lda1;
+                const float *const b2 = a2 + r * lda2;
+                const float *const i2 = init2 + r * ldi2 + qv;
+                float *const c2v = c2 + r * ldc2 + qv;
+                if (left > 16) {
+                    infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart, i2, ldi2, c2v, ldc2);
+                } else {
+                    infer_tile_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                }
+            }
+        }
+        for (; r < R; ++r) {
+            const size_t V = (w + 15) / 16;
+            const unsigned lanes = (unsigned)(w - (V - 1) * 16);
+            const float *const b1 = a1 + r * lda1;
+            const float *const b2 = a2 + r * lda2;
+            const float *const iv = init + r * ldi + n0;
+            float *const cv = c + r * ldc + n0;
+            const float *const i2 = init2 + r * ldi2 + q;
+            float *const c2v = c2 + r * ldc2 + q;
+            switch (V) {
+            case 8:
+                infer_tile_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 7:
+                infer_tile_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 6:
+                infer_tile_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 5:
+                infer_tile_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 4:
+                infer_tile_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 3:
+                infer_tile_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 2:
+                infer_tile_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            default:
+                infer_tile_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            }
+        }
+#else
+        float o[CELLGEN_PANEL_F32];
+        for (size_t r = 0; r < R; ++r) {
+            float *const cr = c + r * ldc + n0;
+            const float *const ir = init + r * ldi + n0;
+            const float *const b2 = a2 + r * lda2;
+            for (size_t n = 0; n < w; ++n) {
+                cr[n] = ir[n];
+            }
+            infer_segment_f32(w, p, wp, K1, a1 + r * lda1, cr, o);
+            if (K2 == 0) {
+                continue;
+            }
+            infer_segment_f32(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            if (ja < w) {
+                float *const c2r = c2 + r * ldc2 + q;
+                const float *const i2r = init2 + r * ldi2 + q;
+                for (size_t n = 0; n < w - ja; ++n) {
+                    c2r[n] = i2r[n];
+                }
+                infer_segment_f32(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+            }
+        }
+#endif
+    }
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -1037,21 +1971,35 @@ void cellgen_lstm_peephole_pack_f32(
     const float *b_c, const float *b_o, const float *p_i, const float *p_f, const float *p_o,
     float *packed)
 {
-    transpose_f32(H, I, W_f, packed + 0 + 0 * H, 4 * H);
-    transpose_f32(H, I, W_i, packed + 0 + 1 * H, 4 * H);
-    transpose_f32(H, I, W_c, packed + 0 + 2 * H, 4 * H);
-    transpose_f32(H, I, W_o, packed + 0 + 3 * H, 4 * H);
-    transpose_f32(H, H, U_f, packed + 4 * I * H + 0 * H, 4 * H);
-    transpose_f32(H, H, U_i, packed + 4 * I * H + 1 * H, 4 * H);
-    transpose_f32(H, H, U_c, packed + 4 * I * H + 2 * H, 4 * H);
-    transpose_f32(H, H, U_o, packed + 4 * I * H + 3 * H, 4 * H);
-    copy_f32(H, b_f, packed + 4 * H * H + 4 * I * H);
-    copy_f32(H, b_i, packed + H + 4 * H * H + 4 * I * H);
-    copy_f32(H, b_c, packed + 2 * H + 4 * H * H + 4 * I * H);
-    copy_f32(H, b_o, packed + 3 * H + 4 * H * H + 4 * I * H);
-    copy_f32(H, p_i, packed + 4 * H + 4 * H * H + 4 * I * H);
-    copy_f32(H, p_f, packed + 5 * H + 4 * H * H + 4 * I * H);
-    copy_f32(H, p_o, packed + 6 * H + 4 * H * H + 4 * I * H);
+    float *next = packed;
+    /* W_f, W_i, W_c, W_o in panels, for the products of x */
+    infer_clear_f32(infer_group_size(I, 4 * H), next);
+    infer_pack_f32(H, I, W_f, I, 4 * H, 0, 0 * H, next);
+    infer_pack_f32(H, I, W_i, I, 4 * H, 0, 1 * H, next);
+    infer_pack_f32(H, I, W_c, I, 4 * H, 0, 2 * H, next);
+    infer_pack_f32(H, I, W_o, I, 4 * H, 0, 3 * H, next);
+    next += infer_group_size(I, 4 * H);
+    /* U_f, U_i, U_c, U_o in panels, for the products of h_prev */
+    infer_clear_f32(infer_group_size(H, 4 * H), next);
+    infer_pack_f32(H, H, U_f, H, 4 * H, 0, 0 * H, next);
+    infer_pack_f32(H, H, U_i, H, 4 * H, 0, 1 * H, next);
+    infer_pack_f32(H, H, U_c, H, 4 * H, 0, 2 * H, next);
+    infer_pack_f32(H, H, U_o, H, 4 * H, 0, 3 * H, next);
+    next += infer_group_size(H, 4 * H);
+    copy_f32(H, b_f, next);
+    next += H;
+    copy_f32(H, b_i, next);
+    next += H;
+    copy_f32(H, b_c, next);
+    next += H;
+    copy_f32(H, b_o, next);
+    next += H;
+    copy_f32(H, p_i, next);
+    next += H;
+    copy_f32(H, p_f, next);
+    next += H;
+    copy_f32(H, p_o, next);
+    next += H;
     (void)I;
 }
 
@@ -1062,15 +2010,25 @@ void cellgen_lstm_peephole_infer_f32(
     float *ys, float *work)
 {
     const size_t BH = B * H;
-    const float *const x_MT = packed + 0;
-    const float *const h_prev_MT = packed + 4 * I * H;
-    const float *const b_f = packed + 4 * H * H + 4 * I * H;
-    const float *const b_i = packed + H + 4 * H * H + 4 * I * H;
-    const float *const b_c = packed + 2 * H + 4 * H * H + 4 * I * H;
-    const float *const b_o = packed + 3 * H + 4 * H * H + 4 * I * H;
-    const float *const p_i = packed + 4 * H + 4 * H * H + 4 * I * H;
-    const float *const p_f = packed + 5 * H + 4 * H * H + 4 * I * H;
-    const float *const p_o = packed + 6 * H + 4 * H * H + 4 * I * H;
+    const float *weights = packed;
+    const float *const x_MT = weights;
+    weights += infer_group_size(I, 4 * H);
+    const float *const h_prev_MT = weights;
+    weights += infer_group_size(H, 4 * H);
+    const float *const b_f = weights;
+    weights += H;
+    const float *const b_i = weights;
+    weights += H;
+    const float *const b_c = weights;
+    weights += H;
+    const float *const b_o = weights;
+    weights += H;
+    const float *const p_i = weights;
+    weights += H;
+    const float *const p_f = weights;
+    weights += H;
+    const float *const p_o = weights;
+    weights += H;
     float *next = work;
     float *const x_products = next; /* W_f_x, W_i_x, W_c_x, W_o_x of up to 16 steps */
     next += 64 * B * H;
@@ -1084,7 +2042,8 @@ void cellgen_lstm_peephole_infer_f32(
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
         fill_f32(steps * B * 4 * H, 0.0F, x_products);
-        gemm_f32(steps * B, I, 4 * H, xs + t0 * B * I, I, x_MT, 4 * H, x_products, 4 * H);
+        infer_product_f32(steps * B, 4 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                          x_products, 4 * H, x_products, 4 * H, 4 * H, x_products, 0, x_products, 0);
         for (size_t t = t0; t < t0 + steps; ++t) {
             const float *const h_prev = h_state;
             const float *const c_prev = c_state;
@@ -1097,7 +2056,8 @@ void cellgen_lstm_peephole_infer_f32(
             const float *const U_c_h_prev = h_prev_products + 2 * H;
             const float *const U_o_h_prev = h_prev_products + 3 * H;
             fill_f32(B * 4 * H, 0.0F, h_prev_products);
-            gemm_f32(B, H, 4 * H, h_prev, H, h_prev_MT, 4 * H, h_prev_products, 4 * H);
+            infer_product_f32(B, 4 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
+                              h_prev_products, 4 * H, h_prev_products, 4 * H, 4 * H, h_prev_products, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;

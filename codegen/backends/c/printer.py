@@ -51,8 +51,8 @@ RESERVED = {
     "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "wchar_t",
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
-    "BH", "next", "packed", "steps", "t0", "size_t", "NULL", "NAN", "INFINITY", "HUGE_VAL",
-    "HUGE_VALF", "HUGE_VALL",
+    "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "NAN", "INFINITY",
+    "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
@@ -568,9 +568,12 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
             g = next(g for g in kernel.gemms if g.operand == part.symbol)
             width = len(part.matrices)
             name = names.buffer(Buffer("packed", part.symbol, 0))
+            width_text = "H" if width == 1 else f"{width} * H"
             entry = {
                 "kind": "matrices",
                 "name": name,
+                "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
+                "padded_size": f"infer_group_size({'I' if g.hoisted else 'H'}, {width_text})",
                 "size_dim": "I" if g.hoisted else "H",
                 "width": "H" if width == 1 else f"{width} * H",
                 "matrices": [
@@ -578,7 +581,7 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
                 ],
             }
         else:
-            entry = {"kind": "vector", "name": names(part.symbol)}
+            entry = {"kind": "vector", "name": names(part.symbol), "padded_size": "H"}
         entry["offset"] = size_text(offset) if offset != 0 else "0"
         entry["size"] = size_text(part.size)
         out.append(entry)

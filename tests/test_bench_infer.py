@@ -1,0 +1,112 @@
+"""`cellgen bench --infer`: the driver times the right problem and computes the right numbers.
+
+Speed is not tested; what is: the inference the driver times (the generated `infer`) equals
+the NumPy forward, streaming one step per call gives the same
+bits as one call over the sequence, the C compiles strictly (gcc and clang, with and without
+AVX-512) and its header from C++, and the report has the sizes it was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import codegen
+from codegen import bench_infer
+from codegen.bench_infer import Driver, Size
+from codegen.cli import main
+from codegen.registry import load_cell
+
+CELLS = bench_infer.DEFAULT_CELLS
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wdouble-promotion", "-Werror"]
+
+
+@pytest.fixture(scope="module", params=CELLS)
+def driver(request):
+    return request.param, Driver(request.param)
+
+
+def _problem(cell, T, B, I, H, dtype, seed=0):
+    k = codegen.load(cell, "numpy", "float64")
+    rng = np.random.default_rng(seed)
+    shapes = k.param_shapes(I, H)
+    params = {n: rng.uniform(-1, 1, shapes[n]) / np.sqrt(H) for n in shapes}
+    xs = rng.normal(size=(T, B, I))
+    state0 = {s: rng.uniform(-0.8, 0.8, (B, H)) for s in k.states}
+    cast = {n: v.astype(dtype) for n, v in params.items()}
+    ys, final, _ = k.forward(
+        xs.astype(dtype).astype(np.float64),
+        {s: v.astype(dtype).astype(np.float64) for s, v in state0.items()},
+        {n: v.astype(np.float64) for n, v in cast.items()},
+    )
+    order = [p.name for p in load_cell(cell).params]
+    args = ([cast[n] for n in order], xs.astype(dtype), [state0[s].astype(dtype) for s in k.states])
+    return args, ys, [final[s] for s in k.states]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    "T,B,I,H",
+    [(37, 2, 3, 5), (3, 5, 7, 40), (33, 1, 1, 16), (35, 3, 48, 70), (5, 1, 2, 64)],
+    ids=["steps", "rows-and-tails", "tiny-input", "hoisted-chunks-and-panels", "two-panels"],
+)
+def test_driver_computes_the_forward_and_streams_bit_for_bit(driver, dtype, T, B, I, H):
+    cell, drv = driver
+    (params, xs, states), ys, finals = _problem(cell, T, B, I, H, dtype)
+    seq_ys, seq_final, stream_ys, stream_final = drv.check(dtype, params, xs, states)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    scale = np.max(np.abs(ys))
+    assert np.max(np.abs(seq_ys - ys)) <= tol * scale
+    for got, want in zip(seq_final, finals, strict=True):
+        assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
+    assert np.array_equal(stream_ys, seq_ys)  # bit for bit, not to rounding
+    for a, b in zip(stream_final, seq_final, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_driver_report_has_the_requested_sizes():
+    report = bench_infer.run(["lstm"], [Size(2, 4), Size(1, 8)], B=1, T=50, rounds=2)
+    small, audio = report.rows
+    assert (small.cell, small.I, small.H, small.B, small.T) == ("lstm", 2, 4, 1, 50)
+    assert small.macs_per_step == 4 * 4 * (2 + 4)
+    # biases (16, padded) and one group of I + H rows, each padded to 16 floats
+    assert small.weight_bytes == 4 * (16 + (2 + 4) * 16)
+    assert small.target_ns is None and audio.target_ns == 87
+    for r in report.rows:
+        assert r.stream_ns > 0 and r.sequence_ns > 0 and np.isfinite(r.checksum)
+        assert r.bytes_bound_ns > 0 and r.mac_bound_ns > 0
+    assert report.meta["fma_macs_per_ns"]["float32"] > 0
+
+
+def test_cli_prints_json_and_rejects_bad_sizes(capsys):
+    assert main(["bench", "--infer", "gru_reset_after", "--sizes", "I3,H5", "--steps", "20",
+                 "--rounds", "1", "--json"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["cell"], r["I"], r["H"]) for r in rows] == [("gru_reset_after", 3, 5)]
+    assert main(["bench", "--infer", "--sizes", "I0,H4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "I0,H4" in err[0]
+    assert main(["bench", "--infer", "no_such_cell"]) == 2
+    assert "unknown cell" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+@pytest.mark.parametrize("arch", [["-march=native"], []], ids=["native", "portable"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_driver_and_kernels_compile_strictly(cell, compiler, arch, tmp_path):
+    assert shutil.which(compiler), f"{compiler} is required (.ci/run installs it)"
+    src = bench_infer.sources(cell)
+    for rel, text in src.files.items():
+        (tmp_path / rel).write_text(text)
+    for name in src.compile:
+        result = subprocess.run(
+            [compiler, *STRICT, "-O2", *arch, "-c", str(tmp_path / name),
+             "-o", str(tmp_path / "k.o")],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert result.returncode == 0 and result.stderr == "", result.stderr
