@@ -480,6 +480,12 @@ def context(kernel: Kernel) -> dict:
     ]
     if not backward_saved and not backward_state_reads & set(in_saved):
         unused_in_backward.append("saved")
+    output_segments = [
+        seg for w in kernel.weight_gradients for seg in w.segments
+        if seg.symbol == cell.output and seg.source in (Role.STATE, Role.SAVED)
+    ]  # fmt: skip
+    if cell.output not in backward_state_reads and not output_segments:
+        unused_in_backward.append("ys")  # h = h_prev + W x: its backward never reads h
     unused_in_backward += [
         names(p.name)
         for p in cell.params

@@ -30,8 +30,11 @@ def _work(name: str, shape: str) -> str:
 class Pass:
     """The places of one pass (forward or backward) and the lines of its loop body."""
 
-    def __init__(self, kernel: Kernel, layout: Layout, stacks: set[str]) -> None:
+    def __init__(self, kernel: Kernel, layout: Layout, stacks: set[str], steps) -> None:
         self.kernel, self.layout, self.stacks = kernel, layout, stacks
+        # what any block of the pass reads: a plain copy read there needs its name bound
+        self.read = {s.name for st in steps if isinstance(st, Block) for a in st.assignments
+                     for s in a.expr.free_symbols}  # fmt: skip
         self.names = layout.names
         self.scratch = Scratch(self.names.local)
         self.aliases: dict[str, str] = {}  # a plain copy -> the symbol it copies
@@ -61,7 +64,7 @@ class Pass:
         for run in self.lowering.schedule(statements):
             st = run[0]
             if len(run) == 1 and self._alias(st):
-                if st.target in read:
+                if st.target in read or st.target in self.read:
                     lines += [f"# {c}" for c in st.comments]
                     lines.append(f"{self.names(st.target)} = {self.use(st.expr.name)}")
                 continue
@@ -127,7 +130,7 @@ def context(kernel: Kernel) -> dict:
     hoisted_saved = {p for g in groups if g.gemm.hoisted for p in g.products} & set(kernel.saved)
 
     # forward -----------------------------------------------------------------------------------
-    fwd = Pass(kernel, layout, {gates} | {op_name(g, "_products") for g in groups})
+    fwd = Pass(kernel, layout, {gates} | {op_name(g, "_products") for g in groups}, kernel.forward)
     pre_exprs: dict[str, sympy.Expr] = {}
     for gate in layout.gates:
         bias = layout.folded.get(gate.x_product)
@@ -198,7 +201,7 @@ def context(kernel: Kernel) -> dict:
     cache_items.append('"saved": {' + ", ".join(kept) + "}")
 
     # backward ----------------------------------------------------------------------------------
-    bwd = Pass(kernel, layout, {gates, d_gates} | {g.adjoint for g in groups})
+    bwd = Pass(kernel, layout, {gates, d_gates} | {g.adjoint for g in groups}, kernel.backward)
     incoming_of = {r.incoming: r for r in kernel.recurrences}
     carried = {s: names.derived(d(s), "_next") for s in cell.states}
     spare = {s: names.derived(d(s), "_spare") for s in cell.states}
