@@ -54,3 +54,8 @@ class TemplateError(CellgenError):
 
 class CompileError(CellgenError):
     """The C compiler rejected generated code or could not be run."""
+
+
+class CacheError(CellgenError, OSError):
+    """The cache (C builds, kernels of equation files) cannot be written."""
+
