@@ -39,33 +39,58 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import builtin_generated_dir, checkout_root
-    from .render import changed_files, diff, generate_files, write_files
+    from .registry import is_builtin
+    from .render import STAGE, changed_files, diff, generate_files, stray_files, write_files
 
+    cells = _cells(args)
     if args.out:
         out = Path(args.out)
-    elif checkout_root() is not None:
-        out = builtin_generated_dir()
-    else:
+    elif checkout_root() is None:
         raise CellgenError(
             "cellgen is installed, not run from a checkout: say where to write with --out DIR"
         )
-    files = generate_files(_cells(args))  # everything in memory first: errors write nothing
+    else:
+        own = next((c for c in cells if not is_builtin(c)), None)
+        if own is not None:
+            raise CellgenError(
+                f"generate: {own} is not a cell of equations/, and generated/ holds only "
+                "those; write its kernels into a directory of your own with --out DIR"
+            )
+        out = builtin_generated_dir()
+    files = generate_files(cells)  # everything in memory first: errors write nothing
+    whole_set = not (args.cells or args.equations)  # only then is every other file a stray
+    strays = stray_files(files, out) if whole_set else []
     if args.check:
         changed = changed_files(files, out)
         for rel in changed:
             print(f"would change: {out / rel}")
             if args.diff:
                 print(diff(files, out, rel), end="")
-        if changed:
-            print(f"{len(changed)} generated file(s) out of date; run `cellgen generate`")
+        _report_strays(strays, out, STAGE)
+        if changed or strays:
+            print(
+                f"{len(changed)} generated file(s) out of date, {len(strays)} stray; "
+                "run `cellgen generate`" + (" and delete the strays" if strays else "")
+            )
             return EXIT_FAIL
         print(f"{len(files)} generated file(s) up to date in {out}")
         return EXIT_OK
-    written = write_files(files, out)
+    written = write_files(files, out)  # also completes a set an interrupted run left
     for rel in written:
         print(f"wrote {out / rel}")
     print(f"{len(written)} file(s) written, {len(files) - len(written)} unchanged, in {out}")
+    _report_strays(stray_files(files, out) if whole_set else [], out, STAGE)
     return EXIT_OK
+
+
+def _report_strays(strays: list[str], out: Path, stage: str) -> None:
+    for rel in strays:
+        why = (
+            "left by an interrupted generate; `cellgen generate` completes it"
+            if rel.startswith(stage + "/")
+            else "no equation produces it; delete it"
+        )
+        print(f"stray: {out / rel} ({why})")
 
 
 def cmd_latex(args: argparse.Namespace) -> int:

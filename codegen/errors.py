@@ -59,3 +59,6 @@ class CompileError(CellgenError):
 class CacheError(CellgenError, OSError):
     """The cache (C builds, kernels of equation files) cannot be written."""
 
+
+class WriteError(CellgenError, OSError):
+    """Generated files cannot be written (a full disk, a read-only directory)."""

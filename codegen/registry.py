@@ -36,6 +36,13 @@ def resolve(cell: str | Path) -> Path:
     )
 
 
+def is_builtin(cell: str | Path) -> bool:
+    """True for a built-in cell, by name or by the path of its file in equations/."""
+    return str(cell) in builtin_cells() or (
+        resolve(cell).parent == builtin_equations_dir().resolve()
+    )
+
+
 def load_cell(cell: str | Path) -> CellSpec:
     """Run an equation file and return its validated cell.
 

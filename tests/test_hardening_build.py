@@ -106,7 +106,7 @@ def test_a_compiler_failing_silently_says_so_in_one_line(tmp_path):
     assert not line.rstrip().endswith(":")
 
 
-@pytest.mark.parametrize("command", [["verify", "mgu"]])
+@pytest.mark.parametrize("command", [["verify", "mgu"], ["verify", "MY"]])
 def test_an_unwritable_cache_is_one_line_naming_cellgen_cache_dir(tmp_path, command):
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the cache's parent directory should be")
