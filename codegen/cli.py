@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from .errors import CacheError, CellgenError, CompileError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
 
 
 def _cells(args: argparse.Namespace) -> list[str]:
@@ -28,18 +30,18 @@ def _cells(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import builtin_cells, load_cell
+    from .registry import builtin_cells, description
 
-    cells = [load_cell(c) for c in builtin_cells()]
-    width = max(len(c.name) for c in cells)
+    cells = builtin_cells()  # read, never run: listing executes no equation file
+    width = max(map(len, cells))
     for cell in cells:
-        print(f"{cell.name:<{width}}  {cell.description}")
+        print(f"{cell:<{width}}  {description(cell)}")
     return EXIT_OK
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import builtin_generated_dir, checkout_root
-    from .registry import is_builtin
+    from .registry import is_builtin, load_cell
     from .render import STAGE, changed_files, diff, generate_files, stray_files, write_files
 
     cells = _cells(args)
@@ -52,6 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         own = next((c for c in cells if not is_builtin(c)), None)
         if own is not None:
+            load_cell(own)  # a broken file says so first
             raise CellgenError(
                 f"generate: {own} is not a cell of equations/, and generated/ holds only "
                 "those; write its kernels into a directory of your own with --out DIR"
@@ -275,6 +278,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`cellgen verify | head`): stop quietly, as `yes | head` does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
