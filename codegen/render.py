@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import functools
 import json
 import os
@@ -150,7 +151,7 @@ def _write_set(files: dict[str, str], out_dir: Path) -> None:
                 handle.write(text)
             if target.is_file():
                 old.parent.mkdir(parents=True, exist_ok=True)
-                os.link(target, old)
+                _keep(target, old)
         journal = stage / "journal.tmp"
         journal.write_text(json.dumps(sorted(files)), encoding="utf-8")
         with _interrupts_deferred():  # from here on the set completes: Ctrl-C waits for it
@@ -160,6 +161,16 @@ def _write_set(files: dict[str, str], out_dir: Path) -> None:
     finally:
         if not committed:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _keep(target: Path, old: Path) -> None:
+    """Keep the current file for a rollback: a hard link, or a copy where links are refused."""
+    try:
+        os.link(target, old)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP):
+            raise
+        shutil.copy2(target, old)
 
 
 def _apply(rels: list[str], out_dir: Path) -> None:

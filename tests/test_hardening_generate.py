@@ -211,3 +211,22 @@ def test_write_errors_are_cellgen_errors_and_os_errors(tmp_path, files):
     with pytest.raises(CellgenError) as info:
         render.write_files(files, blocker / "out")
     assert isinstance(info.value, OSError) and "\n" not in str(info.value)
+
+
+def test_a_file_system_without_hard_links_still_keeps_the_old_files(stale, files, monkeypatch):
+    def refused(*args):
+        raise OSError(1, "Operation not permitted")
+
+    real = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("numpy/mgu.py"):
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(render.os, "link", refused)
+    monkeypatch.setattr(render.os, "replace", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        render.write_files(files, stale)
+    assert set(state(stale, files).values()) == {"old"}
+    assert render.stray_files(files, stale) == []
