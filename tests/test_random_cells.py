@@ -10,7 +10,7 @@ tidying that keeps a file valid (every gate used), to exercise the refusals too.
 
 CI runs a modest, reproducible sample (derandomized, about a minute here). A larger run on
 demand: CELLGEN_RANDOM_CELLS=500 python -m pytest -q -s tests/test_random_cells.py, which
-prints the counts of accepted, refused and inconclusive cells at the end.
+prints the counts of accepted, refused, inconclusive and known-bug cells at the end.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def cell_sources(draw) -> tuple[str, str]:
 
 
 # Bugs these random cells found in the derivation or a backend, not fixed yet (not this test's
-# files to fix): what a failure says, and the smallest file that shows it. A cell failing this
+# files to fix): what a failure says, and a small file that shows it. A cell failing this
 # way counts as "known bug" instead of failing the test; test_known_bugs_still_reproduce fails
 # (strict xfail) as soon as one is fixed, so that its entry is removed and the cells count again.
 KNOWN_BUGS = {
@@ -194,6 +194,21 @@ W, U, V = cell.matrices("W U V")
 g = cell.eq("g", hard_sigmoid(W @ x + U @ (h_prev / (1 + relu(V @ x)))))
 h = cell.update("h", g * h_prev + (1 - g) * h_prev)
 c = cell.update("c", c_prev * tanh(c_prev**2) + 0.5 * g)
+""",
+    ),
+    "NumPy forward of an input product beside a matrix applied to an activation": (
+        r"NameError: name 'g\d+' is not defined",
+        """\
+from codegen.activations import sigmoid
+from codegen.cell import Cell
+
+cell = Cell("NAME", description="g0 = W x beside U @ g1", reference="issue 15, item 19")
+x = cell.input("x")
+(h_prev,) = cell.states("h")
+W, V, U = cell.matrices("W V U")
+g0 = cell.eq("g0", W @ x)
+g1 = cell.eq("g1", sigmoid(V @ x))
+h = cell.update("h", h_prev * (U @ g1) + g0)
 """,
     ),
 }
