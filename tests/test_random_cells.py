@@ -211,6 +211,19 @@ g1 = cell.eq("g1", sigmoid(V @ x))
 h = cell.update("h", h_prev * (U @ g1) + g0)
 """,
     ),
+    "C backward of an activation of a constant": (
+        r"unused variable .d_\w+.",
+        """\
+from codegen.activations import sigmoid, tanh
+from codegen.cell import Cell
+
+cell = Cell("NAME", description="sigmoid(0) in an update", reference="issue 15, item 19")
+x = cell.input("x")
+(h_prev,) = cell.states("h")
+(W,) = cell.matrices("W")
+h = cell.update("h", tanh(W @ x) * h_prev + sigmoid(h_prev - h_prev))
+""",
+    ),
 }
 
 
