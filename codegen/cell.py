@@ -18,6 +18,7 @@ and its line; `Cell.spec()` checks the whole and freezes it into a `CellSpec`.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import keyword
 from dataclasses import dataclass
@@ -115,8 +116,10 @@ class Matrix:
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = _misuse
 
     def __rmatmul__(self, operand: object) -> sympy.Expr:
+        shown = self.cell._show(operand) if isinstance(operand, sympy.Basic) else repr(operand)
+        inner = shown if shown.startswith("(") or shown.isidentifier() else f"({shown})"
         raise EquationError(
-            f"{operand} @ {self.name}: write the matrix first, {self.name} @ {operand}",
+            f"{inner} @ {self.name}: write the matrix first, {self.name} @ {inner}",
             line=_caller_line(),
         )
 
@@ -390,7 +393,8 @@ class Cell:
                 fname = type(node).__name__
                 origin = " (this is SymPy's; cellgen's activations come from codegen.activations)"
                 self._fail(
-                    f"unsupported function {fname}(){origin if fname in ACTIVATIONS else ''}; "
+                    f"unsupported function {fname}()"
+                    f"{origin if fname in ACTIVATIONS else did_you_mean(fname)}; "
                     f"use one of {', '.join(sorted(ACTIVATIONS))}, imported with "
                     "`from codegen.activations import ...`",
                     name,
@@ -413,10 +417,13 @@ class Cell:
 
     def _show(self, expr: sympy.Expr) -> str:
         """An expression as the user wrote it, with products shown as W @ v."""
-        products = {
-            sympy.Symbol(m.name): sympy.Symbol(f"({m.matrix} @ {m.operand_expr})")
-            for m in self._matmuls.values()
-        }
+        products = {}
+        for sym in expr.free_symbols:
+            m = self._matmuls.get(sym.name)
+            if m is not None:  # its operand holds only earlier products: the recursion ends
+                operand = m.operand_expr
+                text = str(operand) if operand.is_Symbol else f"({self._show(operand)})"
+                products[sym] = sympy.Symbol(f"({m.matrix} @ {text})")
         return str(expr.xreplace(products))
 
     def _check_symbol(self, name: str, sym: str) -> None:
@@ -456,7 +463,8 @@ class Cell:
             names = {s.name for s in operand.free_symbols}
             if self._input in names:
                 self._fail(
-                    f"{matrix.name} @ ({operand}): {self._input} is input-sized (I) and cannot "
+                    f"{matrix.name} @ ({self._show(operand)}): {self._input} is input-sized (I) "
+                    "and cannot "
                     "be combined elementwise with hidden-sized (H) vectors; multiply "
                     f"{self._input} alone ({matrix.name} @ {self._input}) and combine the products"
                 )
@@ -481,7 +489,10 @@ class Cell:
         product = f"{matrix.name}_{operand_name}"
         if product not in self._matmuls:
             if product in self._kinds:
-                self._fail(f"the name '{product}' is already defined")
+                self._fail(
+                    f"cellgen names the product {matrix.name} @ {self._show(operand)} "
+                    f"'{product}', but that name is already defined; rename your '{product}'"
+                )
             self._matmuls[product] = MatMul(product, matrix.name, operand_name, operand)
             self._kinds[product] = "matmul"
         return sympy.Symbol(product)
@@ -510,6 +521,12 @@ class Cell:
             if m.name in used:
                 used.add(m.operand)
         return used
+
+
+def did_you_mean(name: str) -> str:
+    """' (did you mean sigmoid?)' for a misspelled activation, else ''."""
+    close = difflib.get_close_matches(name, sorted(ACTIVATIONS), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close and close[0] != name else ""
 
 
 def _is_name(name: object) -> bool:

@@ -7,14 +7,16 @@ stderr and exit 2; --debug shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import backends as backend_registry
-from .errors import CellgenError
+from .errors import CacheError, CellgenError, CompileError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
 
 
 def _cells(args: argparse.Namespace) -> list[str]:
@@ -28,44 +30,70 @@ def _cells(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import builtin_cells, load_cell
+    from .registry import builtin_cells, description
 
-    cells = [load_cell(c) for c in builtin_cells()]
-    width = max(len(c.name) for c in cells)
+    cells = builtin_cells()  # read, never run: listing executes no equation file
+    width = max(map(len, cells))
     for cell in cells:
-        print(f"{cell.name:<{width}}  {cell.description}")
+        print(f"{cell:<{width}}  {description(cell)}")
     return EXIT_OK
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import builtin_generated_dir, checkout_root
-    from .render import changed_files, diff, generate_files, write_files
+    from .registry import is_builtin, load_cell
+    from .render import STAGE, changed_files, diff, generate_files, stray_files, write_files
 
+    cells = _cells(args)
     if args.out:
         out = Path(args.out)
-    elif checkout_root() is not None:
-        out = builtin_generated_dir()
-    else:
+    elif checkout_root() is None:
         raise CellgenError(
             "cellgen is installed, not run from a checkout: say where to write with --out DIR"
         )
-    files = generate_files(_cells(args))  # everything in memory first: errors write nothing
+    else:
+        own = next((c for c in cells if not is_builtin(c)), None)
+        if own is not None:
+            load_cell(own)  # a broken file says so first
+            raise CellgenError(
+                f"generate: {own} is not a cell of equations/, and generated/ holds only "
+                "those; write its kernels into a directory of your own with --out DIR"
+            )
+        out = builtin_generated_dir()
+    files = generate_files(cells)  # everything in memory first: errors write nothing
+    whole_set = not (args.cells or args.equations)  # only then is every other file a stray
+    strays = stray_files(files, out) if whole_set else []
     if args.check:
         changed = changed_files(files, out)
         for rel in changed:
             print(f"would change: {out / rel}")
             if args.diff:
                 print(diff(files, out, rel), end="")
-        if changed:
-            print(f"{len(changed)} generated file(s) out of date; run `cellgen generate`")
+        _report_strays(strays, out, STAGE)
+        if changed or strays:
+            print(
+                f"{len(changed)} generated file(s) out of date, {len(strays)} stray; "
+                "run `cellgen generate`" + (" and delete the strays" if strays else "")
+            )
             return EXIT_FAIL
         print(f"{len(files)} generated file(s) up to date in {out}")
         return EXIT_OK
-    written = write_files(files, out)
+    written = write_files(files, out)  # also completes a set an interrupted run left
     for rel in written:
         print(f"wrote {out / rel}")
     print(f"{len(written)} file(s) written, {len(files) - len(written)} unchanged, in {out}")
+    _report_strays(stray_files(files, out) if whole_set else [], out, STAGE)
     return EXIT_OK
+
+
+def _report_strays(strays: list[str], out: Path, stage: str) -> None:
+    for rel in strays:
+        why = (
+            "left by an interrupted generate; `cellgen generate` completes it"
+            if rel.startswith(stage + "/")
+            else "no equation produces it; delete it"
+        )
+        print(f"stray: {out / rel} ({why})")
 
 
 def cmd_latex(args: argparse.Namespace) -> int:
@@ -106,12 +134,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import report, verify
 
     backends = backend_registry.names() if args.backend == "all" else [args.backend]
-    rows = []
+    rows, failure = [], None
     for cell in _cells(args):
-        for backend in backends:
-            rows += verify(cell, backend, seed=args.seed, method=args.method, dtype=args.dtype)
+        for backend in list(backends):
+            try:
+                rows += verify(cell, backend, seed=args.seed, method=args.method, dtype=args.dtype)
+            except (CompileError, CacheError) as err:
+                if len(backends) == 1:
+                    raise
+                # no compiler or no cache: still show the other backends' rows, then say why
+                failure, backends = err, [b for b in backends if b != backend]
     print(report.as_json(rows) if args.json else report.table(rows, args.seed, args.method))
-    return EXIT_OK if all(r.verdict == "PASS" for r in rows) else EXIT_FAIL
+    if failure is not None:
+        raise failure
+    return EXIT_OK if rows and all(r.verdict == "PASS" for r in rows) else EXIT_FAIL
 
 
 def cmd_bench_infer(args: argparse.Namespace) -> int:
@@ -325,6 +361,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`cellgen verify | head`): stop quietly, as `yes | head` does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)

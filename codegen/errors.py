@@ -45,3 +45,11 @@ class TemplateError(CellgenError):
 
 class CompileError(CellgenError):
     """The C compiler rejected generated code or could not be run."""
+
+
+class CacheError(CellgenError, OSError):
+    """The cache (C builds, kernels of equation files) cannot be written."""
+
+
+class WriteError(CellgenError, OSError):
+    """Generated files cannot be written (a full disk, a read-only directory)."""

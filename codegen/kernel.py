@@ -295,7 +295,7 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     forward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in forward]
     backward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in backward]
     forward = _with_reads_and_writes(forward, roles)
-    backward = _with_reads_and_writes(backward, roles)
+    backward = _with_reads_and_writes(_without_unread(backward, roles), roles)
     adjoint_buffer = _adjoint_buffers(gemms, d.names, _adjoint_copies(backward, roles))
     plan = Kernel(
         cell, d, tuple(gemms), forward, backward, saved, roles,
@@ -520,6 +520,31 @@ def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
                 original = Assign(original.name, original.expr, "")
         assigns.append(Assign(original.name, expr, original.comment))
     return Block(block.level, tuple(assigns), block.reads, block.writes)
+
+
+def _without_unread(steps: list[Gemm | Block], roles: dict[str, Role]) -> list[Gemm | Block]:
+    """Drop the backward's adjoints that nothing reads (that of an activation of a constant,
+    sigmoid(h_prev - h_prev)), until none is left: C would reject an unused variable."""
+    local = {Role.ADJ, Role.TEMP, Role.ADJ_IN}
+    while True:
+        read = {g.operand for g in steps if isinstance(g, Gemm)}
+        for step in steps:
+            if isinstance(step, Block):
+                read |= {s.name for a in step.assignments for s in a.expr.free_symbols}
+        unread = {
+            a.name
+            for step in steps
+            if isinstance(step, Block)
+            for a in step.assignments
+            if a.name not in read and roles.get(a.name) in local
+        }
+        if not unread:
+            return steps
+        steps = [
+            Block(s.level, tuple(a for a in s.assignments if a.name not in unread), s.reads,
+                  s.writes) if isinstance(s, Block) else s
+            for s in steps
+        ]  # fmt: skip
 
 
 def _adjoint_comment(adj: Adjoint, sources: dict[str, str], docs: dict[str, str]) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import CacheError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT = PACKAGE_DIR.parent
 _BUNDLED = PACKAGE_DIR / "_bundled"
@@ -37,3 +39,12 @@ def cache_dir() -> Path:
         return Path(os.environ["CELLGEN_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "cellgen"
+
+
+def cache_error(where: Path, err: OSError) -> CacheError:
+    """One line for a cache that cannot be written, naming the setting that moves it."""
+    reason = err.strerror or str(err)
+    return CacheError(
+        f"cannot write the cellgen cache at {where} ({reason}); set CELLGEN_CACHE_DIR to a "
+        "writable directory"
+    )

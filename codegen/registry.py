@@ -1,16 +1,29 @@
-"""Finding and loading cells: built-in names (files in equations/) or paths to equation files."""
+"""Finding and loading cells: built-in names (files in equations/) or paths to equation files.
+
+An equation file is Python that cellgen runs. The built-in cells of equations/ run inside this
+process. Any other file runs in a child Python with a time limit, CELLGEN_EQUATION_TIMEOUT
+seconds (60 by default; 0 runs it in this process, without a limit): an endless loop, an exit or
+a crash of the file then becomes one EquationError instead of hanging or ending cellgen. The
+validated cell comes back pickled; the same file with the same text is run once per process.
+"""
 
 from __future__ import annotations
 
 import ast
+import os
+import pickle
 import re
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
 from .activations import ACTIVATIONS
-from .cell import Cell, CellSpec
-from .errors import EquationError, UnknownCellError
-from .paths import builtin_equations_dir
+from .cell import Cell, CellSpec, _is_name, did_you_mean
+from .errors import CellgenError, EquationError, UnknownCellError
+from .paths import PACKAGE_DIR, builtin_equations_dir
+
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "CELLGEN_EQUATION_TIMEOUT", 60.0
 
 
 def builtin_cells() -> list[str]:
@@ -18,6 +31,20 @@ def builtin_cells() -> list[str]:
     return sorted(
         p.stem for p in builtin_equations_dir().glob("*.py") if not p.name.startswith("_")
     )
+
+
+def description(cell: str | Path) -> str:
+    """The description a cell's file gives, read from its text without running it."""
+    try:
+        tree = ast.parse(resolve(cell).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Cell":
+            for keyword in node.keywords:
+                if keyword.arg == "description" and isinstance(keyword.value, ast.Constant):
+                    return str(keyword.value.value)
+    return ""
 
 
 def resolve(cell: str | Path) -> Path:
@@ -36,6 +63,13 @@ def resolve(cell: str | Path) -> Path:
     )
 
 
+def is_builtin(cell: str | Path) -> bool:
+    """True for a built-in cell, by name or by the path of its file in equations/."""
+    return str(cell) in builtin_cells() or (
+        resolve(cell).parent == builtin_equations_dir().resolve()
+    )
+
+
 def load_cell(cell: str | Path) -> CellSpec:
     """Run an equation file and return its validated cell.
 
@@ -43,6 +77,118 @@ def load_cell(cell: str | Path) -> CellSpec:
     one EquationError naming the file, the line and, where there is one, the equation.
     """
     path = resolve(cell)
+    if not _is_name(path.stem):
+        raise EquationError(
+            f"the file name {path.name} cannot name a cell: a cell is named after its file, "
+            "with ASCII letters, digits and _, starting with a letter; rename the file (for "
+            f"example {_valid_name(path.stem)}.py) and the cell in it",
+            file=_display(path),
+        )
+    if path.resolve().parent == builtin_equations_dir().resolve():
+        return run_equation_file(path)
+    timeout = equation_timeout()
+    if timeout == 0:
+        return run_equation_file(path)
+    source = path.read_bytes()
+    key = (str(path), source, timeout)
+    if key not in _isolated_results:
+        if len(_isolated_results) >= 32:
+            _isolated_results.pop(next(iter(_isolated_results)))
+        _isolated_results[key] = _run_isolated(path, timeout)
+    return _isolated_results[key]
+
+
+_isolated_results: dict[tuple[str, bytes, float], CellSpec] = {}
+
+
+def equation_timeout() -> float:
+    """Seconds an equation file may run: $CELLGEN_EQUATION_TIMEOUT, else 60."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise CellgenError(
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds; set it to a number such "
+            "as 60, or 0 to run equation files inside cellgen without a limit"
+        )
+    return value
+
+
+def _valid_name(stem: str) -> str:
+    name = re.sub(r"\W", "_", stem.encode("ascii", "replace").decode()).strip("_") or "cell"
+    return name if name[0].isalpha() else f"cell_{name}"
+
+
+# The child: runs one file with SIGINT ignored (the parent handles Ctrl-C and kills it), its
+# prints sent to stderr, and writes the pickled result to the original stdout.
+_CHILD = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+result = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)
+sys.path.insert(0, sys.argv[1])
+from codegen.registry import _child
+_child(sys.argv[2], result)
+"""
+
+
+def _run_isolated(path: Path, timeout: float) -> CellSpec:
+    """Run an equation file in a child Python with a time limit; its cell or its error."""
+    shown = _display(path)
+    command = [sys.executable, "-c", _CHILD, str(PACKAGE_DIR.parent), str(path)]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise EquationError(
+            f"the file ran longer than {timeout:g} s (an endless loop?) and was stopped; an "
+            f"equation file only declares a cell. To allow more time, set {TIMEOUT_VARIABLE}",
+            file=shown,
+        ) from None
+    try:
+        kind, *payload = pickle.loads(done.stdout)
+    except Exception:  # nothing or garbage: the file ended the process itself
+        how = (
+            f"was killed by signal {-done.returncode}"
+            if done.returncode < 0
+            else f"exited with status {done.returncode}"
+        )
+        raise EquationError(
+            f"running the file, Python {how} before the cell was defined; an equation file "
+            "must not end the process (no os._exit, no exit on import)",
+            file=shown,
+        ) from None
+    if kind == "error":
+        problem, file, line, equation = payload
+        raise EquationError(problem, file=file, line=line, equation=equation)
+    return payload[0]
+
+
+def _child(path_text: str, out) -> None:
+    """In the child: run the file, write ("cell", spec) or ("error", parts) pickled."""
+    path = Path(path_text)
+    try:
+        result: tuple = ("cell", run_equation_file(path, isolated=True))
+        data = pickle.dumps(result)
+    except EquationError as err:
+        data = pickle.dumps(("error", err.problem, err.file, err.line, err.equation))
+    except BaseException as err:  # cellgen's own failure, reported plainly
+        problem = f"cellgen failed on this file ({type(err).__name__}: {err})"
+        data = pickle.dumps(("error", problem, _display(path), None, None))
+    out.write(data)
+    out.flush()
+    os._exit(0)  # no atexit handlers or threads the file may have left behind
+
+
+def run_equation_file(path: Path, isolated: bool = False) -> CellSpec:
+    """Run an equation file in this process and validate its cell (see load_cell).
+
+    `isolated`: this process is the child of _run_isolated, whose SIGINT is ignored, so that a
+    KeyboardInterrupt can only come from the file itself.
+    """
     shown = _display(path)
     source = path.read_text(encoding="utf-8")
     try:
@@ -65,6 +211,17 @@ def load_cell(cell: str | Path) -> CellSpec:
         raise _import_error(err, shown, source, _line_in(err, path)) from None
     except Exception as err:  # the file is user code: report any failure plainly
         raise _placed(_user_error(err), shown, source, _line_in(err, path)) from None
+    except KeyboardInterrupt as err:
+        if not isolated:
+            raise  # in this process it may be the user's Ctrl-C
+        problem = "the file raised KeyboardInterrupt; an equation file only declares a cell"
+        raise _placed(EquationError(problem), shown, source, _line_in(err, path)) from None
+    except SystemExit as err:  # sys.exit() or exit(): never a silent success of cellgen
+        problem = (
+            f"the file called sys.exit({'' if err.code is None else repr(err.code)}); an "
+            "equation file only declares a cell: remove the exit"
+        )
+        raise _placed(EquationError(problem), shown, source, _line_in(err, path)) from None
     cell_obj = namespace.get("cell")
     if not isinstance(cell_obj, Cell):
         raise EquationError(
@@ -119,6 +276,11 @@ def _user_error(err: Exception) -> EquationError:
             f"use one of {', '.join(sorted(ACTIVATIONS))}, imported with "
             "`from codegen.activations import ...`"
         )
+    if isinstance(err, TypeError) and "operand type(s) for @" in text:
+        return EquationError(
+            "@ applies a weight matrix to a vector, M @ v, where M is declared with "
+            "cell.matrices; here the left side of @ is not such a matrix"
+        )
     return EquationError(f"{type(err).__name__}: {text}")
 
 
@@ -127,8 +289,8 @@ def _import_error(err: ImportError, shown: str, source: str, line: int | None) -
     missing = re.search(r"cannot import name '(\w+)'", str(err))
     if name == "codegen.activations" and missing:
         problem = (
-            f"unsupported function {missing.group(1)}(): codegen.activations provides "
-            + ", ".join(sorted(ACTIVATIONS))
+            f"unsupported function {missing.group(1)}(){did_you_mean(missing.group(1))}: "
+            "codegen.activations provides " + ", ".join(sorted(ACTIVATIONS))
         )
     else:
         problem = f"ImportError: {' '.join(str(err).split())}"
@@ -148,6 +310,14 @@ def _name_error(err: NameError, path: Path, shown: str, source: str) -> Equation
             file=shown,
             line=line,
             equation=equation or name,
+        )
+    if did_you_mean(name):
+        return EquationError(
+            f"undefined name '{name}'{did_you_mean(name)}: import it with "
+            "`from codegen.activations import ...`",
+            file=shown,
+            line=line,
+            equation=equation,
         )
     return EquationError(
         f"undefined symbol '{name}'; declare it (cell.vectors, cell.matrices, cell.states) or "
