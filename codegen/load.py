@@ -137,10 +137,19 @@ class CellKernel:
         return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}
 
     def forward(
-        self, xs: np.ndarray, state0: Arrays, params: Arrays
+        self,
+        xs: np.ndarray,
+        state0: Arrays,
+        params: Arrays,
+        lengths: Any = None,
+        reverse: bool = False,
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
+        """ys, the final states and the cache for backward. Row b runs its first lengths[b]
+        steps (all T without lengths), reversed (xs[lengths[b] - 1], ..., xs[0]) if `reverse`;
+        past its length its ys and gradients are zero and its state is carried."""
         xs, state0, params = self._check_forward(xs, state0, params)
-        ys, final, cache = self._functions.forward(xs, state0, params)
+        rows = self._rows(lengths, reverse, xs.shape)
+        ys, final, cache = self._functions.forward(xs, state0, params, *rows)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
         return ys, final, cache
@@ -181,12 +190,17 @@ class CellKernel:
         return PackedParams(self.name, self.backend, str(dtype), I, H, data)
 
     def infer(
-        self, xs: np.ndarray, state0: Arrays, packed: PackedParams | Arrays
+        self,
+        xs: np.ndarray,
+        state0: Arrays,
+        packed: PackedParams | Arrays,
+        lengths: Any = None,
+        reverse: bool = False,
     ) -> tuple[np.ndarray, Arrays]:
         """ys and the final states, keeping nothing for a backward: `packed` from pack(), or a
         params dict, packed here. Equal to forward's ys and final; on the C backend, calling
         infer on one step at a time with the previous final gives the same numbers bit for bit
-        as one call over the sequence."""
+        as one call over the sequence. `lengths` and `reverse` as in forward."""
         if isinstance(packed, dict):
             packed = self.pack(packed)
         if not isinstance(packed, PackedParams) or (packed.cell, packed.backend) != (
@@ -218,7 +232,31 @@ class CellKernel:
             s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
             for s in self.states
         }
-        return self._functions.infer(xs_arr, state0, packed.data)
+        rows = self._rows(lengths, reverse, xs_arr.shape)
+        return self._functions.infer(xs_arr, state0, packed.data, *rows)
+
+    @staticmethod
+    def _rows(lengths: Any, reverse: bool, shape: tuple[int, ...]) -> tuple:
+        """() for every row over every step forwards, else (lengths as int32 or None, True or
+        False), after checking lengths: integers of shape (B,) in 0..T."""
+        if lengths is None and not reverse:
+            return ()
+        if not isinstance(reverse, (bool, np.bool_)):
+            raise ValueError(f"reverse: expected True or False, got {reverse!r}")
+        if lengths is None:
+            return (None, bool(reverse))
+        T, B = shape[0], shape[1]
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(
+                f"lengths: expected integers of shape (B,) = ({B},), got dtype {arr.dtype}"
+            )
+        if arr.shape != (B,):
+            raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
+        if B and (arr.min() < 0 or arr.max() > T):
+            bad = int(arr[(arr < 0) | (arr > T)][0])
+            raise ValueError(f"lengths: each must be in 0..T = 0..{T}, got {bad}")
+        return (np.ascontiguousarray(arr, np.int32), bool(reverse))
 
     def _sizes_of(self, params: Arrays) -> tuple[int, int]:
         """I and H from the shapes of the parameters."""

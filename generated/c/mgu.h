@@ -16,6 +16,7 @@
 #define CELLGEN_MGU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,6 +37,7 @@ size_t cellgen_mgu_infer_work_size(size_t B, size_t I, size_t H);
 void cellgen_mgu_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0,
     const double *W_f, const double *W_h, const double *U_f, const double *U_h,
     const double *b_f, const double *b_h,
@@ -45,6 +47,7 @@ void cellgen_mgu_forward_f64(
 void cellgen_mgu_backward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0,
     const double *W_f, const double *W_h, const double *U_f, const double *U_h,
     const double *b_f, const double *b_h,
@@ -63,12 +66,14 @@ void cellgen_mgu_pack_f64(
 void cellgen_mgu_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
     double *h_state,
     double *ys, double *work);
 
 void cellgen_mgu_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0,
     const float *W_f, const float *W_h, const float *U_f, const float *U_h, const float *b_f,
     const float *b_h,
@@ -78,6 +83,7 @@ void cellgen_mgu_forward_f32(
 void cellgen_mgu_backward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0,
     const float *W_f, const float *W_h, const float *U_f, const float *U_h, const float *b_f,
     const float *b_h,
@@ -96,6 +102,7 @@ void cellgen_mgu_pack_f32(
 void cellgen_mgu_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
     float *h_state,
     float *ys, float *work);
 

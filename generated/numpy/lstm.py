@@ -61,8 +61,22 @@ def sigmoid(x, out):
     np.divide(1, out, out=out)
 
 
-def forward(xs, state0, params):
-    """Run the cell over a sequence.
+def forward(xs, state0, params, lengths=None, reverse=False):
+    """Run the cell over a sequence; row b over its first lengths[b] steps, reversed or not.
+
+    Without lengths and reverse, one pass over all rows. Otherwise (see _rows) each stretch of
+    loop steps with the same active rows is one pass over those rows, the states carried from
+    one to the next: rows past their length cost nothing and keep their states bit for bit.
+    """
+    if _plain(xs, lengths, reverse):
+        return _forward(xs, state0, params)
+    ys, final, parts = _over_rows(xs, state0, lengths, reverse, lambda x, s: _forward(x, s, params))
+    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "rows": parts}
+    return ys, final, cache
+
+
+def _forward(xs, state0, params):
+    """Run the cell over a sequence, every row over every step.
 
     xs (T, B, I); state0 {"h": (B, H), "c": (B, H)}; params as in PARAM_SHAPES.
     Returns ys (T, B, H), the h of every step; the final states; and the cache that
@@ -133,7 +147,32 @@ def forward(xs, state0, params):
 
 
 def backward(dys, cache, dfinal=None):
-    """Backpropagation through time.
+    """Backpropagation through time, through the passes forward made (see forward)."""
+    if "rows" not in cache:
+        return _backward(dys, cache, dfinal)
+    (order, step, active, parts), params = cache["rows"], cache["params"]
+    T, B, _ = cache["xs"].shape
+    H = dys.shape[2]
+    dtype = np.result_type(dys, cache["ys"], *params.values())
+    dys_loop = np.where(active[:, :, None], dys[step, order], 0).astype(dtype, copy=False)
+    dfinal = dfinal or {}
+    carried = {s: np.array(dfinal[s], dtype)[order] if s in dfinal else np.zeros((B, H), dtype)
+               for s in STATES}
+    dparams = {name: np.zeros(value.shape, dtype) for name, value in params.items()}
+    dxs_loop = np.zeros(cache["xs"].shape, dtype)
+    for t0, t1, n, part in reversed(parts):
+        d_final = {s: carried[s][:n] for s in STATES}
+        dxs_loop[t0:t1, :n], dstate, dp = _backward(dys_loop[t0:t1, :n], part, d_final)
+        for s in STATES:
+            carried[s][:n] = dstate[s]
+        for name in dparams:
+            dparams[name] += dp[name]
+    dstate0 = {s: _unsort(carried[s], order) for s in STATES}
+    return _to_time_order(dxs_loop, order, step, active), dstate0, dparams
+
+
+def _backward(dys, cache, dfinal=None):
+    """Backpropagation through time, every row over every step.
 
     dys (T, B, H) is dL/dys; dfinal, optional, holds dL/d(final state) like forward's final.
     Returns dxs (T, B, I), dstate0 (like state0) and dparams (like params).
@@ -250,18 +289,89 @@ def pack(params, input_size=None, hidden_size=None):
 _INFER_CHUNK = 16  # steps per forward call: memory besides ys stays O(B H), whatever T
 
 
-def infer(xs, state0, packed):
-    """Inference: ys (T, B, H) and the final states, keeping nothing for a backward.
+def infer(xs, state0, packed, lengths=None, reverse=False):
+    """Inference: ys (T, B, H) and the final states, keeping nothing for a backward; lengths
+    and reverse as in forward."""
+    if _plain(xs, lengths, reverse):
+        return _infer(xs, state0, packed)
+    ys, final, _ = _over_rows(xs, state0, lengths, reverse, lambda x, s: (*_infer(x, s, packed), None))
+    return ys, final
 
-    Runs the forward over chunks of steps, the state carried from one to the next, so the
-    memory it takes besides ys does not grow with T.
-    """
+
+def _infer(xs, state0, packed):
+    """Inference over every row and step: the forward over chunks of steps, the state carried
+    from one to the next, so the memory it takes besides ys does not grow with T."""
     T, B, _ = xs.shape
     H = state0["h"].shape[1]
     dtype = np.result_type(xs, *state0.values(), *packed.values())
     ys = np.empty((T, B, H), dtype)
     state = dict(state0)
     for t0 in range(0, T, _INFER_CHUNK):
-        chunk, state, _ = forward(xs[t0 : t0 + _INFER_CHUNK], state, packed)
+        chunk, state, _ = _forward(xs[t0 : t0 + _INFER_CHUNK], state, packed)
         ys[t0 : t0 + len(chunk)] = chunk
     return ys, state
+
+
+# Lengths and direction, as the kernel plan states them: row b is active at loop step t while
+# (t < L) (L = lengths[b]), and then reads and writes time step t, or L - t - 1
+# reversed; a row past its length keeps its state and has zeros in ys and every gradient.
+
+
+def _plain(xs, lengths, reverse):
+    """True when every row runs every step forwards: lengths change nothing."""
+    return not reverse and (lengths is None or np.min(lengths, initial=xs.shape[0]) >= xs.shape[0])
+
+
+def _rows(lengths, T, B, reverse):
+    """Rows sorted longest first, so that the rows active at loop step t are the first ones:
+    the order, the time step each (loop step, sorted row) reads, which are active, and the
+    stretches (t0, t1, n) of loop steps during which the first n rows are the active ones."""
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths, np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    L = lengths[order][None, :]
+    t = np.arange(T)[:, None]
+    active = (t < L)
+    step = np.where(active, L - t - 1, t) if reverse else np.broadcast_to(t, (T, B))
+    counts = active.sum(axis=1)
+    starts = [t0 for t0 in range(T) if counts[t0] and (t0 == 0 or counts[t0] != counts[t0 - 1])]
+    ends = starts[1:] + [int(np.count_nonzero(counts))]
+    parts = [(t0, t1, int(counts[t0])) for t0, t1 in zip(starts, ends)]
+    return order, step, active, parts
+
+
+def _over_rows(xs, state0, lengths, reverse, run):
+    """ys, the final states and the passes [(t0, t1, n, cache)] of `run(xs, state0)` over
+    each stretch of loop steps, on its active rows, with their states carried between."""
+    T, B, _ = xs.shape
+    order, step, active, stretches = _rows(lengths, T, B, reverse)
+    xs_loop = xs[step, order]
+    state = {s: np.array(state0[s])[order] for s in STATES}
+    ys_loop, parts = None, []
+    for t0, t1, n in stretches:
+        ys_part, final, cache = run(xs_loop[t0:t1, :n], {s: state[s][:n].copy() for s in STATES})
+        if ys_loop is None:
+            ys_loop = np.zeros((T, B, ys_part.shape[2]), ys_part.dtype)
+        ys_loop[t0:t1, :n] = ys_part
+        for s in STATES:
+            state[s][:n] = final[s]
+        parts.append((t0, t1, n, cache))
+    if ys_loop is None:  # every length is 0
+        H = state0[OUTPUT].shape[1]
+        ys_loop = np.zeros((T, B, H), np.result_type(xs, *state0.values()))
+    final = {s: _unsort(state[s], order) for s in STATES}
+    return _to_time_order(ys_loop, order, step, active), final, (order, step, active, parts)
+
+
+def _unsort(rows, order):
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def _to_time_order(loop, order, step, active):
+    """A (T, B, n) array in loop order and sorted rows, back in time order; zeros past a row's
+    length."""
+    out = np.zeros_like(loop)
+    t, j = np.nonzero(active)
+    out[step[t, j], order[j]] = loop[t, j]
+    return out

@@ -304,6 +304,9 @@ def context(kernel: Kernel) -> dict:
         "cell": cell,
         "state_names": _tuple(cell.states),
         "saved_names": _tuple(kernel.saved),
+        # lengths and direction, over arrays t (T, 1) and L (1, B)
+        "active": sympy.pycode(kernel.sequencing.active),
+        "reverse_step": sympy.pycode(kernel.sequencing.reverse_step),
         "states": states,
         "output": cell.output,
         "params": [

@@ -1,0 +1,117 @@
+"""Per-row lengths and reverse in the kernels (issue 10 item 1), for every cell, backend and
+dtype: against the same kernel run row by row without lengths (each row over its own steps, in
+its own order), exact zeros past a row's length, states carried bit for bit, infer equal to
+forward, and one-line errors for bad lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import codegen
+
+from conftest import BACKENDS, CELLS, make_problem, rel_err
+
+T, B, I, H = 6, 7, 3, 4
+LENGTHS = np.array([6, 0, 3, 1, 6, 2, 5])  # unsorted, with 0, 1 and T
+
+
+def _kernel(cell: str, backend: str, dtype: str):
+    config = codegen.backends.get(backend)
+    return codegen.load(cell, backend, dtype=dtype if config.default_dtype else None)
+
+
+def row_by_row(k, xs, state0, params, dys, dfinal, lengths, reverse):
+    """The reference: each row alone, over its own steps in its order, without lengths."""
+    ys, dxs = np.zeros((T, B, H), xs.dtype), np.zeros_like(xs)
+    final = {s: state0[s].copy() for s in k.states}
+    dstate0 = {s: dfinal[s].copy() for s in k.states}
+    dparams = {p: np.zeros_like(v) for p, v in params.items()}
+    for b, n in enumerate(lengths):
+        if n == 0:
+            continue
+        steps = np.arange(n)[::-1] if reverse else np.arange(n)
+        one = {s: state0[s][b : b + 1].copy() for s in k.states}
+        y, f, cache = k.forward(np.ascontiguousarray(xs[steps, b : b + 1]), one, params)
+        d_one = {s: dfinal[s][b : b + 1].copy() for s in k.states}
+        dx, d0, dp = k.backward(np.ascontiguousarray(dys[steps, b : b + 1]), cache, d_one)
+        ys[steps, b], dxs[steps, b] = y[:, 0], dx[:, 0]
+        for s in k.states:
+            final[s][b], dstate0[s][b] = f[s][0], d0[s][0]
+        for p in dparams:
+            dparams[p] += dp[p]
+    return ys, final, dxs, dstate0, dparams
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_and_reverse_equal_each_row_run_alone(cell, backend, reverse, dtype):
+    k = _kernel(cell, backend, dtype)
+    xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H, dtype=np.dtype(dtype))
+    ys, final, cache = k.forward(xs, state0, params, lengths=LENGTHS, reverse=reverse)
+    dxs, dstate0, dparams = k.backward(dys, cache, dfinal)
+    want = row_by_row(k, xs, state0, params, dys, dfinal, LENGTHS, reverse)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    got = (ys, final, dxs, dstate0, dparams)
+    for name, a, b in zip(("ys", "final", "dxs", "dstate0", "dparams"), got, want, strict=True):
+        pairs = [(k_, a[k_], b[k_]) for k_ in b] if isinstance(b, dict) else [("", a, b)]
+        for key, x, y in pairs:
+            assert x.dtype == np.dtype(dtype)
+            assert rel_err(x, y) <= tol, (name, key, rel_err(x, y))
+    past = np.arange(T)[:, None] >= LENGTHS[None, :]  # (T, B): steps past each row's length
+    assert np.all(ys[past] == 0) and np.all(dxs[past] == 0)
+    last = np.where(LENGTHS > 0, 0 if reverse else LENGTHS - 1, 0)
+    for b, n in enumerate(LENGTHS):  # the state is carried bit for bit from its last step
+        expected = ys[last[b], b] if n else state0[k.output][b]
+        assert np.array_equal(final[k.output][b], expected)
+    empty = LENGTHS == 0  # a row without steps: its adjoints pass straight through
+    for s in k.states:
+        assert np.array_equal(final[s][empty], state0[s][empty])
+        assert np.array_equal(dstate0[s][empty], dfinal[s][empty])
+    packed_ys, packed_final = k.infer(xs, state0, k.pack(params), LENGTHS, reverse)
+    assert rel_err(packed_ys, ys) <= tol and np.all(packed_ys[past] == 0)
+    for s in k.states:
+        assert rel_err(packed_final[s], final[s]) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dys_past_a_length_is_ignored_and_full_lengths_change_nothing(backend):
+    k = _kernel("lstm", backend, "float64")
+    xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H)
+    _, _, cache = k.forward(xs, state0, params, lengths=LENGTHS)
+    noisy = dys.copy()
+    noisy[np.arange(T)[:, None] >= LENGTHS[None, :]] = 1e300
+    clean = k.backward(dys, cache, dfinal)
+    assert all(np.isfinite(g).all() for g in (clean[0], *clean[1].values()))
+    noisy_grads = k.backward(noisy, cache, dfinal)
+    assert np.array_equal(noisy_grads[0], clean[0])
+    for p in params:
+        assert np.array_equal(noisy_grads[2][p], clean[2][p])
+    plain = k.forward(xs, state0, params)
+    full = k.forward(xs, state0, params, lengths=np.full(B, T))
+    assert np.array_equal(plain[0], full[0])
+    # reversed without lengths: every row over all T steps, backwards, ys aligned with xs
+    rev, _, _ = k.forward(xs, state0, params, reverse=True)
+    flipped, _, _ = k.forward(np.ascontiguousarray(xs[::-1]), state0, params)
+    assert rel_err(rev, flipped[::-1]) <= 1e-14
+
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        ([1, 2], r"lengths: expected shape \(B,\) = \(7,\), got \(2,\)"),
+        (np.full(7, 2.0), "lengths: expected integers of shape"),
+        ([7, 1, 1, 1, 1, 1, 1], r"lengths: each must be in 0..T = 0..6, got 7"),
+        ([-1, 1, 1, 1, 1, 1, 1], r"lengths: each must be in 0..T = 0..6, got -1"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_lengths_name_lengths(backend, lengths, message):
+    k = _kernel("gru", backend, "float64")
+    xs, state0, params, _, _ = make_problem(k, T, B, I, H)
+    with pytest.raises(ValueError, match=message):
+        k.forward(xs, state0, params, lengths=lengths)
+    with pytest.raises(ValueError, match=message):
+        k.infer(xs, state0, params, lengths=lengths)
