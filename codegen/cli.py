@@ -108,6 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         with_torch=not args.no_torch,
         progress=sys.stderr,
+        lengths=args.lengths,
     )
     print(report.json() if args.json else report.table())
     return EXIT_OK
@@ -194,6 +195,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
     s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
+    s.add_argument(
+        "--lengths",
+        action="store_true",
+        help="also time our forward+backward with lengths: all T (L=T) and spread over 1..T "
+        "(L=1..T)",
+    )
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(run=cmd_bench)
     return p

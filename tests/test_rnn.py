@@ -5,6 +5,7 @@ and gradient; onnxruntime's LSTM and GRU with sequence_lens, reverse and bidirec
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -194,3 +195,12 @@ def test_from_onnx_model_reads_the_direction():
     assert converted.direction == "bidirectional"
     cell, params = converted  # unpacks as before: the direction is an attribute
     assert cell == "gru" and np.array_equal(params["l0_reverse.U_r"], R[1, H : 2 * H])
+
+
+def test_the_readme_trains_a_bidirectional_lstm_on_a_padded_batch(capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("This trains a 2-layer bidirectional"))
+    code = readme[start + len("```python\n") : readme.index("```", start + 3)]
+    exec(compile(code, "README.md", "exec"), {})
+    losses = [float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()]
+    assert len(losses) >= 3 and losses[-1] < 0.5 * losses[0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import codegen
+from codegen.verify import verify_kernel
 
 from conftest import BACKENDS, CELLS, make_problem, rel_err
 
@@ -115,3 +116,49 @@ def test_bad_lengths_name_lengths(backend, lengths, message):
         k.forward(xs, state0, params, lengths=lengths)
     with pytest.raises(ValueError, match=message):
         k.infer(xs, state0, params, lengths=lengths)
+
+
+class Forgetful:
+    """A kernel whose backward differentiates another pass than its forward ran: without the
+    lengths, or without reverse."""
+
+    def __init__(self, kernel, forget: str) -> None:
+        self._kernel, self._forget = kernel, forget
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+    def forward(self, xs, state0, params, lengths=None, reverse=False):
+        ys, final, _ = self._kernel.forward(xs, state0, params, lengths, reverse)
+        if self._forget == "lengths":
+            lengths = None
+        else:
+            reverse = False
+        return ys, final, self._kernel.forward(xs, state0, params, lengths, reverse)[2]
+
+
+@pytest.mark.parametrize("forget", ["lengths", "reverse"])
+def test_verify_checks_every_gradient_with_lengths_and_reverse(forget):
+    kernel = codegen.load("mgu", "c")
+    assert all(r.verdict == "PASS" for r in verify_kernel(kernel))
+    rows = verify_kernel(Forgetful(kernel, forget))
+    failed = {r.tensor for r in rows if r.verdict == "FAIL"}
+    assert {"xs", "W_f", "U_h"} <= failed, failed
+
+
+def test_bench_times_forward_backward_with_lengths():
+    from codegen.bench import LENGTH_PASSES, Shape, run, spread_lengths
+
+    assert spread_lengths(32, 32).tolist() == list(range(1, 33))  # uniform over 1..T
+    assert spread_lengths(10, 1).tolist() == [5]
+    report = run(["gru"], [Shape(4, 3, 2, 3)], ["float64"], rounds=1, min_time=0.0,
+                 settle=0.0, with_torch=False, peak_size=32, lengths=True)  # fmt: skip
+    rows = {(r.impl, r.passes): r for r in report.rows}
+    for backend in BACKENDS:
+        full, spread = (rows[(backend, p)] for p in LENGTH_PASSES)
+        # the flops counted are the steps the rows run: lengths 1, 2, 4 of T = 4 for spread
+        plain = rows[(backend, "forward+backward")]
+        assert full.gflops * full.median_ms == pytest.approx(plain.gflops * plain.median_ms)
+        ratio = (spread.gflops * spread.median_ms) / (full.gflops * full.median_ms)
+        assert ratio == pytest.approx(np.mean(spread_lengths(4, 3)) / 4)
+    assert "L=1..T" in report.table()

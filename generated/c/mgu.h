@@ -11,6 +11,9 @@
  *   saved: cellgen_mgu_saved_size(T, B, H) numbers that forward keeps for backward;
  *   work:  cellgen_mgu_work_size(T, B, I, H) numbers of scratch space, for either call.
  * In backward, a NULL d_<state>_final means a zero adjoint for that final state.
+ * lengths (B int32 in 0..T, or NULL for all T) and reverse: row b runs its first lengths[b]
+ * steps, from the last backwards if reverse, ys staying aligned with xs; past its length its ys
+ * and gradients are zero and its state is carried. backward and infer take the same as forward.
  */
 #ifndef CELLGEN_MGU_H
 #define CELLGEN_MGU_H
