@@ -67,19 +67,31 @@ def sigmoid(x, out):
 def forward(xs, state0, params, lengths=None, reverse=False):
     """Run the cell over a sequence; row b over its first lengths[b] steps, reversed or not.
 
-    Without lengths and reverse, one pass over all rows. Otherwise (see _rows) each stretch of
-    loop steps with the same active rows is one pass over those rows, the states carried from
-    one to the next: rows past their length cost nothing and keep their states bit for bit.
+    Without lengths and reverse, one pass over all rows. Otherwise the rows sorted longest first
+    (see _rows), their inputs in loop order: step t computes only the rows still running, the
+    first ones, so rows past their length cost nothing and keep their states bit for bit.
     """
     if _plain(xs, lengths, reverse):
         return _forward(xs, state0, params)
-    ys, final, parts = _over_rows(xs, state0, lengths, reverse, lambda x, s: _forward(x, s, params))
-    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "rows": parts}
+    rows = _rows(lengths, *xs.shape[:2], reverse)
+    order, step, _, counts, L = rows
+    state = {s: np.array(state0[s])[order] for s in STATES}
+    ys_loop, _, inner = _forward(xs[step, order], state, params, counts)
+    for seq in (ys_loop, *inner["saved"].values()):
+        _zero_past(seq, counts)  # rows past their length: zeros, nothing left unwritten
+    last, B = np.maximum(L - 1, 0), len(L)
+    final = {}
+    for s in STATES:  # each row's state after its last step, copied
+        seq = ys_loop if s == OUTPUT else inner["saved"][s]
+        final[s] = _unsort(np.where((L > 0)[:, None], seq[last, np.arange(B)], state[s]), order)
+    ys = _to_time_order(ys_loop, rows)
+    cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "rows": (rows, inner)}
     return ys, final, cache
 
 
-def _forward(xs, state0, params):
-    """Run the cell over a sequence, every row over every step.
+def _forward(xs, state0, params, _counts=None):
+    """Run the cell over a sequence, every row over every step; with _counts, the first
+    _counts[t] rows at step t (rows sorted longest first; the others are left as they are).
 
     xs (T, B, I); state0 {"h": (B, H), "c": (B, H)}; params as in PARAM_SHAPES.
     Returns ys (T, B, H), the h of every step; the final states; and the cache that
@@ -117,32 +129,63 @@ def _forward(xs, state0, params):
     tanh_c_seq = np.empty((T, B, H), dtype)
     h_prev_products = _work("h_prev_products", (B, 4 * H), dtype)
     tmp0 = _work("tmp0", (B, H), dtype)
+    _rows_now = B
     # exp overflowing to inf (or underflowing to 0) is how sigmoid saturates
     with np.errstate(over="ignore", under="ignore"):
         for t in range(T):
-            h_prev = ys[t - 1] if t > 0 else state0["h"]
-            c_prev = c_seq[t - 1] if t > 0 else state0["c"]
-            gates = gates_seq[t]
-            x_products = x_products_seq[t]
-            f = gates[:, 0 * H : 1 * H]
-            f_pre = gates[:, 0 * H : 1 * H]
-            i = gates[:, 1 * H : 2 * H]
-            i_pre = gates[:, 1 * H : 2 * H]
-            o = gates[:, 2 * H : 3 * H]
-            o_pre = gates[:, 2 * H : 3 * H]
-            c_tilde = gates[:, 3 * H : 4 * H]
-            c_tilde_pre = gates[:, 3 * H : 4 * H]
-            U_f_h_prev = h_prev_products[:, 0 * H : 1 * H]
-            U_i_h_prev = h_prev_products[:, 1 * H : 2 * H]
-            U_o_h_prev = h_prev_products[:, 2 * H : 3 * H]
-            U_c_h_prev = h_prev_products[:, 3 * H : 4 * H]
-            W_f_x = x_products[:, 0 * H : 1 * H]
-            W_i_x = x_products[:, 1 * H : 2 * H]
-            W_o_x = x_products[:, 2 * H : 3 * H]
-            W_c_x = x_products[:, 3 * H : 4 * H]
-            c = c_seq[t]
-            h = ys[t]
-            tanh_c = tanh_c_seq[t]
+            if _counts is None:
+                h_prev = ys[t - 1] if t > 0 else state0["h"]
+                c_prev = c_seq[t - 1] if t > 0 else state0["c"]
+                gates = gates_seq[t]
+                x_products = x_products_seq[t]
+                f = gates[:, 0 * H : 1 * H]
+                f_pre = gates[:, 0 * H : 1 * H]
+                i = gates[:, 1 * H : 2 * H]
+                i_pre = gates[:, 1 * H : 2 * H]
+                o = gates[:, 2 * H : 3 * H]
+                o_pre = gates[:, 2 * H : 3 * H]
+                c_tilde = gates[:, 3 * H : 4 * H]
+                c_tilde_pre = gates[:, 3 * H : 4 * H]
+                U_f_h_prev = h_prev_products[:, 0 * H : 1 * H]
+                U_i_h_prev = h_prev_products[:, 1 * H : 2 * H]
+                U_o_h_prev = h_prev_products[:, 2 * H : 3 * H]
+                U_c_h_prev = h_prev_products[:, 3 * H : 4 * H]
+                W_f_x = x_products[:, 0 * H : 1 * H]
+                W_i_x = x_products[:, 1 * H : 2 * H]
+                W_o_x = x_products[:, 2 * H : 3 * H]
+                W_c_x = x_products[:, 3 * H : 4 * H]
+                c = c_seq[t]
+                h = ys[t]
+                tanh_c = tanh_c_seq[t]
+            else:  # the active rows: the first _n, fewer and fewer
+                _n = _counts[t]
+                if _n != _rows_now:
+                    _rows_now = _n
+                    h_prev_products = _work("h_prev_products", (_n, 4 * H), dtype)
+                    tmp0 = _work("tmp0", (_n, H), dtype)
+                h_prev = ys[t - 1, :_n] if t > 0 else state0["h"][:_n]
+                c_prev = c_seq[t - 1, :_n] if t > 0 else state0["c"][:_n]
+                gates = gates_seq[t, :_n]
+                x_products = x_products_seq[t, :_n]
+                f = gates[:, 0 * H : 1 * H]
+                f_pre = gates[:, 0 * H : 1 * H]
+                i = gates[:, 1 * H : 2 * H]
+                i_pre = gates[:, 1 * H : 2 * H]
+                o = gates[:, 2 * H : 3 * H]
+                o_pre = gates[:, 2 * H : 3 * H]
+                c_tilde = gates[:, 3 * H : 4 * H]
+                c_tilde_pre = gates[:, 3 * H : 4 * H]
+                U_f_h_prev = h_prev_products[:, 0 * H : 1 * H]
+                U_i_h_prev = h_prev_products[:, 1 * H : 2 * H]
+                U_o_h_prev = h_prev_products[:, 2 * H : 3 * H]
+                U_c_h_prev = h_prev_products[:, 3 * H : 4 * H]
+                W_f_x = x_products[:, 0 * H : 1 * H]
+                W_i_x = x_products[:, 1 * H : 2 * H]
+                W_o_x = x_products[:, 2 * H : 3 * H]
+                W_c_x = x_products[:, 3 * H : 4 * H]
+                c = c_seq[t, :_n]
+                h = ys[t, :_n]
+                tanh_c = tanh_c_seq[t, :_n]
             np.matmul(h_prev, MT_h_prev, out=h_prev_products)
             # f = sigmoid(W_f @ x + U_f @ h_prev + p_f * c_prev + b_f)  (forget gate)
             np.multiply(c_prev, p_f, out=tmp0)
@@ -175,32 +218,21 @@ def _forward(xs, state0, params):
 
 
 def backward(dys, cache, dfinal=None):
-    """Backpropagation through time, through the passes forward made (see forward)."""
+    """Backpropagation through time, over the rows and steps forward ran (see forward)."""
     if "rows" not in cache:
         return _backward(dys, cache, dfinal)
-    (order, step, active, parts), params = cache["rows"], cache["params"]
-    T, B, _ = cache["xs"].shape
-    H = dys.shape[2]
-    dtype = np.result_type(dys, cache["ys"], *params.values())
+    rows, inner = cache["rows"]
+    order, step, active, counts, _ = rows
+    dtype = np.result_type(dys, cache["ys"], *cache["params"].values())
     dys_loop = np.where(active[:, :, None], dys[step, order], 0).astype(dtype, copy=False)
-    dfinal = dfinal or {}
-    carried = {s: np.array(dfinal[s], dtype)[order] if s in dfinal else np.zeros((B, H), dtype)
-               for s in STATES}
-    dparams = {name: np.zeros(value.shape, dtype) for name, value in params.items()}
-    dxs_loop = np.zeros(cache["xs"].shape, dtype)
-    for t0, t1, n, part in reversed(parts):
-        d_final = {s: carried[s][:n] for s in STATES}
-        dxs_loop[t0:t1, :n], dstate, dp = _backward(dys_loop[t0:t1, :n], part, d_final)
-        for s in STATES:
-            carried[s][:n] = dstate[s]
-        for name in dparams:
-            dparams[name] += dp[name]
-    dstate0 = {s: _unsort(carried[s], order) for s in STATES}
-    return _to_time_order(dxs_loop, order, step, active), dstate0, dparams
+    dfinal = {s: np.asarray(v, dtype)[order] for s, v in (dfinal or {}).items()}
+    dxs_loop, dstate, dparams = _backward(dys_loop, inner, dfinal, counts)
+    dstate0 = {s: _unsort(v, order) for s, v in dstate.items()}
+    return _to_time_order(dxs_loop, rows), dstate0, dparams
 
 
-def _backward(dys, cache, dfinal=None):
-    """Backpropagation through time, every row over every step.
+def _backward(dys, cache, dfinal=None, _counts=None):
+    """Backpropagation through time, every row over every step; with _counts, as _forward.
 
     dys (T, B, H) is dL/dys; dfinal, optional, holds dL/d(final state) like forward's final.
     Returns dxs (T, B, I), dstate0 (like state0) and dparams (like params).
@@ -246,28 +278,69 @@ def _backward(dys, cache, dfinal=None):
     tmp0 = _work("tmp0", (B, H), dtype)
     tmp2 = _work("tmp2", (B, H), dtype)
     tmp1 = _work("tmp1", (B, 2 * H), dtype)
+    _rows_now = B
+    if _counts is not None:  # rows not yet active keep dfinal in both carried arrays
+        np.copyto(d_h_spare, d_h_next)
+        np.copyto(d_c_spare, d_c_next)
     for t in reversed(range(T)):
-        c_prev = c_seq[t - 1] if t > 0 else state0["c"]
-        d_gates = d_gates_seq[t]
-        gates = gates_seq[t]
-        d_f = d_gates[:, 0 * H : 1 * H]
-        d_f_pre = d_gates[:, 0 * H : 1 * H]
-        d_i = d_gates[:, 1 * H : 2 * H]
-        d_i_pre = d_gates[:, 1 * H : 2 * H]
-        d_o = d_gates[:, 2 * H : 3 * H]
-        d_o_pre = d_gates[:, 2 * H : 3 * H]
-        d_c_tilde = d_gates[:, 3 * H : 4 * H]
-        d_c_tilde_pre = d_gates[:, 3 * H : 4 * H]
-        f = gates[:, 0 * H : 1 * H]
-        i = gates[:, 1 * H : 2 * H]
-        o = gates[:, 2 * H : 3 * H]
-        c_tilde = gates[:, 3 * H : 4 * H]
-        c = c_seq[t]
-        tanh_c = tanh_c_seq[t]
-        d_h_prev = d_h_spare
-        d_c_prev = d_c_spare
+        if _counts is None:
+            c_prev = c_seq[t - 1] if t > 0 else state0["c"]
+            d_gates = d_gates_seq[t]
+            gates = gates_seq[t]
+            d_f = d_gates[:, 0 * H : 1 * H]
+            d_f_pre = d_gates[:, 0 * H : 1 * H]
+            d_i = d_gates[:, 1 * H : 2 * H]
+            d_i_pre = d_gates[:, 1 * H : 2 * H]
+            d_o = d_gates[:, 2 * H : 3 * H]
+            d_o_pre = d_gates[:, 2 * H : 3 * H]
+            d_c_tilde = d_gates[:, 3 * H : 4 * H]
+            d_c_tilde_pre = d_gates[:, 3 * H : 4 * H]
+            f = gates[:, 0 * H : 1 * H]
+            i = gates[:, 1 * H : 2 * H]
+            o = gates[:, 2 * H : 3 * H]
+            c_tilde = gates[:, 3 * H : 4 * H]
+            c = c_seq[t]
+            tanh_c = tanh_c_seq[t]
+            dys_t = dys[t]
+            d_h_prev = d_h_spare
+            d_c_prev = d_c_spare
+        else:  # the active rows: the first _n, more and more
+            _n = _counts[t]
+            if _n != _rows_now:
+                _rows_now = _n
+                d_c = _work("d_c", (_n, H), dtype)
+                d_h_in = _work("d_h_in", (_n, H), dtype)
+                d_p_f = _work("d_p_f", (_n, H), dtype)
+                d_p_i = _work("d_p_i", (_n, H), dtype)
+                d_p_o = _work("d_p_o", (_n, H), dtype)
+                d_tanh_c = _work("d_tanh_c", (_n, H), dtype)
+                tmp0 = _work("tmp0", (_n, H), dtype)
+                tmp2 = _work("tmp2", (_n, H), dtype)
+                tmp1 = _work("tmp1", (_n, 2 * H), dtype)
+            c_prev = c_seq[t - 1, :_n] if t > 0 else state0["c"][:_n]
+            d_gates = d_gates_seq[t, :_n]
+            gates = gates_seq[t, :_n]
+            d_f = d_gates[:, 0 * H : 1 * H]
+            d_f_pre = d_gates[:, 0 * H : 1 * H]
+            d_i = d_gates[:, 1 * H : 2 * H]
+            d_i_pre = d_gates[:, 1 * H : 2 * H]
+            d_o = d_gates[:, 2 * H : 3 * H]
+            d_o_pre = d_gates[:, 2 * H : 3 * H]
+            d_c_tilde = d_gates[:, 3 * H : 4 * H]
+            d_c_tilde_pre = d_gates[:, 3 * H : 4 * H]
+            f = gates[:, 0 * H : 1 * H]
+            i = gates[:, 1 * H : 2 * H]
+            o = gates[:, 2 * H : 3 * H]
+            c_tilde = gates[:, 3 * H : 4 * H]
+            c = c_seq[t, :_n]
+            tanh_c = tanh_c_seq[t, :_n]
+            dys_t = dys[t, :_n]
+            d_h_prev = _full(d_h_spare)[:_n]
+            d_h_next = _full(d_h_next)[:_n]
+            d_c_prev = _full(d_c_spare)[:_n]
+            d_c_next = _full(d_c_next)[:_n]
         d_c_in = d_c_next
-        np.add(dys[t], d_h_next, out=d_h_in)
+        np.add(dys_t, d_h_next, out=d_h_in)
         # adjoint of h (hidden state)
         d_h = d_h_in
         np.multiply(d_h, o, out=d_tanh_c)
@@ -309,6 +382,8 @@ def _backward(dys, cache, dfinal=None):
         np.matmul(d_gates, M_h_prev, out=d_h_prev)
         d_h_spare, d_h_next = d_h_next, d_h_prev
         d_c_spare, d_c_next = d_c_next, d_c_prev
+    if _counts is not None:  # rows past their length: zero adjoints
+        _zero_past(d_gates_seq, _counts)
     # after the loop: the input gradient and the weight gradients, one product each
     d_x_all = d_gates_seq.reshape(T * B, -1)
     dxs = (d_x_all @ M_x).reshape(T, B, I)
@@ -330,7 +405,7 @@ def _backward(dys, cache, dfinal=None):
     dparams["b_i"] += d_gates_sum[1 * H : 2 * H]
     dparams["b_c"] += d_gates_sum[3 * H : 4 * H]
     dparams["b_o"] += d_gates_sum[2 * H : 3 * H]
-    dstate0 = {"h": d_h_next, "c": d_c_next}
+    dstate0 = {"h": _full(d_h_next), "c": _full(d_c_next)}
     return dxs, dstate0, dparams
 
 
@@ -348,8 +423,7 @@ def infer(xs, state0, packed, lengths=None, reverse=False):
     and reverse as in forward."""
     if _plain(xs, lengths, reverse):
         return _infer(xs, state0, packed)
-    ys, final, _ = _over_rows(xs, state0, lengths, reverse, lambda x, s: (*_infer(x, s, packed), None))
-    return ys, final
+    return forward(xs, state0, packed, lengths, reverse)[:2]
 
 
 def _infer(xs, state0, packed):
@@ -378,42 +452,27 @@ def _plain(xs, lengths, reverse):
 
 def _rows(lengths, T, B, reverse):
     """Rows sorted longest first, so that the rows active at loop step t are the first ones:
-    the order, the time step each (loop step, sorted row) reads, which are active, and the
-    stretches (t0, t1, n) of loop steps during which the first n rows are the active ones."""
+    the order, the time step each (loop step, sorted row) reads, which are active, how many are
+    at each step, and the sorted lengths."""
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths, np.int64)
     order = np.argsort(-lengths, kind="stable")
     L = lengths[order][None, :]
     t = np.arange(T)[:, None]
     active = (t < L)
     step = np.where(active, L - t - 1, t) if reverse else np.broadcast_to(t, (T, B))
-    counts = active.sum(axis=1)
-    starts = [t0 for t0 in range(T) if counts[t0] and (t0 == 0 or counts[t0] != counts[t0 - 1])]
-    ends = starts[1:] + [int(np.count_nonzero(counts))]
-    parts = [(t0, t1, int(counts[t0])) for t0, t1 in zip(starts, ends)]
-    return order, step, active, parts
+    return order, step, active, active.sum(axis=1), L[0]
 
 
-def _over_rows(xs, state0, lengths, reverse, run):
-    """ys, the final states and the passes [(t0, t1, n, cache)] of `run(xs, state0)` over
-    each stretch of loop steps, on its active rows, with their states carried between."""
-    T, B, _ = xs.shape
-    order, step, active, stretches = _rows(lengths, T, B, reverse)
-    xs_loop = xs[step, order]
-    state = {s: np.array(state0[s])[order] for s in STATES}
-    ys_loop, parts = None, []
-    for t0, t1, n in stretches:
-        ys_part, final, cache = run(xs_loop[t0:t1, :n], {s: state[s][:n].copy() for s in STATES})
-        if ys_loop is None:
-            ys_loop = np.zeros((T, B, ys_part.shape[2]), ys_part.dtype)
-        ys_loop[t0:t1, :n] = ys_part
-        for s in STATES:
-            state[s][:n] = final[s]
-        parts.append((t0, t1, n, cache))
-    if ys_loop is None:  # every length is 0
-        H = state0[OUTPUT].shape[1]
-        ys_loop = np.zeros((T, B, H), np.result_type(xs, *state0.values()))
-    final = {s: _unsort(state[s], order) for s in STATES}
-    return _to_time_order(ys_loop, order, step, active), final, (order, step, active, parts)
+def _zero_past(seq, counts):
+    """Zeros in the rows of each step past its active ones."""
+    for t, n in enumerate(counts):
+        seq[t, n:] = 0
+
+
+def _full(carried):
+    """The whole (B, H) array of a carried adjoint, of which a step with lengths takes the
+    first rows."""
+    return carried if carried.base is None else carried.base
 
 
 def _unsort(rows, order):
@@ -422,9 +481,10 @@ def _unsort(rows, order):
     return out
 
 
-def _to_time_order(loop, order, step, active):
+def _to_time_order(loop, rows):
     """A (T, B, n) array in loop order and sorted rows, back in time order; zeros past a row's
     length."""
+    order, step, active, _, _ = rows
     out = np.zeros_like(loop)
     t, j = np.nonzero(active)
     out[step[t, j], order[j]] = loop[t, j]
