@@ -164,3 +164,36 @@ def test_bench_times_forward_backward_with_lengths():
         ratio = (spread.gflops * spread.median_ms) / (full.gflops * full.median_ms)
         assert ratio == pytest.approx(np.mean(spread_lengths(4, 3)) / 4)
     assert "L=1..T" in report.table()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_c_kernels_with_lengths_stay_inside_their_buffers(cell):
+    """Canaries after `work` and `saved`: reversed, with unequal lengths, nothing is written
+    past the sizes the plan states."""
+    from codegen.backends.c.ffi import address
+
+    k = _kernel(cell, "c", "float64")
+    c = k._functions
+    xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H)
+    lengths = SHORT.astype(np.int32)
+    work_size, saved_size = c._work_size(T, B, I, H), c._saved_size(T, B, H)
+    work, saved = np.full(work_size + 64, 7.0), np.full(saved_size + 64, 7.0)
+    ys = np.empty((T, B, H))
+    final = {s: np.empty((B, H)) for s in k.states}
+    c._forward(
+        T, B, I, H, address(xs), address(lengths), 1, *[address(state0[s]) for s in k.states],
+        *[address(params[p]) for p in k.params], address(ys),
+        *[address(final[s]) for s in k.states], address(saved), address(work),
+    )  # fmt: skip
+    dxs = np.empty_like(xs)
+    dstate0 = {s: np.empty((B, H)) for s in k.states}
+    dparams = {p: np.empty_like(v) for p, v in params.items()}
+    c._backward(
+        T, B, I, H, address(xs), address(lengths), 1, *[address(state0[s]) for s in k.states],
+        *[address(params[p]) for p in k.params], address(ys), address(saved), address(dys),
+        *[address(dfinal[s]) for s in k.states], address(dxs),
+        *[address(dstate0[s]) for s in k.states], *[address(dparams[p]) for p in k.params],
+        address(work),
+    )  # fmt: skip
+    assert np.all(work[work_size:] == 7.0) and np.all(saved[saved_size:] == 7.0)
+    assert np.all(np.isfinite(dxs)) and np.all(dxs[np.arange(T)[:, None] >= lengths] == 0)
