@@ -161,8 +161,8 @@ def _forward(xs, state0, params, _counts=None):
                 _n = _counts[t]
                 if _n != _rows_now:
                     _rows_now = _n
-                    h_prev_products = _work("h_prev_products", (_n, 4 * H), dtype)
-                    tmp0 = _work("tmp0", (_n, H), dtype)
+                    h_prev_products = _first_rows(h_prev_products, _n)
+                    tmp0 = _first_rows(tmp0, _n)
                 h_prev = ys[t - 1, :_n] if t > 0 else state0["h"][:_n]
                 c_prev = c_seq[t - 1, :_n] if t > 0 else state0["c"][:_n]
                 gates = gates_seq[t, :_n]
@@ -308,15 +308,15 @@ def _backward(dys, cache, dfinal=None, _counts=None):
             _n = _counts[t]
             if _n != _rows_now:
                 _rows_now = _n
-                d_c = _work("d_c", (_n, H), dtype)
-                d_h_in = _work("d_h_in", (_n, H), dtype)
-                d_p_f = _work("d_p_f", (_n, H), dtype)
-                d_p_i = _work("d_p_i", (_n, H), dtype)
-                d_p_o = _work("d_p_o", (_n, H), dtype)
-                d_tanh_c = _work("d_tanh_c", (_n, H), dtype)
-                tmp0 = _work("tmp0", (_n, H), dtype)
-                tmp2 = _work("tmp2", (_n, H), dtype)
-                tmp1 = _work("tmp1", (_n, 2 * H), dtype)
+                d_c = _first_rows(d_c, _n)
+                d_h_in = _first_rows(d_h_in, _n)
+                d_p_f = _first_rows(d_p_f, _n)
+                d_p_i = _first_rows(d_p_i, _n)
+                d_p_o = _first_rows(d_p_o, _n)
+                d_tanh_c = _first_rows(d_tanh_c, _n)
+                tmp0 = _first_rows(tmp0, _n)
+                tmp2 = _first_rows(tmp2, _n)
+                tmp1 = _first_rows(tmp1, _n)
             c_prev = c_seq[t - 1, :_n] if t > 0 else state0["c"][:_n]
             d_gates = d_gates_seq[t, :_n]
             gates = gates_seq[t, :_n]
@@ -465,8 +465,12 @@ def _rows(lengths, T, B, reverse):
 
 def _zero_past(seq, counts):
     """Zeros in the rows of each step past its active ones."""
-    for t, n in enumerate(counts):
-        seq[t, n:] = 0
+    seq[np.arange(seq.shape[1]) >= counts[:, None]] = 0
+
+
+def _first_rows(work, n):
+    """The first n rows of a work array (of its memory, whatever rows it has now)."""
+    return work.base[: n * work.shape[1]].reshape(n, work.shape[1])
 
 
 def _full(carried):
@@ -482,10 +486,10 @@ def _unsort(rows, order):
 
 
 def _to_time_order(loop, rows):
-    """A (T, B, n) array in loop order and sorted rows, back in time order; zeros past a row's
-    length."""
-    order, step, active, _, _ = rows
-    out = np.zeros_like(loop)
-    t, j = np.nonzero(active)
-    out[step[t, j], order[j]] = loop[t, j]
+    """A (T, B, n) array in loop order and sorted rows (zeros past a row's length) back in
+    time order."""
+    order, step, _, _, _ = rows
+    out = np.empty_like(loop)
+    # step[t, j] is where loop step t of row j goes, and (reversing) where time step t comes from
+    out[:, order] = np.take_along_axis(loop, step[:, :, None], axis=0)
     return out

@@ -136,9 +136,9 @@ def _forward(xs, state0, params, _counts=None):
                 _n = _counts[t]
                 if _n != _rows_now:
                     _rows_now = _n
-                    h_prev_products = _work("h_prev_products", (_n, H), dtype)
-                    f_h_prev_products = _work("f_h_prev_products", (_n, H), dtype)
-                    tmp0 = _work("tmp0", (_n, H), dtype)
+                    h_prev_products = _first_rows(h_prev_products, _n)
+                    f_h_prev_products = _first_rows(f_h_prev_products, _n)
+                    tmp0 = _first_rows(tmp0, _n)
                 h_prev = ys[t - 1, :_n] if t > 0 else state0["h"][:_n]
                 gates = gates_seq[t, :_n]
                 x_products = x_products_seq[t, :_n]
@@ -237,10 +237,10 @@ def _backward(dys, cache, dfinal=None, _counts=None):
             _n = _counts[t]
             if _n != _rows_now:
                 _rows_now = _n
-                cse0 = _work("cse0", (_n, H), dtype)
-                d_f_h_prev_mm = _work("d_f_h_prev_mm", (_n, H), dtype)
-                d_h_in = _work("d_h_in", (_n, H), dtype)
-                tmp0 = _work("tmp0", (_n, H), dtype)
+                cse0 = _first_rows(cse0, _n)
+                d_f_h_prev_mm = _first_rows(d_f_h_prev_mm, _n)
+                d_h_in = _first_rows(d_h_in, _n)
+                tmp0 = _first_rows(tmp0, _n)
             h_prev = ys[t - 1, :_n] if t > 0 else state0["h"][:_n]
             d_gates = d_gates_seq[t, :_n]
             gates = gates_seq[t, :_n]
@@ -356,8 +356,12 @@ def _rows(lengths, T, B, reverse):
 
 def _zero_past(seq, counts):
     """Zeros in the rows of each step past its active ones."""
-    for t, n in enumerate(counts):
-        seq[t, n:] = 0
+    seq[np.arange(seq.shape[1]) >= counts[:, None]] = 0
+
+
+def _first_rows(work, n):
+    """The first n rows of a work array (of its memory, whatever rows it has now)."""
+    return work.base[: n * work.shape[1]].reshape(n, work.shape[1])
 
 
 def _full(carried):
@@ -373,10 +377,10 @@ def _unsort(rows, order):
 
 
 def _to_time_order(loop, rows):
-    """A (T, B, n) array in loop order and sorted rows, back in time order; zeros past a row's
-    length."""
-    order, step, active, _, _ = rows
-    out = np.zeros_like(loop)
-    t, j = np.nonzero(active)
-    out[step[t, j], order[j]] = loop[t, j]
+    """A (T, B, n) array in loop order and sorted rows (zeros past a row's length) back in
+    time order."""
+    order, step, _, _, _ = rows
+    out = np.empty_like(loop)
+    # step[t, j] is where loop step t of row j goes, and (reversing) where time step t comes from
+    out[:, order] = np.take_along_axis(loop, step[:, :, None], axis=0)
     return out

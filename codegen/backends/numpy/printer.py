@@ -27,9 +27,14 @@ def _work(name: str, shape: str) -> str:
     return f'_work("{name}", {shape}, dtype)'
 
 
-def _work_lines(buffers: list[tuple[str, str]], rows: str = "B") -> list[str]:
-    """`name = _work(...)` for (name, columns) buffers of `rows` rows: B, or the n active."""
-    return [f"{name} = {_work(name, f'({rows}, {cols})')}" for name, cols in buffers]
+def _work_lines(buffers: list[tuple[str, str]]) -> list[str]:
+    """`name = _work(...)` for (name, columns) buffers of B rows."""
+    return [f"{name} = {_work(name, f'(B, {cols})')}" for name, cols in buffers]
+
+
+def _first_rows(buffers: list[tuple[str, str]]) -> list[str]:
+    """The same buffers, of their first _n rows (the rows active at a step)."""
+    return [f"{name} = _first_rows({name}, _n)" for name, _ in buffers]
 
 
 class Pass:
@@ -335,9 +340,9 @@ def context(kernel: Kernel) -> dict:
         "forward_setup": setup,
         "forward_bindings": forward_bindings,
         "forward_rows": forward_rows,
-        "forward_rows_work": _work_lines(forward_work, "_n"),
+        "forward_rows_work": _first_rows(forward_work),
         "backward_rows": backward_rows,
-        "backward_rows_work": _work_lines(backward_work, "_n"),
+        "backward_rows_work": _first_rows(backward_work),
         "adjoint_seqs": adjoint_seqs,
         "forward_body": body,
         "cache_items": ", ".join(cache_items),
