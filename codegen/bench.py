@@ -11,9 +11,9 @@ decided by a single stall. A row whose repetitions spread too widely (interquart
 median above UNSTEADY) is marked as not to be trusted.
 
 GFLOP/s count the matrix products only (2 T B H K per product, three times that for forward and
-backward); `% peak` divides by the speed of one large matrix product in NumPy measured at the
-start of the same run. torch's forward is timed with autograd recording, the forward that a
-backward needs, like ours.
+backward, the steps of each row only with lengths); `% peak` divides by the speed of one large
+matrix product in NumPy measured at the start of the same run. torch's forward is timed with
+autograd recording, the forward that a backward needs, like ours.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ DEFAULT_CELLS = ("lstm", "gru_reset_after")
 DEFAULT_SHAPES = ("T32,B32,I256,H256", "T64,B16,I128,H128", "T100,B1,I32,H32", "T1000,B1,I64,H64")
 DTYPES = ("float32", "float64")
 PASSES = ("forward", "forward+backward")
+# with --lengths, forward+backward again with lengths: all T, and spread evenly over 1..T
+LENGTH_PASSES = ("forward+backward lengths=T", "forward+backward lengths=1..T")
+LABELS = dict(zip((*PASSES, *LENGTH_PASSES), ("fwd", "fwd+bwd", "L=T", "L=1..T"), strict=True))
 TORCH_LAYERS = {"lstm": "LSTM", "gru_reset_after": "GRU"}  # cells that torch.nn computes
 REPEATS = 3  # timed repetitions in each round's sample; the sample is their median
 UNSTEADY = 0.25  # a row whose repetitions' interquartile range exceeds this of its median
@@ -133,7 +136,7 @@ class Report:
             trusted = r.steady and steady.get((r.cell, r.shape, r.dtype, r.passes, "torch"), True)
             lines.append(
                 f"{r.cell:<16} {r.shape:<20} {r.dtype:<8} "
-                f"{'fwd' if r.passes == 'forward' else 'fwd+bwd':<8} {r.impl:<6} "
+                f"{LABELS[r.passes]:<8} {r.impl:<6} "
                 f"{r.median_ms:10.3f} {r.gflops:8.1f} {100 * r.peak_fraction:6.1f} {ratio} "
                 f"{100 * r.spread:6.0f}%{'' if trusted else ' !'}"
             )
@@ -149,18 +152,24 @@ class Report:
 # problems and implementations ---------------------------------------------------------------
 
 
-class Ours:
-    """A generated kernel (NumPy or C) as the two timed calls."""
+def spread_lengths(T: int, B: int) -> np.ndarray:
+    """Lengths spread evenly over 1..T: the middles of B equal slices (T // 2 for B = 1)."""
+    return np.ceil(T * (np.arange(B) + 0.5) / B).astype(np.int32)
 
-    def __init__(self, kernel: Any, p: Problem) -> None:
-        self.kernel, self.p = kernel, p
+
+class Ours:
+    """A generated kernel (NumPy or C) as the timed calls."""
+
+    def __init__(self, kernel: Any, p: Problem, lengths: np.ndarray | None = None) -> None:
+        self.kernel, self.p, self.lengths = kernel, p, lengths
 
     def forward(self) -> np.ndarray:
         return self.kernel.forward(self.p.xs, self.p.state0, self.p.params)[0]
 
     def forward_backward(self) -> None:
-        cache = self.kernel.forward(self.p.xs, self.p.state0, self.p.params)[2]
-        self.kernel.backward(self.p.dys, cache)
+        p = self.p
+        cache = self.kernel.forward(p.xs, p.state0, p.params, lengths=self.lengths)[2]
+        self.kernel.backward(p.dys, cache)
 
 
 class Torch:
@@ -300,9 +309,11 @@ def run(
     with_torch: bool = True,
     peak_size: int = 1024,
     progress: TextIO | None = None,
+    lengths: bool = False,
 ) -> Report:
     """Time every (cell, shape, dtype): our backends (all registered ones by default) and,
-    where it exists, torch; one report."""
+    where it exists, torch; one report. `lengths`: our forward+backward also with lengths,
+    all T and spread over 1..T."""
     import codegen
 
     backends = backend_registry.names() if backends is None else tuple(backends)
@@ -326,7 +337,7 @@ def run(
                 progress.write(f"\r[{n}/{len(cases)}] {cell} {shape} {dtype} ...".ljust(72))
                 progress.flush()
             rows += _case(cell, shape, dtype, backends, torch_run, peak[dtype],
-                          rounds, min_time, settle, codegen)  # fmt: skip
+                          rounds, min_time, settle, codegen, lengths)  # fmt: skip
     finally:  # an error is then printed on a line of its own, not after the progress
         if progress is not None:
             progress.write("\r" + " " * 72 + "\r")
@@ -350,7 +361,8 @@ def run(
     return Report(rows, meta)
 
 
-def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, settle, codegen):
+def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, settle, codegen,
+          lengths=False):  # fmt: skip
     """The rows of one (cell, shape, dtype): every implementation and pass, interleaved."""
     reference = codegen.load(cell, dtype=dtype)  # the default backend
     sizes = {"T": shape.T, "B": shape.B, "I": shape.I, "H": shape.H}
@@ -370,6 +382,14 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
     for k, impl in impls.items():
         tasks[f"{k}|forward"] = impl.forward
         tasks[f"{k}|forward+backward"] = impl.forward_backward
+    spread_rows = spread_lengths(shape.T, shape.B)
+    steps = {p: 1.0 for p in PASSES}  # the fraction of the T B row steps each pass runs
+    for backend in backends if lengths else ():
+        full = np.full(shape.B, shape.T)
+        for passes, rows_lengths in zip(LENGTH_PASSES, (full, spread_rows), strict=True):
+            ours = Ours(impls[backend].kernel, p, rows_lengths.astype(np.int32))
+            tasks[f"{backend}|{passes}"] = ours.forward_backward
+            steps[passes] = float(np.mean(rows_lengths)) / shape.T
     timings = interleaved(tasks, rounds, min_time, settle)
     flops = product_flops(cell, shape)
     summaries = {key: summary(ts) for key, (ts, _) in timings.items()}
@@ -378,7 +398,7 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
     for key, (ts, calls) in timings.items():
         impl, passes = key.split("|")
         median, fastest, spread = summaries[key]
-        total = flops * (1 if passes == "forward" else 3)
+        total = flops * (1 if passes == "forward" else 3) * steps[passes]
         torch_key = f"torch|{passes}"
         rows.append(
             Row(
@@ -399,7 +419,7 @@ def _case(cell, shape, dtype, backends, with_torch, peak, rounds, min_time, sett
                 steady=spread <= UNSTEADY,
             )
         )
-    order = {p: k for k, p in enumerate(PASSES)}
+    order = {p: k for k, p in enumerate((*PASSES, *LENGTH_PASSES))}
     impl_order = {b: k for k, b in enumerate((*backend_registry.names(), "torch"))}
     return sorted(rows, key=lambda r: (order[r.passes], impl_order[r.impl]))
 

@@ -193,6 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         with_torch=not args.no_torch,
         progress=sys.stderr,
+        lengths=args.lengths,
     )
     print(report.json() if args.json else report.table())
     return EXIT_OK
@@ -339,6 +340,12 @@ def parser() -> argparse.ArgumentParser:
         help="time one float32 training step through codegen.torch.RNN against the cell as a "
         "Python loop of torch ops and torch.nn.LSTM/GRU (shapes default to T100,B1,I32,H32 "
         "T100,B16,I64,H64 T64,B16,I128,H128 T32,B32,I256,H256)",
+    )
+    s.add_argument(
+        "--lengths",
+        action="store_true",
+        help="also time our forward+backward with lengths: all T (L=T) and spread over 1..T "
+        "(L=1..T)",
     )
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(run=cmd_bench)

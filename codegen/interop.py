@@ -52,22 +52,39 @@ class InteropError(CellgenError, ValueError):
     """Weights that do not describe a single-layer, one-direction layer cellgen can run."""
 
 
-class Converted(NamedTuple):
-    """The cellgen cell that computes a framework layer's function, and its parameters."""
-
+class _CellAndParams(NamedTuple):
     cell: str
     params: Params
+
+
+class Converted(_CellAndParams):
+    """The cellgen cell that computes a framework layer's function, and its parameters
+    (`cell, params = converted`); `direction` is the layer's: "forward", "reverse" (run the
+    kernels with reverse=True) or "bidirectional" (params named for codegen.RNN)."""
+
+    def __new__(cls, cell: str, params: Params, direction: str = "forward") -> Converted:
+        self = super().__new__(cls, cell, params)
+        self.direction = direction
+        return self
+
+    def __repr__(self) -> str:
+        return f"Converted(cell={self.cell!r}, direction={self.direction!r}, params=...)"
 
 
 # PyTorch -----------------------------------------------------------------------------------
 
 
 def from_torch_lstm(module: torch.nn.Module) -> Params:
-    """Parameters of `lstm` from a torch.nn.LSTM (one layer, one direction) or LSTMCell.
+    """Parameters of `lstm` from a torch.nn.LSTM or LSTMCell: for one layer and one direction
+    the cell's (W_f, ...); for more layers or two directions codegen.RNN's (l0.W_f,
+    l0_reverse.W_f, l1.W_f, ...).
 
     The arrays are copies in the module's dtype; b_g = bias_ih_g + bias_hh_g.
     """
-    w_ih, w_hh, b_ih, b_hh = _torch_weights(module, "LSTM", 4)
+    return _from_torch(module, "LSTM", 4, _lstm_from_torch)
+
+
+def _lstm_from_torch(w_ih, w_hh, b_ih, b_hh) -> Params:
     return _ordered(_split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_LSTM_GATES), LSTM_PARAMS)
 
 
@@ -78,24 +95,26 @@ def to_torch_lstm(
 
     bias_ih takes b and bias_hh is zeroed: torch uses only their sum. Returns the module.
     """
-    import torch
+    return _to_torch(params, module, "LSTM", 4, _lstm_to_torch)
 
+
+def _lstm_to_torch(params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     p = _check_params(params, LSTM_PARAMS, "lstm")
-    H, I = p["W_i"].shape
-    if module is None:
-        module = torch.nn.LSTM(I, H, dtype=torch.float64)
     b = _stack(p, "b", TORCH_LSTM_GATES)
     w_ih, w_hh = _stack(p, "W", TORCH_LSTM_GATES), _stack(p, "U", TORCH_LSTM_GATES)
-    _write_torch(module, "LSTM", 4, w_ih, w_hh, b, np.zeros_like(b))
-    return module
+    return w_ih, w_hh, b, np.zeros_like(b)
 
 
 def from_torch_gru(module: torch.nn.Module) -> Params:
-    """Parameters of `gru_reset_after` from a torch.nn.GRU (one layer, one direction) or GRUCell.
+    """Parameters of `gru_reset_after` from a torch.nn.GRU or GRUCell, named as from_torch_lstm
+    names them (codegen.RNN's names for more layers or two directions).
 
     b_r and b_z are the sums of torch's two biases; b_in = bias_ih_n and b_hn = bias_hh_n.
     """
-    w_ih, w_hh, b_ih, b_hh = _torch_weights(module, "GRU", 3)
+    return _from_torch(module, "GRU", 3, _gru_from_torch)
+
+
+def _gru_from_torch(w_ih, w_hh, b_ih, b_hh) -> Params:
     H = w_hh.shape[1]
     p = _split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_GRU_GATES)
     del p["b_n"]
@@ -110,46 +129,85 @@ def to_torch_gru(
 
     bias_ih = [b_r, b_z, b_in] and bias_hh = [0, 0, b_hn]. Returns the module.
     """
-    import torch
+    return _to_torch(params, module, "GRU", 3, _gru_to_torch)
 
+
+def _gru_to_torch(params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     p = _check_params(params, GRU_RESET_AFTER_PARAMS, "gru_reset_after")
-    H, I = p["W_r"].shape
-    if module is None:
-        module = torch.nn.GRU(I, H, dtype=torch.float64)
     w_ih, w_hh = _stack(p, "W", TORCH_GRU_GATES), _stack(p, "U", TORCH_GRU_GATES)
     zero = np.zeros_like(p["b_hn"])
     b_ih = np.concatenate([p["b_r"], p["b_z"], p["b_in"]])
     b_hh = np.concatenate([zero, zero, p["b_hn"]])
-    _write_torch(module, "GRU", 3, w_ih, w_hh, b_ih, b_hh)
-    return module
+    return w_ih, w_hh, b_ih, b_hh
 
 
-def _torch_weights(module: Any, kind: str, gates: int) -> tuple[np.ndarray, ...]:
-    """weight_ih, weight_hh, bias_ih, bias_hh of a one-layer, one-direction module, as NumPy."""
+def _torch_units(module: Any, kind: str) -> list[tuple[str, str]]:
+    """(RNN prefix, torch suffix) of each layer and direction of a module, in torch's order:
+    [("", "_l0")] for one layer and direction, [("", "")] for a cell."""
     layer, cell = _torch_classes(kind)
     if isinstance(module, layer):
-        if module.num_layers != 1:
-            raise InteropError(
-                f"torch.nn.{kind} has num_layers={module.num_layers}: cellgen runs one layer; "
-                f"convert each layer of a stack with its own torch.nn.{kind}(num_layers=1)"
-            )
-        if module.bidirectional:
-            raise InteropError(
-                f"torch.nn.{kind} is bidirectional: cellgen runs one direction; "
-                "convert each direction as its own layer"
-            )
         if getattr(module, "proj_size", 0):
             raise InteropError(
                 f"torch.nn.LSTM has proj_size={module.proj_size}: a projected LSTM is not "
                 "the lstm cell"
             )
-        suffix = "_l0"
-    elif isinstance(module, cell):
-        suffix = ""
-    else:
-        raise InteropError(
-            f"expected a torch.nn.{kind} or torch.nn.{kind}Cell, got {type(module).__name__}"
+        if module.num_layers == 1 and not module.bidirectional:
+            return [("", "_l0")]
+        directions = ("", "_reverse") if module.bidirectional else ("",)
+        return [(f"l{k}{d}", f"_l{k}{d}") for k in range(module.num_layers) for d in directions]
+    if isinstance(module, cell):
+        return [("", "")]
+    raise InteropError(
+        f"expected a torch.nn.{kind} or torch.nn.{kind}Cell, got {type(module).__name__}"
+    )
+
+
+def _from_torch(module: Any, kind: str, gates: int, convert) -> Params:
+    out: Params = {}
+    for prefix, suffix in _torch_units(module, kind):
+        params = convert(*_torch_weights(module, kind, gates, suffix))
+        out.update({f"{prefix}.{k}" if prefix else k: v for k, v in params.items()})
+    return out
+
+
+def _to_torch(params: Mapping[str, Any], module: Any, kind: str, gates: int, convert) -> Any:
+    """Write a cell's parameters, or codegen.RNN's (l0.W_f, ...), into a module of `kind`
+    (a new float64 one, with as many layers and directions as the names say, if None)."""
+    import torch
+
+    prefixes = sorted({k.split(".")[0] for k in params if "." in k})
+    stacked = {prefix: convert({k.split(".", 1)[1]: v for k, v in params.items()
+                                if k.split(".")[0] == prefix}) for prefix in prefixes}  # fmt: skip
+    arrays = stacked or {"": convert(params)}
+    if module is None:
+        layers = 1 + max((int(p[1:].split("_")[0]) for p in prefixes), default=0)
+        two = any(p.endswith("_reverse") for p in prefixes)
+        H, I = next(iter(arrays.values()))[1].shape[1], _input_size(arrays)
+        module = getattr(torch.nn, kind)(
+            I, H, num_layers=layers, bidirectional=two, dtype=torch.float64
         )
+    units = _torch_units(module, kind)
+    wanted = sorted(prefix for prefix, _ in units)
+    if sorted(arrays) != wanted:
+        raise InteropError(
+            f"params: the names give layers {sorted(arrays) or ['(one)']}, the module has "
+            f"{wanted}: num_layers and bidirectional must match"
+        )
+    for prefix, suffix in units:
+        _write_torch(module, kind, gates, suffix, *arrays[prefix])
+    return module
+
+
+def _input_size(arrays: Mapping[str, tuple[np.ndarray, ...]]) -> int:
+    """The input size of the first layer: weight_ih's columns in layer 0."""
+    first = arrays.get("l0", arrays.get(""))
+    if first is None:
+        raise InteropError("params: no layer 0 (l0.*) among the names")
+    return first[0].shape[1]
+
+
+def _torch_weights(module: Any, kind: str, gates: int, suffix: str) -> tuple[np.ndarray, ...]:
+    """weight_ih, weight_hh, bias_ih, bias_hh of one layer and direction, as NumPy."""
     tensors = [getattr(module, f"weight_{k}{suffix}") for k in ("ih", "hh")]
     w_ih, w_hh = (t.detach().cpu().numpy().copy() for t in tensors)
     if module.bias:
@@ -162,19 +220,18 @@ def _torch_weights(module: Any, kind: str, gates: int) -> tuple[np.ndarray, ...]
     return w_ih, w_hh, b_ih, b_hh
 
 
-def _write_torch(module: Any, kind: str, gates: int, *arrays: np.ndarray) -> None:
-    """Copy weight_ih, weight_hh, bias_ih, bias_hh into a module of matching sizes."""
+def _write_torch(module: Any, kind: str, gates: int, suffix: str, *arrays: np.ndarray) -> None:
+    """Copy weight_ih, weight_hh, bias_ih, bias_hh into one layer and direction of a module."""
     import torch
 
     w_ih, w_hh, b_ih, b_hh = arrays
-    current = _torch_weights(module, kind, gates)  # checks the module's kind and structure
+    current = _torch_weights(module, kind, gates, suffix)
     for name, new, old in zip(("weight_ih", "weight_hh"), (w_ih, w_hh), current[:2], strict=True):
         if new.shape != old.shape:
             raise InteropError(
                 f"{name}: the parameters give shape {new.shape}, the module has {old.shape} "
                 "(input_size and hidden_size must match)"
             )
-    suffix = "_l0" if isinstance(module, _torch_classes(kind)[0]) else ""
     targets = [("weight_ih", w_ih), ("weight_hh", w_hh)]
     if module.bias:
         targets += [("bias_ih", b_ih), ("bias_hh", b_hh)]
@@ -262,14 +319,21 @@ def from_onnx_lstm(
     P: np.ndarray | None = None,
     *,
     input_forget: bool = False,
+    direction: str = "forward",
 ) -> Converted:
-    """The cell and parameters of an ONNX LSTM (direction "forward", default activations).
+    """The cell and parameters of an ONNX LSTM (default activations).
 
     Without P: `lstm`; with P: `lstm_peephole`; with input_forget: `lstm_cifg` (whose forget gate
     is 1 - i, so the f rows of W, R and B are unused; P must then be absent or zero).
     W (1, 4H, I), R (1, 4H, H), B (1, 8H), P (1, 3H); the leading num_directions axis may be
-    left out. b_g = Wb_g + Rb_g.
+    left out. b_g = Wb_g + Rb_g. direction "forward" or "reverse" (run the kernels with
+    reverse=True; ONNX's sequence_lens are their lengths); "bidirectional": W (2, 4H, I), ...,
+    and the parameters of a one-layer bidirectional codegen.RNN (l0.W_f, l0_reverse.W_f, ...).
     """
+    return _by_direction(direction, (W, R, B, P), lambda *a: _onnx_lstm(*a, input_forget))
+
+
+def _onnx_lstm(W, R, B, P, input_forget: bool) -> Converted:
     W, R, H = _onnx_weights(W, R, 4, "LSTM")
     Wb, Rb = _onnx_bias(B, 4, H, W.dtype)
     p = _split_gates(W, R, Wb + Rb, ONNX_LSTM_GATES)
@@ -294,13 +358,46 @@ def from_onnx_gru(
     B: np.ndarray | None = None,
     *,
     linear_before_reset: int = 0,
+    direction: str = "forward",
 ) -> Converted:
-    """The cell and parameters of an ONNX GRU (direction "forward", default activations).
+    """The cell and parameters of an ONNX GRU (default activations).
 
     linear_before_reset=0 (ONNX's default): `gru`, whose update gate is ONNX's z with weights and
     biases negated (1 - σ(a) = σ(-a)); linear_before_reset=1: `gru_reset_after`, gate for gate.
     W (1, 3H, I), R (1, 3H, H), B (1, 6H); the leading num_directions axis may be left out.
+    `direction` as in from_onnx_lstm.
     """
+    return _by_direction(direction, (W, R, B), lambda *a: _onnx_gru(*a, linear_before_reset))
+
+
+def _by_direction(direction: Any, arrays: tuple, convert) -> Converted:
+    """One direction's conversion, or both as a bidirectional codegen.RNN's parameters (ONNX
+    stacks the directions on the first axis: forward, then reverse)."""
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction in ("forward", "reverse"):
+        return Converted(*convert(*arrays), direction)
+    if direction != "bidirectional":
+        raise InteropError(
+            f"direction '{direction}': expected 'forward', 'reverse' or 'bidirectional'"
+        )
+    params: Params = {}
+    cell = ""
+    for k, prefix in enumerate(("l0", "l0_reverse")):
+        one = []
+        for name, a in zip("WRBP", arrays, strict=False):
+            a = None if a is None else np.asarray(a)
+            if a is not None and (a.ndim < 2 or a.shape[0] != 2):
+                raise InteropError(
+                    f"{name}: a bidirectional layer has num_directions=2 as the first axis, "
+                    f"got shape {a.shape}"
+                )
+            one.append(None if a is None else a[k : k + 1])
+        cell, p = convert(*one)
+        params.update({f"{prefix}.{n}": v for n, v in p.items()})
+    return Converted(cell, params, "bidirectional")
+
+
+def _onnx_gru(W, R, B, linear_before_reset: int) -> Converted:
     W, R, H = _onnx_weights(W, R, 3, "GRU")
     Wb, Rb = _onnx_bias(B, 3, H, W.dtype)
     if linear_before_reset:
@@ -318,8 +415,10 @@ def from_onnx_gru(
 def from_onnx_model(model: onnx.ModelProto | str | Path, node: str | None = None) -> Converted:
     """The cell and parameters of an LSTM or GRU node of an ONNX model, weights from initializers.
 
-    `node` names the node; by default the model must hold exactly one LSTM or GRU. Attributes
-    cellgen cannot honour (another direction, non-default activations, clip) raise InteropError.
+    `node` names the node; by default the model must hold exactly one LSTM or GRU. Its direction
+    is the result's `direction` (see from_onnx_lstm); its sequence_lens, an input given when the
+    model runs, are the kernels' (or codegen.RNN's) lengths. Attributes cellgen cannot honour
+    (non-default activations, clip) raise InteropError.
     """
     import onnx
     from onnx import numpy_helper
@@ -356,9 +455,12 @@ def from_onnx_model(model: onnx.ModelProto | str | Path, node: str | None = None
         raise InteropError(
             f"hidden_size={attrs['hidden_size']} does not match R of shape {R.shape}"
         )
+    direction = attrs.get("direction", "forward")
     if n.op_type == "GRU":
-        return from_onnx_gru(W, R, B, linear_before_reset=attrs.get("linear_before_reset", 0))
-    return from_onnx_lstm(W, R, B, tensor(7, "P"), input_forget=bool(attrs.get("input_forget", 0)))
+        lbr = attrs.get("linear_before_reset", 0)
+        return from_onnx_gru(W, R, B, linear_before_reset=lbr, direction=direction)
+    forget = bool(attrs.get("input_forget", 0))
+    return from_onnx_lstm(W, R, B, tensor(7, "P"), input_forget=forget, direction=direction)
 
 
 def check_onnx_node(node: onnx.NodeProto) -> dict[str, Any]:
@@ -370,6 +472,13 @@ def check_onnx_node(node: onnx.NodeProto) -> dict[str, Any]:
         raise InteropError(f"node '{node.name}' is {node.op_type}, not an LSTM or GRU")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     _check_onnx_attributes(node.op_type, attrs)
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction != "forward":
+        raise InteropError(
+            f"{node.op_type} node '{node.name}' has direction={direction}: a node converts to "
+            "one cell only in the forward direction"
+        )
     return attrs
 
 
@@ -404,16 +513,9 @@ _ONNX_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Ta
 
 
 def _check_onnx_attributes(op: str, attrs: Mapping[str, Any]) -> None:
-    direction = attrs.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    if direction != "forward":
-        raise InteropError(
-            f"{op} direction '{direction}': cellgen converts direction 'forward' only"
-        )
     activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    if activations and [a.lower() for a in activations] != [
-        a.lower() for a in _ONNX_ACTIVATIONS[op]
-    ]:
+    defaults = [a.lower() for a in _ONNX_ACTIVATIONS[op]]
+    if activations and [a.lower() for a in activations] not in (defaults, defaults * 2):
         raise InteropError(
             f"{op} activations {activations}: only the defaults {_ONNX_ACTIVATIONS[op]} are "
             "supported"
@@ -429,8 +531,8 @@ def _onnx_weights(W: Any, R: Any, gates: int, op: str) -> tuple[np.ndarray, np.n
         if arr.ndim == 3:
             if arr.shape[0] != 1:
                 raise InteropError(
-                    f"{name} has num_directions={arr.shape[0]}: cellgen converts one direction "
-                    f"(direction='forward'); pass {name}[0:1] for the forward direction"
+                    f"{name} has num_directions={arr.shape[0]}: pass direction='bidirectional' "
+                    f"for both directions, or {name}[0:1] for the forward one"
                 )
         elif arr.ndim != 2:
             raise InteropError(

@@ -120,7 +120,8 @@ class Buffer:
     every step for the input, else one step), "step" (a value one stage hands a later one),
     "adjoints" (a product's adjoint at every step), "through_products" (an intermediate's
     adjoint through the products that multiply it, one step), "carried" (a state's adjoint
-    carried between steps; two each, swapped).
+    carried between steps; two each, swapped), "loop_order" and "loop_order_step" (the
+    output's sequence and one step of its adjoint in loop order, for the reverse direction).
     """
 
     kind: str
@@ -142,6 +143,36 @@ class PackedPart:
 
 
 T, B, I, H = sympy.symbols("T B I H", integer=True, positive=True)
+LOOP_STEP, LENGTH = sympy.symbols("t L", integer=True, nonnegative=True)
+
+
+@dataclass(frozen=True)
+class Sequencing:
+    """What per-row `lengths` and `reverse` mean, for every backend and every cell.
+
+    Row b has length L = lengths[b] (T without lengths). At loop index t (0, 1, ..., T - 1 in
+    the forward; backwards in the backward) the row is `active` when t < L; an active row reads
+    xs and writes ys at time step `forward_step` or, reversed, `reverse_step`, so ys stays
+    aligned with xs. An inactive row computes nothing: its states are carried unchanged (`final`
+    is the state after its last active step), its ys, dxs and product adjoints are zero there,
+    and its state adjoints are carried unchanged backwards (dfinal reaches its last active
+    step). Rows only ever stop: a row active at t is active at every earlier t, so a kernel may
+    keep a row's steps in loop order, stop the loop over rows at finished ones, and turn the
+    time order of xs, ys and dxs into loop order and back by reversing each row's first L steps.
+    """
+
+    loop: sympy.Symbol = LOOP_STEP
+    length: sympy.Symbol = LENGTH
+    active: sympy.Expr = LOOP_STEP < LENGTH
+    forward_step: sympy.Expr = LOOP_STEP
+    reverse_step: sympy.Expr = LENGTH - 1 - LOOP_STEP
+
+    def step(self, reverse: bool) -> sympy.Expr:
+        """The time step an active row reads and writes at loop index t."""
+        return self.reverse_step if reverse else self.forward_step
+
+
+SEQUENCING = Sequencing()
 SIZES = {"T": T, "B": B, "I": I, "H": H}
 # Inference computes the input products of this many steps at once: one product serves them
 # all, and the work memory does not depend on T.
@@ -175,6 +206,7 @@ class Kernel:
     backward_buffers: tuple[Buffer, ...]
     packed: tuple[PackedPart, ...]  # the inference weights, in order
     infer_buffers: tuple[Buffer, ...]  # scratch of the inference pass, independent of T
+    sequencing: Sequencing = SEQUENCING  # what lengths and reverse mean
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -387,7 +419,12 @@ def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
 
 
 def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
-    out = [
+    output = plan.cell.output
+    out = [  # reversed: ys and dys of time order read in loop order (Sequencing)
+        Buffer("loop_order", output, T * B * H, doc="ys in loop order, (T, B, H), reversed"),
+        Buffer("loop_order_step", output, B * H, doc="dys of one loop step, reversed"),
+    ]
+    out += [
         Buffer("adjoints", d, T * B * H, doc=f"{d} at every step, (T, B, H)")
         for d in plan.adjoint_buffers
     ]

@@ -223,8 +223,16 @@ class CellKernel:
         return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}
 
     def forward(
-        self, xs: np.ndarray, state0: Arrays, params: Arrays
+        self,
+        xs: np.ndarray,
+        state0: Arrays,
+        params: Arrays,
+        lengths: Any = None,
+        reverse: bool = False,
     ) -> tuple[np.ndarray, Arrays, dict[str, Any]]:
+        """ys, the final states and the cache for backward. Row b runs its first lengths[b]
+        steps (all T without lengths), reversed (xs[lengths[b] - 1], ..., xs[0]) if `reverse`;
+        past its length its ys and gradients are zero and its state is carried."""
         xs, state0, params = self._check_forward(xs, state0, params)
         T, B, I = xs.shape
         self._check_memory("forward", T, B, I, state0[self.output].shape[1], xs.dtype)
@@ -233,7 +241,8 @@ class CellKernel:
         xs = xs.copy()
         state0 = {s: a.copy() for s, a in state0.items()}
         params = {p: a.copy() for p, a in params.items()}
-        ys, final, cache = self._functions.forward(xs, state0, params)
+        rows = self._rows(lengths, reverse, xs.shape)
+        ys, final, cache = self._functions.forward(xs, state0, params, *rows)
         cache = dict(cache)
         cache["__cellgen__"] = (self.name, self._source, self.backend, str(xs.dtype))
         return ys.copy(), final, cache
@@ -277,12 +286,17 @@ class CellKernel:
         return PackedParams(self.name, self.backend, str(dtype), I, H, data)
 
     def infer(
-        self, xs: np.ndarray, state0: Arrays, packed: PackedParams | Arrays
+        self,
+        xs: np.ndarray,
+        state0: Arrays,
+        packed: PackedParams | Arrays,
+        lengths: Any = None,
+        reverse: bool = False,
     ) -> tuple[np.ndarray, Arrays]:
         """ys and the final states, keeping nothing for a backward: `packed` from pack(), or a
         params dict, packed here. Equal to forward's ys and final; on the C backend, calling
         infer on one step at a time with the previous final gives the same numbers bit for bit
-        as one call over the sequence."""
+        as one call over the sequence. `lengths` and `reverse` as in forward."""
         if isinstance(packed, dict):
             packed = self.pack(packed)
         if not isinstance(packed, PackedParams) or (packed.cell, packed.backend) != (
@@ -315,7 +329,31 @@ class CellKernel:
             for s in self.states
         }
         self._check_memory("infer", T, B, I, H, dtype)
-        return self._functions.infer(xs_arr, state0, packed.data)
+        rows = self._rows(lengths, reverse, xs_arr.shape)
+        return self._functions.infer(xs_arr, state0, packed.data, *rows)
+
+    @staticmethod
+    def _rows(lengths: Any, reverse: bool, shape: tuple[int, ...]) -> tuple:
+        """() for every row over every step forwards, else (lengths as int32 or None, True or
+        False), after checking lengths: integers of shape (B,) in 0..T."""
+        if lengths is None and not reverse:
+            return ()
+        if not isinstance(reverse, (bool, np.bool_)):
+            raise ValueError(f"reverse: expected True or False, got {reverse!r}")
+        if lengths is None:
+            return (None, bool(reverse))
+        T, B = shape[0], shape[1]
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(
+                f"lengths: expected integers of shape (B,) = ({B},), got dtype {arr.dtype}"
+            )
+        if arr.shape != (B,):
+            raise ValueError(f"lengths: expected shape (B,) = ({B},), got {arr.shape}")
+        if B and (arr.min() < 0 or arr.max() > T):
+            bad = int(arr[(arr < 0) | (arr > T)][0])
+            raise ValueError(f"lengths: each must be in 0..T = 0..{T}, got {bad}")
+        return (np.ascontiguousarray(arr, np.int32), bool(reverse))
 
     def _check_memory(self, what: str, T: int, B: int, I: int, H: int, dtype: Any) -> None:
         """Refuse a call whose arrays cannot fit, before anything is allocated: the arrays it

@@ -154,7 +154,7 @@ int main(int argc, char **argv)
         }}
         cellgen_{cell}_pack_f64(I, H, {param_args}, packed);
         for (k = 0; k < T; ++k) {{
-            cellgen_{cell}_infer_f64(1, B, I, H, packed, xs + k * B * I, {state_args},
+            cellgen_{cell}_infer_f64(1, B, I, H, packed, xs + k * B * I, NULL, 0, {state_args},
                                      ys + k * B * H, work);
         }}
         fwrite(ys, sizeof(double), T * B * H, out);

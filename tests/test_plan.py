@@ -42,7 +42,7 @@ def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
     ys = np.empty((T, B, H), dtype)
     final = {s: np.empty((B, H), dtype) for s in k.states}
     c._forward(
-        T, B, I, H, address(xs), *[address(state0[s]) for s in k.states],
+        T, B, I, H, address(xs), None, 0, *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys),
         *[address(final[s]) for s in k.states], address(saved), address(work),
     )  # fmt: skip
@@ -53,7 +53,7 @@ def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
     dstate0 = {s: np.empty((B, H), dtype) for s in k.states}
     dparams = {p: np.empty_like(v) for p, v in params.items()}
     c._backward(
-        T, B, I, H, address(xs), *[address(state0[s]) for s in k.states],
+        T, B, I, H, address(xs), None, 0, *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys), address(saved), address(dys),
         *[address(dfinal[s]) for s in k.states], address(dxs),
         *[address(dstate0[s]) for s in k.states], *[address(dparams[p]) for p in k.params],

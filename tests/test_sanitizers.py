@@ -236,12 +236,12 @@ def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> 
         '"backward changed saved");\n'
         '        CHECK(memcmp(ys, ys_copy, T * BH * sizeof(real)) == 0, "backward changed ys");'
     )  # fmt: skip
-    fwd_args = ", ".join(["xs", *(f"{s}0" for s in states), *params, "ys",
+    fwd_args = ", ".join(["xs", "NULL", "0", *(f"{s}0" for s in states), *params, "ys",
                           *(f"{s}_final" for s in states), "saved", "work"])  # fmt: skip
 
     def bwd_args(dfinal: list[str], copy: str) -> str:
-        return ", ".join(["xs", *(f"{s}0" for s in states), *params, "ys", "saved", "dys",
-                          *dfinal, *(f"{g}{copy}" for g in grads), "work"])  # fmt: skip
+        return ", ".join(["xs", "NULL", "0", *(f"{s}0" for s in states), *params, "ys", "saved",
+                          "dys", *dfinal, *(f"{g}{copy}" for g in grads), "work"])  # fmt: skip
 
     zero_dfinal = "\n".join(
         f'    real *zero_{s} = alloc(BH * sizeof(real), "zero_{s}");\n'

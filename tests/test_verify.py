@@ -29,6 +29,7 @@ from codegen.verify import (
     PROJECTION_SIZES,
     TOLERANCES,
     analytic_gradients,
+    entry_problem,
     judge,
     locate,
     random_problem,
@@ -81,6 +82,15 @@ class Planted:
         dparams = {k: v.copy() for k, v in dparams.items()}
         self._alter(dxs, dstate0, dparams)
         return dxs, dstate0, dparams
+
+
+def plain(kernel, seed: int = 0) -> dict:
+    """verify's points without lengths or reverse: one pass each, so that a bug planted in
+    every backward call shows at one entry (verify's own points add up several passes)."""
+    return {
+        "entry_problem": random_problem(kernel, seed, ENTRY_SIZES),
+        "projection_problem": random_problem(kernel, seed + 1, PROJECTION_SIZES),
+    }
 
 
 def median_entry(gradient: np.ndarray) -> tuple[int, ...]:
@@ -185,7 +195,7 @@ def test_one_entry_off_by_1e_4_is_caught_and_named(cell, backend):
     param = matrix_param(kernel)
     true = analytic_gradients(kernel, random_problem(kernel, 0, ENTRY_SIZES))[param]
     expected = median_entry(true)
-    rows = verify_kernel(Planted(kernel, off_by(param, 1e-4)), seed=0)
+    rows = verify_kernel(Planted(kernel, off_by(param, 1e-4)), seed=0, **plain(kernel))
     failed = [r for r in rows if r.verdict != "PASS"]
     assert [r.tensor for r in failed] == [param], failed
     row = failed[0]
@@ -203,7 +213,9 @@ def test_direction_methods_catch_one_entry_off_by_1e_4_and_locate_it(method):
     loose; here they catch it, and the entrywise follow-up finds it."""
     kernel = codegen.load("lstm")
     true = analytic_gradients(kernel, random_problem(kernel, 6, PROJECTION_SIZES))["U_i"]
-    rows = verify_kernel(Planted(kernel, off_by("U_i", 1e-4)), method=method, seed=5)
+    rows = verify_kernel(
+        Planted(kernel, off_by("U_i", 1e-4)), method=method, seed=5, **plain(kernel, 5)
+    )
     failed = [r for r in rows if r.verdict != "PASS"]
     assert [(r.tensor, r.verdict) for r in failed] == [("U_i", "FAIL")]
     assert failed[0].worst == median_entry(true)
@@ -220,7 +232,7 @@ def test_off_by_one_time_step_is_caught_with_its_time_step():
         true = analytic_gradients(kernel, random_problem(kernel, 0, ENTRY_SIZES))["xs"]
         wrong = np.abs(np.roll(true, 1, axis=0) - true)
         expected = tuple(int(i) for i in np.unravel_index(np.argmax(wrong), wrong.shape))
-        rows = verify_kernel(Planted(kernel, shift))
+        rows = verify_kernel(Planted(kernel, shift), **plain(kernel))
         failed = [r for r in rows if r.verdict != "PASS"]
         assert [r.tensor for r in failed] == ["xs"]
         row = failed[0]
@@ -250,7 +262,7 @@ def test_a_derivative_missing_a_factor_is_caught_at_the_worst_entry(
 ):
     bad = missing_factor_kernels[backend]
     good = codegen.load("lstm", backend)
-    problem = random_problem(good, 0, ENTRY_SIZES)
+    problem = entry_problem(good, 0)  # verify's own, with lengths and both directions
     true, wrong = analytic_gradients(good, problem), analytic_gradients(bad, problem)
     rows = {r.tensor: r for r in verify_kernel(bad)}
     assert rows["b_f"].verdict == rows["W_o"].verdict == rows["U_i"].verdict == "FAIL"
@@ -284,7 +296,8 @@ def test_float32_bug_of_1e_3_is_caught():
     reference = codegen.load("gru", "c", dtype="float64")
     p = random_problem(reference, 0, ENTRY_SIZES).astype(np.float32).astype(np.float64)
     expected = median_entry(analytic_gradients(reference, p)["U_z"])
-    rows = verify_kernel(Planted(kernel, off_by("U_z", 1e-3)), reference=reference)
+    planted = Planted(kernel, off_by("U_z", 1e-3))
+    rows = verify_kernel(planted, reference=reference, **plain(reference))
     failed = [r for r in rows if r.verdict != "PASS"]
     assert [(r.tensor, r.worst) for r in failed] == [("U_z", expected)]
 
@@ -409,6 +422,11 @@ def test_the_cli_names_the_worst_entry_and_never_dumps_tensors(monkeypatch, caps
         return Planted(real_load(cell, backend, dtype), off_by("W_o", 1e-4))
 
     monkeypatch.setattr(verify_module.run, "load", planted_load)
+    problems = verify_module.run.problems  # one pass per point: see plain()
+    monkeypatch.setattr(problems, "entry_problem", lambda k, s: random_problem(k, s, ENTRY_SIZES))
+    monkeypatch.setattr(
+        problems, "projection_problem", lambda k, s: random_problem(k, s, PROJECTION_SIZES)
+    )
     assert main(["verify", "lstm", "--backend", "numpy"]) == 1
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if " FAIL" in line]

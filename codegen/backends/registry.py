@@ -27,13 +27,17 @@ Render = Callable[..., str]
 class Functions(Protocol):
     """What a backend's loader returns: the kernels of one cell, arguments already checked."""
 
-    def forward(self, xs: Any, state0: dict, params: dict) -> tuple[Any, dict, dict]: ...
+    def forward(
+        self, xs: Any, state0: dict, params: dict, lengths: Any = None, reverse: bool = False
+    ) -> tuple[Any, dict, dict]: ...
 
     def backward(self, dys: Any, cache: dict, dfinal: dict) -> tuple[Any, dict, dict]: ...
 
     def pack(self, params: dict, input_size: int, hidden_size: int) -> Any: ...
 
-    def infer(self, xs: Any, state0: dict, packed: Any) -> tuple[Any, dict]: ...
+    def infer(
+        self, xs: Any, state0: dict, packed: Any, lengths: Any = None, reverse: bool = False
+    ) -> tuple[Any, dict]: ...
 
 
 @dataclass(frozen=True)

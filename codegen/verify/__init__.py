@@ -40,6 +40,8 @@ from .problems import (
     Problem,
     analytic_gradients,
     directions,
+    entry_problem,
+    projection_problem,
     random_problem,
 )
 from .references import Loss
@@ -61,9 +63,11 @@ __all__ = [
     "check_directions",
     "default_method",
     "directions",
+    "entry_problem",
     "gates_of",
     "judge",
     "locate",
+    "projection_problem",
     "random_problem",
     "verify",
     "verify_kernel",

@@ -17,6 +17,18 @@ ENTRY_SIZES = {"T": 3, "B": 2, "I": 4, "H": 3}
 PROJECTION_SIZES = {"T": 5, "B": 3, "I": 7, "H": 9}
 PROJECTIONS = 3  # random directions per tensor
 
+Run = tuple[Any, bool]  # a forward pass: (lengths or None, reverse)
+PLAIN: tuple[Run, ...] = ((None, False),)
+
+
+def sequence_runs(T: int, B: int) -> tuple[Run, ...]:
+    """The passes every check weighs: unequal lengths (the first row all T steps, the others
+    fewer, down to one), forwards and reversed, so that masking and direction are verified
+    with every gradient."""
+    lengths = np.maximum(T - np.arange(B), 1)
+    lengths[-1] = min(lengths[-1], max(1, T // 2))
+    return ((lengths, False), (lengths, True))
+
 
 @dataclass
 class Problem:
@@ -27,6 +39,8 @@ class Problem:
     params: dict[str, np.ndarray]
     dys: np.ndarray
     dfinal: dict[str, np.ndarray]
+    # the loss is the sum over these forward passes of <dys, ys> + <dfinal, final>
+    runs: tuple[Run, ...] = PLAIN
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Every differentiable input, by the name a report uses."""
@@ -55,10 +69,24 @@ class Problem:
             {k: conv(v) for k, v in self.params.items()},
             conv(self.dys),
             {k: conv(v) for k, v in self.dfinal.items()},
+            self.runs,
         )
 
+    def forward(self, kernel: Any, inputs: tuple, run: Run) -> tuple:
+        """kernel.forward on `inputs` for one of the runs (plain ones without lengths, so that
+        any kernel works)."""
+        lengths, reverse = run
+        if lengths is None and not reverse:
+            return kernel.forward(*inputs)
+        return kernel.forward(*inputs, lengths=lengths, reverse=reverse)
 
-def random_problem(kernel: CellKernel, seed: int, sizes: dict[str, int] = ENTRY_SIZES) -> Problem:
+
+def random_problem(
+    kernel: CellKernel,
+    seed: int,
+    sizes: dict[str, int] = ENTRY_SIZES,
+    runs: tuple[Run, ...] = PLAIN,
+) -> Problem:
     """Random inputs at a moderate scale, where smooth gates are away from saturation."""
     rng = np.random.default_rng(seed)
     T, B, I, H = sizes["T"], sizes["B"], sizes["I"], sizes["H"]
@@ -72,19 +100,36 @@ def random_problem(kernel: CellKernel, seed: int, sizes: dict[str, int] = ENTRY_
         params=params,
         dys=rng.normal(size=(T, B, H)),
         dfinal={s: rng.normal(size=(B, H)) for s in kernel.states},
+        runs=runs,
     )
 
 
+def entry_problem(kernel: CellKernel, seed: int) -> Problem:
+    """verify's point for the entrywise checks: unequal lengths, both directions."""
+    runs = sequence_runs(ENTRY_SIZES["T"], ENTRY_SIZES["B"])
+    return random_problem(kernel, seed, ENTRY_SIZES, runs)
+
+
+def projection_problem(kernel: CellKernel, seed: int) -> Problem:
+    """verify's point for the random projections: the plain pass and a reversed one with
+    unequal lengths."""
+    runs = PLAIN + sequence_runs(PROJECTION_SIZES["T"], PROJECTION_SIZES["B"])[1:]
+    return random_problem(kernel, seed, PROJECTION_SIZES, runs)
+
+
 def analytic_gradients(kernel: CellKernel, p: Problem) -> dict[str, np.ndarray]:
-    """backward(dys, dfinal) at p, by tensor name."""
-    _, _, cache = kernel.forward(*p.inputs())
+    """backward(dys, dfinal) at p, by tensor name, summed over p's runs."""
     dtype = p.xs.dtype
     dfinal = {s: np.asarray(v, dtype) for s, v in p.dfinal.items()}
-    dxs, dstate0, dparams = kernel.backward(np.asarray(p.dys, dtype), cache, dfinal)
-    out = {"xs": dxs}
-    out.update({f"state0[{s}]": v for s, v in dstate0.items()})
-    out.update(dparams)
-    return out
+    total: dict[str, np.ndarray] = {}
+    for run in p.runs:
+        _, _, cache = p.forward(kernel, p.inputs(), run)
+        dxs, dstate0, dparams = kernel.backward(np.asarray(p.dys, dtype), cache, dfinal)
+        out = {"xs": dxs}
+        out.update({f"state0[{s}]": v for s, v in dstate0.items()})
+        out.update(dparams)
+        total = {k: total[k] + v for k, v in out.items()} if total else out
+    return total
 
 
 def directions(shape: tuple[int, ...], seed: int, name: str, count: int) -> list[np.ndarray]:

@@ -31,9 +31,8 @@ class Loss:
     def __init__(self, kernel: CellKernel, problem: Problem) -> None:
         self.kernel = kernel
         self.problem = problem
-        self.weights = np.concatenate(
-            [problem.dys.ravel()] + [problem.dfinal[s].ravel() for s in kernel.states]
-        ).astype(np.float64)
+        weights = [problem.dys.ravel()] + [problem.dfinal[s].ravel() for s in kernel.states]
+        self.weights = np.concatenate(weights * len(problem.runs)).astype(np.float64)
         self.out0 = self.outputs()
         # the size of L's terms: rounding in one evaluation of L(x + t v) - L(x) is ~eps of it
         self.magnitude = float(np.sum(np.abs(self.weights * self.out0)))
@@ -44,8 +43,13 @@ class Loss:
         return is_complex_capable(self.kernel)
 
     def outputs(self, changed: dict[str, np.ndarray] | None = None, dtype: Any = None):
-        ys, final, _ = self.kernel.forward(*self.problem.inputs(changed, dtype))
-        return np.concatenate([ys.ravel()] + [final[s].ravel() for s in self.kernel.states])
+        """ys and the final states of every run of the problem, one flat array."""
+        inputs = self.problem.inputs(changed, dtype)
+        parts = []
+        for run in self.problem.runs:
+            ys, final, _ = self.problem.forward(self.kernel, inputs, run)
+            parts += [ys.ravel()] + [final[s].ravel() for s in self.kernel.states]
+        return np.concatenate(parts)
 
     def line(self, name: str, direction: np.ndarray) -> numdiff.Line:
         """phi(t) = L(x + t v) - L(x), the outputs differenced before weighting."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import CellgenError
 from ..load import CellKernel, load
+from . import problems
 from .checks import EntryCheck, check_directions, check_entries, check_taylor
 from .judge import (
     ANALYTIC_ROUNDING,
@@ -24,15 +25,7 @@ from .judge import (
     gates_of,
     locate,
 )
-from .problems import (
-    ENTRY_SIZES,
-    PROJECTION_SIZES,
-    PROJECTIONS,
-    Problem,
-    analytic_gradients,
-    directions,
-    random_problem,
-)
+from .problems import PROJECTIONS, Problem, analytic_gradients, directions
 from .references import Loss, is_complex_capable
 from .report import Row
 
@@ -85,8 +78,8 @@ def verify_kernel(
         )
     spec = getattr(kernel, "spec", None)  # for naming gates; a kernel may come without one
     ctx = _Context(kernel, ref_kernel, wanted, seed, gates_of(spec), reference is not None)
-    small = entry_problem or random_problem(ref_kernel, seed, ENTRY_SIZES)
-    large = projection_problem or random_problem(ref_kernel, seed + 1, PROJECTION_SIZES)
+    small = entry_problem or problems.entry_problem(ref_kernel, seed)
+    large = projection_problem or problems.projection_problem(ref_kernel, seed + 1)
     if wanted in ("dot", "taylor"):
         return [ctx.directional_row(name, large) for name in large.tensors()]
     small_at, large_at = ctx.at(small), ctx.at(large)

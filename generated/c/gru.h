@@ -13,11 +13,15 @@
  * A size function returns SIZE_MAX when the count would reach SIZE_MAX / 16 (memory no machine
  * has): check for it before allocating. Any other count, times sizeof(double), fits in size_t.
  * In backward, a NULL d_<state>_final means a zero adjoint for that final state.
+ * lengths (B int32 in 0..T, or NULL for all T) and reverse: row b runs its first lengths[b]
+ * steps, from the last backwards if reverse, ys staying aligned with xs; past its length its ys
+ * and gradients are zero and its state is carried. backward and infer take the same as forward.
  */
 #ifndef CELLGEN_GRU_H
 #define CELLGEN_GRU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +42,7 @@ size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H);
 void cellgen_gru_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0,
     const double *W_z, const double *W_r, const double *W_h, const double *U_z,
     const double *U_r, const double *U_h, const double *b_z, const double *b_r,
@@ -48,6 +53,7 @@ void cellgen_gru_forward_f64(
 void cellgen_gru_backward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0,
     const double *W_z, const double *W_r, const double *W_h, const double *U_z,
     const double *U_r, const double *U_h, const double *b_z, const double *b_r,
@@ -69,12 +75,14 @@ void cellgen_gru_pack_f64(
 void cellgen_gru_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
     double *h_state,
     double *ys, double *work);
 
 void cellgen_gru_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0,
     const float *W_z, const float *W_r, const float *W_h, const float *U_z, const float *U_r,
     const float *U_h, const float *b_z, const float *b_r, const float *b_h,
@@ -84,6 +92,7 @@ void cellgen_gru_forward_f32(
 void cellgen_gru_backward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0,
     const float *W_z, const float *W_r, const float *W_h, const float *U_z, const float *U_r,
     const float *U_h, const float *b_z, const float *b_r, const float *b_h,
@@ -103,6 +112,7 @@ void cellgen_gru_pack_f32(
 void cellgen_gru_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
     float *h_state,
     float *ys, float *work);
 

@@ -61,6 +61,15 @@ static inline size_t infer_group_size(size_t Kp, size_t N)
  * element is summed in the same order, so the results do not depend on the choice. */
 enum { CELLGEN_CHUNK = 32, CELLGEN_HOIST_MIN = 8192 };
 
+/* Lengths and direction (NULL lengths: every row has T steps). Row b is active at loop step t
+ * while t < L, and then reads and writes time step t, or L - t - 1 reversed; a
+ * row past its length keeps its states, and has zeros in ys and in every gradient. Rows only
+ * stop, so a row's steps are kept in loop order and finished rows are skipped. */
+static int row_active(const int32_t *lengths, size_t t, size_t b)
+{
+    return !lengths || t < (size_t)lengths[b];
+}
+
 /* Sizes, overflow-safe: each size is also evaluated in double, where it cannot wrap (and is
  * off by a relative 1e-15 at most); from SIZE_MAX / 16 on, the size is SIZE_MAX. Below that,
  * the size_t value is exact (unsigned arithmetic is exact modulo 2^N, so a result that fits is
@@ -84,7 +93,7 @@ size_t cellgen_lstm_cifg_saved_size(size_t T, size_t B, size_t H)
 static double work_estimate(double T, double B, double I, double H)
 {
     const double forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
-    const double backward = 4 * B * H + 3 * T * B * H;
+    const double backward = 5 * B * H + 4 * T * B * H;
     (void)T, (void)B, (void)I, (void)H;
     return forward > backward ? forward : backward;
 }
@@ -92,7 +101,7 @@ static double work_estimate(double T, double B, double I, double H)
 size_t cellgen_lstm_cifg_work_size(size_t T, size_t B, size_t I, size_t H)
 {
     const size_t forward = 3 * H * H + 3 * B * H + 3 * I * H + 3 * T * B * H;
-    const size_t backward = 4 * B * H + 3 * T * B * H;
+    const size_t backward = 5 * B * H + 4 * T * B * H;
     const double estimate = work_estimate((double)T, (double)B, (double)I, (double)H);
     return checked_size(estimate, forward > backward ? forward : backward);
 }
@@ -728,6 +737,46 @@ static void weight_gradient_f64(size_t R, size_t N, size_t K, const double *rest
     }
 }
 
+/* c += a @ b as gemm, on the rows active at loop step t only: one product per run of them. */
+static void gemm_active_f64(size_t R, size_t K, size_t N, const double *restrict a, size_t lda,
+                            const double *restrict b, size_t ldb, double *restrict c,
+                            size_t ldc, const int32_t *lengths, size_t t)
+{
+    size_t r = 0;
+    while (r < R) {
+        while (r < R && !row_active(lengths, t, r)) {
+            ++r;
+        }
+        size_t end = r;
+        while (end < R && row_active(lengths, t, end)) {
+            ++end;
+        }
+        if (end > r) {
+            gemm_f64(end - r, K, N, a + r * lda, lda, b, ldb, c + r * ldc, ldc);
+        }
+        r = end;
+    }
+}
+
+/* In a (T, B, W) sequence, row b's first L steps in reverse order: time order to loop order for
+ * the reverse direction, and back. */
+static void reverse_rows_f64(size_t T, size_t B, size_t W, const int32_t *lengths,
+                             double *seq)
+{
+    for (size_t b = 0; b < B; ++b) {
+        const size_t L = lengths ? (size_t)lengths[b] : T;
+        for (size_t lo = 0, hi = L; lo + 1 < hi; ++lo, --hi) {
+            double *const p = seq + (lo * B + b) * W;
+            double *const q = seq + ((hi - 1) * B + b) * W;
+            for (size_t k = 0; k < W; ++k) {
+                const double v = p[k];
+                p[k] = q[k];
+                q[k] = v;
+            }
+        }
+    }
+}
+
 static void fill_f64(size_t n, double value, double *restrict out)
 {
     for (size_t k = 0; k < n; ++k) {
@@ -745,6 +794,7 @@ static void copy_f64(size_t n, const double *restrict in, double *restrict out)
 void cellgen_lstm_cifg_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0, const double *c0,
     const double *W_i, const double *W_c, const double *W_o, const double *U_i,
     const double *U_c, const double *U_o, const double *b_i, const double *b_c,
@@ -771,15 +821,29 @@ void cellgen_lstm_cifg_forward_f64(
     /* the input products of all steps at once */
     fill_f64(T * B * 3 * H, 0.0, x_products);
     gemm_f64(T * B, I, 3 * H, xs, I, x_MT, 3 * H, x_products, 3 * H);
+    if (reverse) {
+        reverse_rows_f64(T, B, 3 * H, lengths, x_products);
+    }
+    double *const ys_seq = ys; /* in loop order until the end */
     for (size_t t = 0; t < T; ++t) {
-        const double *const h_prev = t > 0 ? ys + (t - 1) * BH : h0;
-        double *const h_t = ys + t * BH;
+        const double *const h_prev = t > 0 ? ys_seq + (t - 1) * BH : h0;
+        double *const h_t = ys_seq + t * BH;
         const double *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         double *const c_t = (saved + 0 * T * BH) + t * BH;
         double *const i_t = saved + 1 * T * BH + t * BH;
         double *const c_tilde_t = saved + 2 * T * BH + t * BH;
         double *const o_t = saved + 3 * T * BH + t * BH;
         double *const tanh_c_t = saved + 4 * T * BH + t * BH;
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: zeros in ys and in `saved` */
+                fill_f64(H, 0.0, (saved + 0 * T * BH) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 1 * T * BH) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 2 * T * BH) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 3 * T * BH) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 4 * T * BH) + t * BH + b * H);
+                fill_f64(H, 0.0, ys + t * BH + b * H);
+            }
+        }
         const double *const W_i_x = x_products + t * B * 3 * H + 0 * H;
         const double *const W_c_x = x_products + t * B * 3 * H + 1 * H;
         const double *const W_o_x = x_products + t * B * 3 * H + 2 * H;
@@ -787,8 +851,11 @@ void cellgen_lstm_cifg_forward_f64(
         const double *const U_c_h_prev = h_prev_products + 1 * H;
         const double *const U_o_h_prev = h_prev_products + 2 * H;
         fill_f64(B * 3 * H, 0.0, h_prev_products);
-        gemm_f64(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H);
+        gemm_active_f64(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H, lengths, t);
         for (size_t b = 0; b < B; ++b) {
+            if (!row_active(lengths, t, b)) {
+                continue;
+            }
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n3 = b * 3 * H + j;
@@ -815,18 +882,20 @@ void cellgen_lstm_cifg_forward_f64(
             }
         }
     }
-    if (T > 0) {
-        copy_f64(BH, ys + (T - 1) * BH, h_final);
-        copy_f64(BH, (saved + 0 * T * BH) + (T - 1) * BH, c_final);
-    } else {
-        copy_f64(BH, h0, h_final);
-        copy_f64(BH, c0, c_final);
+    for (size_t b = 0; b < B; ++b) { /* each row's state after its last step */
+        const size_t L = lengths ? (size_t)lengths[b] : T;
+        copy_f64(H, L > 0 ? ys_seq + (L - 1) * BH + b * H : h0 + b * H, h_final + b * H);
+        copy_f64(H, L > 0 ? (saved + 0 * T * BH) + (L - 1) * BH + b * H : c0 + b * H, c_final + b * H);
+    }
+    if (reverse) {
+        reverse_rows_f64(T, B, H, lengths, ys);
     }
 }
 
 void cellgen_lstm_cifg_backward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0, const double *c0,
     const double *W_i, const double *W_c, const double *W_o, const double *U_i,
     const double *U_c, const double *U_o, const double *b_i, const double *b_c,
@@ -844,6 +913,10 @@ void cellgen_lstm_cifg_backward_f64(
     (void)b_i; /* does not enter the backward */
     (void)b_c; /* does not enter the backward */
     (void)b_o; /* does not enter the backward */
+    double *const h_loop = next; /* ys in loop order, (T, B, H), reversed */
+    next += T * B * H;
+    double *const dys_loop = next; /* dys of one loop step, reversed */
+    next += B * H;
     double *const d_W_i_x_all = next; /* d_W_i_x at every step, (T, B, H) */
     next += T * B * H;
     double *const d_W_c_x_all = next; /* d_W_c_x at every step, (T, B, H) */
@@ -879,8 +952,28 @@ void cellgen_lstm_cifg_backward_f64(
     fill_f64(H, 0.0, d_b_i);
     fill_f64(H, 0.0, d_b_c);
     fill_f64(H, 0.0, d_b_o);
+    const double *ys_seq = ys; /* in loop order */
+    if (reverse) {
+        copy_f64(T * BH, ys, h_loop);
+        reverse_rows_f64(T, B, H, lengths, h_loop);
+        ys_seq = h_loop;
+    }
+    (void)ys_seq;
     for (size_t t = T; t-- > 0;) {
-        const double *const dys_t = dys + t * BH;
+        const double *const dys_t = reverse ? dys_loop : dys + t * BH;
+        for (size_t b = 0; b < B && reverse; ++b) { /* dys of each row's step */
+            const size_t L = lengths ? (size_t)lengths[b] : T;
+            if (row_active(lengths, t, b)) {
+                copy_f64(H, dys + ((L - t - 1) * B + b) * H, dys_loop + b * H);
+            }
+        }
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: its product adjoints are zero */
+                fill_f64(H, 0.0, d_W_i_x_all + t * BH + b * H);
+                fill_f64(H, 0.0, d_W_c_x_all + t * BH + b * H);
+                fill_f64(H, 0.0, d_W_o_x_all + t * BH + b * H);
+            }
+        }
         double *const d_h_prev = t > 0 ? (d_h_next == d_h_next_a ? d_h_next_b : d_h_next_a) : d_h0;
         const double *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         double *const d_c_prev = t > 0 ? (d_c_next == d_c_next_a ? d_c_next_b : d_c_next_a) : d_c0;
@@ -892,6 +985,9 @@ void cellgen_lstm_cifg_backward_f64(
         double *const d_W_c_x = d_W_c_x_all + t * BH;
         double *const d_W_o_x = d_W_o_x_all + t * BH;
         for (size_t b = 0; b < B; ++b) {
+            if (!row_active(lengths, t, b)) {
+                continue;
+            }
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const double d_c_in = d_c_next[n];
@@ -921,9 +1017,15 @@ void cellgen_lstm_cifg_backward_f64(
             }
         }
         fill_f64(BH, 0.0, d_h_prev);
-        gemm_f64(B, H, H, d_W_i_x, H, U_i, H, d_h_prev, H);
-        gemm_f64(B, H, H, d_W_c_x, H, U_c, H, d_h_prev, H);
-        gemm_f64(B, H, H, d_W_o_x, H, U_o, H, d_h_prev, H);
+        gemm_active_f64(B, H, H, d_W_i_x, H, U_i, H, d_h_prev, H, lengths, t);
+        gemm_active_f64(B, H, H, d_W_c_x, H, U_c, H, d_h_prev, H, lengths, t);
+        gemm_active_f64(B, H, H, d_W_o_x, H, U_o, H, d_h_prev, H, lengths, t);
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: the state adjoints carried */
+                copy_f64(H, d_h_next + b * H, d_h_prev + b * H);
+                copy_f64(H, d_c_next + b * H, d_c_prev + b * H);
+            }
+        }
         d_h_next = d_h_prev;
         d_c_next = d_c_prev;
     }
@@ -932,7 +1034,19 @@ void cellgen_lstm_cifg_backward_f64(
         copy_f64(BH, d_c_next, d_c0);
         return;
     }
-    /* after the loop: the input gradient and each weight gradient, one product over all steps */
+    /* after the loop: each weight gradient and the input gradient, one product over all steps;
+     * first those of products within a step, in loop order, then those of the input's */
+    weight_gradient_f64(B, H, H, d_W_i_x_all, H, h0, H, d_U_i);
+    weight_gradient_f64((T - 1) * B, H, H, d_W_i_x_all + BH, H, ys_seq, H, d_U_i);
+    weight_gradient_f64(B, H, H, d_W_c_x_all, H, h0, H, d_U_c);
+    weight_gradient_f64((T - 1) * B, H, H, d_W_c_x_all + BH, H, ys_seq, H, d_U_c);
+    weight_gradient_f64(B, H, H, d_W_o_x_all, H, h0, H, d_U_o);
+    weight_gradient_f64((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys_seq, H, d_U_o);
+    if (reverse) { /* the adjoints of the input's products in time order */
+        reverse_rows_f64(T, B, H, lengths, d_W_i_x_all);
+        reverse_rows_f64(T, B, H, lengths, d_W_c_x_all);
+        reverse_rows_f64(T, B, H, lengths, d_W_o_x_all);
+    }
     fill_f64(T * B * I, 0.0, dxs);
     gemm_f64(T * B, H, I, d_W_i_x_all, H, W_i, I, dxs, I);
     gemm_f64(T * B, H, I, d_W_c_x_all, H, W_c, I, dxs, I);
@@ -940,12 +1054,6 @@ void cellgen_lstm_cifg_backward_f64(
     weight_gradient_f64(T * B, H, I, d_W_i_x_all, H, xs, I, d_W_i);
     weight_gradient_f64(T * B, H, I, d_W_c_x_all, H, xs, I, d_W_c);
     weight_gradient_f64(T * B, H, I, d_W_o_x_all, H, xs, I, d_W_o);
-    weight_gradient_f64(B, H, H, d_W_i_x_all, H, h0, H, d_U_i);
-    weight_gradient_f64((T - 1) * B, H, H, d_W_i_x_all + BH, H, ys, H, d_U_i);
-    weight_gradient_f64(B, H, H, d_W_c_x_all, H, h0, H, d_U_c);
-    weight_gradient_f64((T - 1) * B, H, H, d_W_c_x_all + BH, H, ys, H, d_U_c);
-    weight_gradient_f64(B, H, H, d_W_o_x_all, H, h0, H, d_U_o);
-    weight_gradient_f64((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys, H, d_U_o);
 }
 
 void cellgen_lstm_cifg_pack_f64(
@@ -980,6 +1088,7 @@ void cellgen_lstm_cifg_pack_f64(
 void cellgen_lstm_cifg_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
     double *h_state, double *c_state,
     double *ys, double *work)
 {
@@ -1008,8 +1117,20 @@ void cellgen_lstm_cifg_infer_f64(
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
         fill_f64(steps * B * 3 * H, 0.0, x_products);
-        infer_product_f64(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                          x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+        if (!reverse) {
+            infer_product_f64(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+        }
+        for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
+            for (size_t b = 0; b < B; ++b) {
+                const size_t L = lengths ? (size_t)lengths[b] : T;
+                if (row_active(lengths, t, b)) {
+                    double *const row = x_products + ((t - t0) * B + b) * (3 * H);
+                    const double *const x = xs + ((L - t - 1) * B + b) * I;
+                    infer_product_f64(1, 3 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 3 * H, row, 3 * H, 3 * H, row, 0, row, 0);
+                }
+            }
+        }
         for (size_t t = t0; t < t0 + steps; ++t) {
             const double *const h_prev = h_state;
             const double *const c_prev = c_state;
@@ -1023,6 +1144,9 @@ void cellgen_lstm_cifg_infer_f64(
             infer_product_f64(B, 3 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
                               h_prev_products, 3 * H, h_prev_products, 3 * H, 3 * H, h_prev_products, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
+                if (!row_active(lengths, t, b)) {
+                    continue;
+                }
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n3 = b * 3 * H + j;
@@ -1044,10 +1168,19 @@ void cellgen_lstm_cifg_infer_f64(
                     h_new[n] = h;
                 }
             }
-            copy_f64(BH, h_new, h_state);
-            copy_f64(BH, c_new, c_state);
-            if (ys) {
-                copy_f64(BH, h_new, ys + t * BH);
+            for (size_t b = 0; b < B; ++b) {
+                const size_t L = lengths ? (size_t)lengths[b] : T;
+                if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    if (ys) {
+                        fill_f64(H, 0.0, ys + t * BH + b * H);
+                    }
+                    continue;
+                }
+                copy_f64(H, h_new + b * H, h_state + b * H);
+                copy_f64(H, c_new + b * H, c_state + b * H);
+                if (ys) {
+                    copy_f64(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                }
             }
         }
     }
@@ -1650,6 +1783,46 @@ static void weight_gradient_f32(size_t R, size_t N, size_t K, const float *restr
     }
 }
 
+/* c += a @ b as gemm, on the rows active at loop step t only: one product per run of them. */
+static void gemm_active_f32(size_t R, size_t K, size_t N, const float *restrict a, size_t lda,
+                            const float *restrict b, size_t ldb, float *restrict c,
+                            size_t ldc, const int32_t *lengths, size_t t)
+{
+    size_t r = 0;
+    while (r < R) {
+        while (r < R && !row_active(lengths, t, r)) {
+            ++r;
+        }
+        size_t end = r;
+        while (end < R && row_active(lengths, t, end)) {
+            ++end;
+        }
+        if (end > r) {
+            gemm_f32(end - r, K, N, a + r * lda, lda, b, ldb, c + r * ldc, ldc);
+        }
+        r = end;
+    }
+}
+
+/* In a (T, B, W) sequence, row b's first L steps in reverse order: time order to loop order for
+ * the reverse direction, and back. */
+static void reverse_rows_f32(size_t T, size_t B, size_t W, const int32_t *lengths,
+                             float *seq)
+{
+    for (size_t b = 0; b < B; ++b) {
+        const size_t L = lengths ? (size_t)lengths[b] : T;
+        for (size_t lo = 0, hi = L; lo + 1 < hi; ++lo, --hi) {
+            float *const p = seq + (lo * B + b) * W;
+            float *const q = seq + ((hi - 1) * B + b) * W;
+            for (size_t k = 0; k < W; ++k) {
+                const float v = p[k];
+                p[k] = q[k];
+                q[k] = v;
+            }
+        }
+    }
+}
+
 static void fill_f32(size_t n, float value, float *restrict out)
 {
     for (size_t k = 0; k < n; ++k) {
@@ -1667,6 +1840,7 @@ static void copy_f32(size_t n, const float *restrict in, float *restrict out)
 void cellgen_lstm_cifg_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0, const float *c0,
     const float *W_i, const float *W_c, const float *W_o, const float *U_i, const float *U_c,
     const float *U_o, const float *b_i, const float *b_c, const float *b_o,
@@ -1692,15 +1866,29 @@ void cellgen_lstm_cifg_forward_f32(
     /* the input products of all steps at once */
     fill_f32(T * B * 3 * H, 0.0F, x_products);
     gemm_f32(T * B, I, 3 * H, xs, I, x_MT, 3 * H, x_products, 3 * H);
+    if (reverse) {
+        reverse_rows_f32(T, B, 3 * H, lengths, x_products);
+    }
+    float *const ys_seq = ys; /* in loop order until the end */
     for (size_t t = 0; t < T; ++t) {
-        const float *const h_prev = t > 0 ? ys + (t - 1) * BH : h0;
-        float *const h_t = ys + t * BH;
+        const float *const h_prev = t > 0 ? ys_seq + (t - 1) * BH : h0;
+        float *const h_t = ys_seq + t * BH;
         const float *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         float *const c_t = (saved + 0 * T * BH) + t * BH;
         float *const i_t = saved + 1 * T * BH + t * BH;
         float *const c_tilde_t = saved + 2 * T * BH + t * BH;
         float *const o_t = saved + 3 * T * BH + t * BH;
         float *const tanh_c_t = saved + 4 * T * BH + t * BH;
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: zeros in ys and in `saved` */
+                fill_f32(H, 0.0F, (saved + 0 * T * BH) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 1 * T * BH) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 2 * T * BH) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 3 * T * BH) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 4 * T * BH) + t * BH + b * H);
+                fill_f32(H, 0.0F, ys + t * BH + b * H);
+            }
+        }
         const float *const W_i_x = x_products + t * B * 3 * H + 0 * H;
         const float *const W_c_x = x_products + t * B * 3 * H + 1 * H;
         const float *const W_o_x = x_products + t * B * 3 * H + 2 * H;
@@ -1708,8 +1896,11 @@ void cellgen_lstm_cifg_forward_f32(
         const float *const U_c_h_prev = h_prev_products + 1 * H;
         const float *const U_o_h_prev = h_prev_products + 2 * H;
         fill_f32(B * 3 * H, 0.0F, h_prev_products);
-        gemm_f32(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H);
+        gemm_active_f32(B, H, 3 * H, h_prev, H, h_prev_MT, 3 * H, h_prev_products, 3 * H, lengths, t);
         for (size_t b = 0; b < B; ++b) {
+            if (!row_active(lengths, t, b)) {
+                continue;
+            }
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n3 = b * 3 * H + j;
@@ -1736,18 +1927,20 @@ void cellgen_lstm_cifg_forward_f32(
             }
         }
     }
-    if (T > 0) {
-        copy_f32(BH, ys + (T - 1) * BH, h_final);
-        copy_f32(BH, (saved + 0 * T * BH) + (T - 1) * BH, c_final);
-    } else {
-        copy_f32(BH, h0, h_final);
-        copy_f32(BH, c0, c_final);
+    for (size_t b = 0; b < B; ++b) { /* each row's state after its last step */
+        const size_t L = lengths ? (size_t)lengths[b] : T;
+        copy_f32(H, L > 0 ? ys_seq + (L - 1) * BH + b * H : h0 + b * H, h_final + b * H);
+        copy_f32(H, L > 0 ? (saved + 0 * T * BH) + (L - 1) * BH + b * H : c0 + b * H, c_final + b * H);
+    }
+    if (reverse) {
+        reverse_rows_f32(T, B, H, lengths, ys);
     }
 }
 
 void cellgen_lstm_cifg_backward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0, const float *c0,
     const float *W_i, const float *W_c, const float *W_o, const float *U_i, const float *U_c,
     const float *U_o, const float *b_i, const float *b_c, const float *b_o,
@@ -1764,6 +1957,10 @@ void cellgen_lstm_cifg_backward_f32(
     (void)b_i; /* does not enter the backward */
     (void)b_c; /* does not enter the backward */
     (void)b_o; /* does not enter the backward */
+    float *const h_loop = next; /* ys in loop order, (T, B, H), reversed */
+    next += T * B * H;
+    float *const dys_loop = next; /* dys of one loop step, reversed */
+    next += B * H;
     float *const d_W_i_x_all = next; /* d_W_i_x at every step, (T, B, H) */
     next += T * B * H;
     float *const d_W_c_x_all = next; /* d_W_c_x at every step, (T, B, H) */
@@ -1799,8 +1996,28 @@ void cellgen_lstm_cifg_backward_f32(
     fill_f32(H, 0.0F, d_b_i);
     fill_f32(H, 0.0F, d_b_c);
     fill_f32(H, 0.0F, d_b_o);
+    const float *ys_seq = ys; /* in loop order */
+    if (reverse) {
+        copy_f32(T * BH, ys, h_loop);
+        reverse_rows_f32(T, B, H, lengths, h_loop);
+        ys_seq = h_loop;
+    }
+    (void)ys_seq;
     for (size_t t = T; t-- > 0;) {
-        const float *const dys_t = dys + t * BH;
+        const float *const dys_t = reverse ? dys_loop : dys + t * BH;
+        for (size_t b = 0; b < B && reverse; ++b) { /* dys of each row's step */
+            const size_t L = lengths ? (size_t)lengths[b] : T;
+            if (row_active(lengths, t, b)) {
+                copy_f32(H, dys + ((L - t - 1) * B + b) * H, dys_loop + b * H);
+            }
+        }
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: its product adjoints are zero */
+                fill_f32(H, 0.0F, d_W_i_x_all + t * BH + b * H);
+                fill_f32(H, 0.0F, d_W_c_x_all + t * BH + b * H);
+                fill_f32(H, 0.0F, d_W_o_x_all + t * BH + b * H);
+            }
+        }
         float *const d_h_prev = t > 0 ? (d_h_next == d_h_next_a ? d_h_next_b : d_h_next_a) : d_h0;
         const float *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         float *const d_c_prev = t > 0 ? (d_c_next == d_c_next_a ? d_c_next_b : d_c_next_a) : d_c0;
@@ -1812,6 +2029,9 @@ void cellgen_lstm_cifg_backward_f32(
         float *const d_W_c_x = d_W_c_x_all + t * BH;
         float *const d_W_o_x = d_W_o_x_all + t * BH;
         for (size_t b = 0; b < B; ++b) {
+            if (!row_active(lengths, t, b)) {
+                continue;
+            }
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const float d_c_in = d_c_next[n];
@@ -1841,9 +2061,15 @@ void cellgen_lstm_cifg_backward_f32(
             }
         }
         fill_f32(BH, 0.0F, d_h_prev);
-        gemm_f32(B, H, H, d_W_i_x, H, U_i, H, d_h_prev, H);
-        gemm_f32(B, H, H, d_W_c_x, H, U_c, H, d_h_prev, H);
-        gemm_f32(B, H, H, d_W_o_x, H, U_o, H, d_h_prev, H);
+        gemm_active_f32(B, H, H, d_W_i_x, H, U_i, H, d_h_prev, H, lengths, t);
+        gemm_active_f32(B, H, H, d_W_c_x, H, U_c, H, d_h_prev, H, lengths, t);
+        gemm_active_f32(B, H, H, d_W_o_x, H, U_o, H, d_h_prev, H, lengths, t);
+        for (size_t b = 0; b < B && lengths; ++b) {
+            if (!row_active(lengths, t, b)) { /* past its length: the state adjoints carried */
+                copy_f32(H, d_h_next + b * H, d_h_prev + b * H);
+                copy_f32(H, d_c_next + b * H, d_c_prev + b * H);
+            }
+        }
         d_h_next = d_h_prev;
         d_c_next = d_c_prev;
     }
@@ -1852,7 +2078,19 @@ void cellgen_lstm_cifg_backward_f32(
         copy_f32(BH, d_c_next, d_c0);
         return;
     }
-    /* after the loop: the input gradient and each weight gradient, one product over all steps */
+    /* after the loop: each weight gradient and the input gradient, one product over all steps;
+     * first those of products within a step, in loop order, then those of the input's */
+    weight_gradient_f32(B, H, H, d_W_i_x_all, H, h0, H, d_U_i);
+    weight_gradient_f32((T - 1) * B, H, H, d_W_i_x_all + BH, H, ys_seq, H, d_U_i);
+    weight_gradient_f32(B, H, H, d_W_c_x_all, H, h0, H, d_U_c);
+    weight_gradient_f32((T - 1) * B, H, H, d_W_c_x_all + BH, H, ys_seq, H, d_U_c);
+    weight_gradient_f32(B, H, H, d_W_o_x_all, H, h0, H, d_U_o);
+    weight_gradient_f32((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys_seq, H, d_U_o);
+    if (reverse) { /* the adjoints of the input's products in time order */
+        reverse_rows_f32(T, B, H, lengths, d_W_i_x_all);
+        reverse_rows_f32(T, B, H, lengths, d_W_c_x_all);
+        reverse_rows_f32(T, B, H, lengths, d_W_o_x_all);
+    }
     fill_f32(T * B * I, 0.0F, dxs);
     gemm_f32(T * B, H, I, d_W_i_x_all, H, W_i, I, dxs, I);
     gemm_f32(T * B, H, I, d_W_c_x_all, H, W_c, I, dxs, I);
@@ -1860,12 +2098,6 @@ void cellgen_lstm_cifg_backward_f32(
     weight_gradient_f32(T * B, H, I, d_W_i_x_all, H, xs, I, d_W_i);
     weight_gradient_f32(T * B, H, I, d_W_c_x_all, H, xs, I, d_W_c);
     weight_gradient_f32(T * B, H, I, d_W_o_x_all, H, xs, I, d_W_o);
-    weight_gradient_f32(B, H, H, d_W_i_x_all, H, h0, H, d_U_i);
-    weight_gradient_f32((T - 1) * B, H, H, d_W_i_x_all + BH, H, ys, H, d_U_i);
-    weight_gradient_f32(B, H, H, d_W_c_x_all, H, h0, H, d_U_c);
-    weight_gradient_f32((T - 1) * B, H, H, d_W_c_x_all + BH, H, ys, H, d_U_c);
-    weight_gradient_f32(B, H, H, d_W_o_x_all, H, h0, H, d_U_o);
-    weight_gradient_f32((T - 1) * B, H, H, d_W_o_x_all + BH, H, ys, H, d_U_o);
 }
 
 void cellgen_lstm_cifg_pack_f32(
@@ -1899,6 +2131,7 @@ void cellgen_lstm_cifg_pack_f32(
 void cellgen_lstm_cifg_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
     float *h_state, float *c_state,
     float *ys, float *work)
 {
@@ -1927,8 +2160,20 @@ void cellgen_lstm_cifg_infer_f32(
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
         fill_f32(steps * B * 3 * H, 0.0F, x_products);
-        infer_product_f32(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                          x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+        if (!reverse) {
+            infer_product_f32(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+        }
+        for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
+            for (size_t b = 0; b < B; ++b) {
+                const size_t L = lengths ? (size_t)lengths[b] : T;
+                if (row_active(lengths, t, b)) {
+                    float *const row = x_products + ((t - t0) * B + b) * (3 * H);
+                    const float *const x = xs + ((L - t - 1) * B + b) * I;
+                    infer_product_f32(1, 3 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 3 * H, row, 3 * H, 3 * H, row, 0, row, 0);
+                }
+            }
+        }
         for (size_t t = t0; t < t0 + steps; ++t) {
             const float *const h_prev = h_state;
             const float *const c_prev = c_state;
@@ -1942,6 +2187,9 @@ void cellgen_lstm_cifg_infer_f32(
             infer_product_f32(B, 3 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
                               h_prev_products, 3 * H, h_prev_products, 3 * H, 3 * H, h_prev_products, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
+                if (!row_active(lengths, t, b)) {
+                    continue;
+                }
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n3 = b * 3 * H + j;
@@ -1963,10 +2211,19 @@ void cellgen_lstm_cifg_infer_f32(
                     h_new[n] = h;
                 }
             }
-            copy_f32(BH, h_new, h_state);
-            copy_f32(BH, c_new, c_state);
-            if (ys) {
-                copy_f32(BH, h_new, ys + t * BH);
+            for (size_t b = 0; b < B; ++b) {
+                const size_t L = lengths ? (size_t)lengths[b] : T;
+                if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    if (ys) {
+                        fill_f32(H, 0.0F, ys + t * BH + b * H);
+                    }
+                    continue;
+                }
+                copy_f32(H, h_new + b * H, h_state + b * H);
+                copy_f32(H, c_new + b * H, c_state + b * H);
+                if (ys) {
+                    copy_f32(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                }
             }
         }
     }

@@ -13,11 +13,15 @@
  * A size function returns SIZE_MAX when the count would reach SIZE_MAX / 16 (memory no machine
  * has): check for it before allocating. Any other count, times sizeof(double), fits in size_t.
  * In backward, a NULL d_<state>_final means a zero adjoint for that final state.
+ * lengths (B int32 in 0..T, or NULL for all T) and reverse: row b runs its first lengths[b]
+ * steps, from the last backwards if reverse, ys staying aligned with xs; past its length its ys
+ * and gradients are zero and its state is carried. backward and infer take the same as forward.
  */
 #ifndef CELLGEN_LSTM_PEEPHOLE_H
 #define CELLGEN_LSTM_PEEPHOLE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +42,7 @@ size_t cellgen_lstm_peephole_infer_work_size(size_t B, size_t I, size_t H);
 void cellgen_lstm_peephole_forward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0, const double *c0,
     const double *W_f, const double *W_i, const double *W_c, const double *W_o,
     const double *U_f, const double *U_i, const double *U_c, const double *U_o,
@@ -49,6 +54,7 @@ void cellgen_lstm_peephole_forward_f64(
 void cellgen_lstm_peephole_backward_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *xs,
+    const int32_t *lengths, int reverse,
     const double *h0, const double *c0,
     const double *W_f, const double *W_i, const double *W_c, const double *W_o,
     const double *U_f, const double *U_i, const double *U_c, const double *U_o,
@@ -73,12 +79,14 @@ void cellgen_lstm_peephole_pack_f64(
 void cellgen_lstm_peephole_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
     double *h_state, double *c_state,
     double *ys, double *work);
 
 void cellgen_lstm_peephole_forward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0, const float *c0,
     const float *W_f, const float *W_i, const float *W_c, const float *W_o, const float *U_f,
     const float *U_i, const float *U_c, const float *U_o, const float *b_f, const float *b_i,
@@ -89,6 +97,7 @@ void cellgen_lstm_peephole_forward_f32(
 void cellgen_lstm_peephole_backward_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *xs,
+    const int32_t *lengths, int reverse,
     const float *h0, const float *c0,
     const float *W_f, const float *W_i, const float *W_c, const float *W_o, const float *U_f,
     const float *U_i, const float *U_c, const float *U_o, const float *b_f, const float *b_i,
@@ -111,6 +120,7 @@ void cellgen_lstm_peephole_pack_f32(
 void cellgen_lstm_peephole_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
     float *h_state, float *c_state,
     float *ys, float *work);
 

@@ -51,6 +51,7 @@ class CFunctions:
         lib = open_library(self.library_path)
         suffix = _REAL[dtype]
         size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+        rows = [ptr, ctypes.c_int]  # lengths (int32, or NULL) and the direction
         prefix = f"cellgen_{cell}"
         self._saved_size = getattr(lib, f"{prefix}_saved_size")
         self._saved_size.argtypes, self._saved_size.restype = [size_t] * 3, size_t
@@ -58,11 +59,16 @@ class CFunctions:
         self._work_size.argtypes, self._work_size.restype = [size_t] * 4, size_t
         n_states, n_params = len(states), len(params)
         self._forward = getattr(lib, f"{prefix}_forward_{suffix}")
-        self._forward.argtypes = [size_t] * 4 + [ptr] * (1 + n_states + n_params + 1 + n_states + 2)
+        self._forward.argtypes = (
+            [size_t] * 4 + [ptr] + rows + [ptr] * (n_states + n_params + 1 + n_states + 2)
+        )
         self._forward.restype = None
         self._backward = getattr(lib, f"{prefix}_backward_{suffix}")
-        self._backward.argtypes = [size_t] * 4 + [ptr] * (
-            1 + n_states + n_params + 3 + n_states + 1 + n_states + n_params + 1
+        self._backward.argtypes = (
+            [size_t] * 4
+            + [ptr]
+            + rows
+            + [ptr] * (n_states + n_params + 3 + n_states + 1 + n_states + n_params + 1)
         )
         self._backward.restype = None
         self._packed_size = getattr(lib, f"{prefix}_packed_size")
@@ -72,7 +78,7 @@ class CFunctions:
         self._pack = getattr(lib, f"{prefix}_pack_{suffix}")
         self._pack.argtypes, self._pack.restype = [size_t] * 2 + [ptr] * (n_params + 1), None
         self._infer = getattr(lib, f"{prefix}_infer_{suffix}")
-        self._infer.argtypes = [size_t] * 4 + [ptr] * (2 + n_states + 2)
+        self._infer.argtypes = [size_t] * 4 + [ptr] * 2 + rows + [ptr] * (n_states + 2)
         self._infer.restype = None
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
@@ -100,7 +106,8 @@ class CFunctions:
             self._local.work = work if work.nbytes <= self.work_limit else None
         return work
 
-    def forward(self, xs: np.ndarray, state0: dict, params: dict):
+    def forward(self, xs: np.ndarray, state0: dict, params: dict, lengths=None, reverse=False):
+        """lengths: None or int32 (B,), checked by codegen.load."""
         T, B, I = xs.shape
         H = state0[self.output].shape[1]
         dtype = self.dtype
@@ -111,6 +118,8 @@ class CFunctions:
         self._forward(
             T, B, I, H,
             address(xs),
+            None if lengths is None else address(lengths),
+            int(reverse),
             *[address(state0[s]) for s in self.states],
             *[address(params[p]) for p in self.params],
             address(ys),
@@ -119,6 +128,7 @@ class CFunctions:
             address(work),
         )  # fmt: skip
         cache = {"xs": xs, "state0": state0, "params": params, "ys": ys, "saved": saved}
+        cache["rows"] = (lengths, reverse)
         return ys, final, cache
 
     def backward(self, dys: np.ndarray, cache: dict, dfinal: dict):
@@ -131,9 +141,12 @@ class CFunctions:
         dparams = {p: np.empty(params[p].shape, dtype) for p in self.params}
         saved = cache["saved"]
         work = self._work(T, B, I, H)
+        lengths, reverse = cache["rows"]
         self._backward(
             T, B, I, H,
             address(xs),
+            None if lengths is None else address(lengths),
+            int(reverse),
             *[address(state0[s]) for s in self.states],
             *[address(params[p]) for p in self.params],
             address(ys),
@@ -155,7 +168,7 @@ class CFunctions:
         )
         return packed
 
-    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray):
+    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray, lengths=None, reverse=False):
         """ys and the final states from packed weights; the states are copied, not changed."""
         T, B, I = xs.shape
         H = state0[self.output].shape[1]
@@ -163,7 +176,9 @@ class CFunctions:
         final = {s: np.array(state0[s], self.dtype, order="C") for s in self.states}
         work = np.empty(max(self._infer_work_size(B, I, H), 1), self.dtype)
         self._infer(
-            T, B, I, H, address(packed), address(xs), *[address(final[s]) for s in self.states],
+            T, B, I, H, address(packed), address(xs),
+            None if lengths is None else address(lengths), int(reverse),
+            *[address(final[s]) for s in self.states],
             address(ys), address(work),
         )  # fmt: skip
         return ys, final

@@ -51,8 +51,9 @@ RESERVED = {
     "thread_local", "throw", "true", "try", "typeid", "typename", "using", "virtual", "wchar_t",
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
-    "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "NAN", "INFINITY",
-    "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
+    "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
+    "ys_seq", "dys_t", "row_active", "int32_t", "lo", "hi", "NAN", "INFINITY", "HUGE_VAL",
+    "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
@@ -124,6 +125,10 @@ class CNames:
             return self(buf.symbol)
         if buf.kind == "new_state":
             return self.new_state(buf.symbol)
+        if buf.kind == "loop_order":
+            return self.ids.derived(buf.symbol, "_loop")
+        if buf.kind == "loop_order_step":
+            return self.ids.local("dys_loop")
         if buf.kind == "carried":
             return self.ids.derived(self.kernel.names.of(buf.symbol), f"_next_{buf.part}")
         raise ValueError(f"unknown buffer kind {buf.kind}")
@@ -305,9 +310,11 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
     dims = ["size_t T", "size_t B", "size_t I", "size_t H"]
     states0 = [f"const {r} *{names.state0(s)}" for s in cell.states]
     params = [f"const {r} *{names(p.name)}" for p in cell.params]
+    rows = ["const int32_t *lengths", "int reverse"]
     forward = [
         dims,
         [f"const {r} *xs"],
+        rows,
         states0,
         params,
         [f"{r} *ys"] + [f"{r} *{names.final(s)}" for s in cell.states],
@@ -316,6 +323,7 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
     backward = [
         dims,
         [f"const {r} *xs"],
+        rows,
         states0,
         params,
         [f"const {r} *ys", f"const {r} *saved", f"const {r} *dys"],
@@ -328,6 +336,7 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
     infer = [
         dims,
         [f"const {r} *packed", f"const {r} *xs"],
+        rows,
         [f"{r} *{names.state_io(s)}" for s in cell.states],
         [f"{r} *ys", f"{r} *work"],
     ]
@@ -348,7 +357,7 @@ def context(kernel: Kernel) -> dict:
     def series_base(name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
         if name == cell.output:
-            return "ys"
+            return "ys_seq"  # ys in loop order
         return f"(saved + {kernel.series.index(name)} * T * BH)"
 
     groups = [Group(g, len(g.products), names.index(len(g.products))) for g in kernel.gemms]
@@ -505,7 +514,20 @@ def context(kernel: Kernel) -> dict:
             for b in bufs
         ]
 
+    seq = kernel.sequencing
+    at_row = {seq.length: sympy.Symbol("(size_t)lengths[b]")}
+    input_adjoints = [p["d_product_all"] for g in gemms if g["hoisted"] for p in g["pairs"]]
     return {
+        "active": f"{seq.loop} < L",
+        "active_c": sympy.ccode(seq.active.subs(at_row)),
+        "reverse_step": sympy.ccode(seq.reverse_step),
+        "sequences": [series_base(v) for v in kernel.series] + ["ys"],
+        "ys_loop": names.buffer(Buffer("loop_order", cell.output, 0)),
+        "dys_loop": names.buffer(Buffer("loop_order_step", cell.output, 0)),
+        "adjoint_sequences": [
+            names.buffer(b) for b in kernel.backward_buffers if b.kind == "adjoints"
+        ],
+        "input_adjoints": list(dict.fromkeys(input_adjoints)),
         "cell": cell,
         "guard": f"CELLGEN_{cell.name.upper()}_H",
         "prefix": f"cellgen_{cell.name}",

@@ -32,8 +32,8 @@ class NumpyFunctions:
         module = self.module
         return (len(module.SAVED) + len(module.STATES) - 1) * T * B * H if what == "forward" else 0
 
-    def forward(self, xs, state0: dict, params: dict):
-        return self.module.forward(xs, state0, params, work=self._work())
+    def forward(self, xs, state0: dict, params: dict, lengths=None, reverse=False):
+        return self.module.forward(xs, state0, params, lengths, reverse, work=self._work())
 
     def backward(self, dys, cache: dict, dfinal: dict):
         return self.module.backward(dys, cache, dfinal, work=self._work())
@@ -41,5 +41,5 @@ class NumpyFunctions:
     def pack(self, params: dict, input_size: int, hidden_size: int):
         return self.module.pack(params, input_size, hidden_size)
 
-    def infer(self, xs, state0: dict, packed):
-        return self.module.infer(xs, state0, packed, work=self._work())
+    def infer(self, xs, state0: dict, packed, lengths=None, reverse=False):
+        return self.module.infer(xs, state0, packed, lengths, reverse, work=self._work())

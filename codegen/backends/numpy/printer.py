@@ -27,6 +27,16 @@ def _work(name: str, shape: str) -> str:
     return f'_work("{name}", {shape}, dtype)'
 
 
+def _work_lines(buffers: list[tuple[str, str]]) -> list[str]:
+    """`name = _work(...)` for (name, columns) buffers of B rows."""
+    return [f"{name} = {_work(name, f'(B, {cols})')}" for name, cols in buffers]
+
+
+def _first_rows(buffers: list[tuple[str, str]]) -> list[str]:
+    """The same buffers, of their first _n rows (the rows active at a step)."""
+    return [f"{name} = _first_rows({name}, _n)" for name, _ in buffers]
+
+
 class Pass:
     """The places of one pass (forward or backward) and the lines of its loop body."""
 
@@ -84,8 +94,8 @@ class Pass:
             return True
         return self.kernel.roles.get(sym) in (Role.SAVED, Role.STATE, Role.ADJ_STATE_PREV)
 
-    def buffers(self) -> list[str]:
-        """Arrays of one step for the values that live nowhere else: (B, H) each."""
+    def buffers(self) -> list[tuple[str, str]]:
+        """Arrays of one step for the values that live nowhere else: (name, columns), B rows."""
         out = []
         for sym in sorted(self.bound()):
             if sym in self.aliases or self.owns_place(sym) or self.place(sym).stack:
@@ -94,9 +104,9 @@ class Pass:
             if role in (Role.TEMP, Role.ADJ, Role.ADJ_MM, Role.ADJ_PARAM) or (
                 role is Role.ADJ_IN and sym == self.kernel.names.incoming(self.kernel.cell.output)
             ):
-                out.append(f"{self.names(sym)} = {_work(self.names(sym), '(B, H)')}")
+                out.append((self.names(sym), "H"))
         return out + [
-            f"{name} = {_work(name, f'(B, {_cols(width)})')}"
+            (name, _cols(width))
             for width, names in sorted(self.scratch.names.items())
             for name in names
         ]
@@ -115,8 +125,12 @@ def context(kernel: Kernel) -> dict:
         """The (T, B, H) array of a state or saved value."""
         return "ys" if name == cell.output else names.derived(name, "_seq")
 
-    def prev_line(s: str) -> str:
-        return f'{names(prev_name(s))} = {series(s)}[t - 1] if t > 0 else state0["{s}"]'
+    def prev_line(s: str, rows: str = "") -> str:
+        """The previous state's binding: every row, or (rows ", :_n") the first _n."""
+        first = "[:_n]" if rows else ""
+        return (
+            f'{names(prev_name(s))} = {series(s)}[t - 1{rows}] if t > 0 else state0["{s}"]{first}'
+        )
 
     def op_name(g: GroupLayout, suffix: str, prefix: str = "") -> str:
         """Arrays of a fused product: M_x (its matrices stacked), x_products, ..."""
@@ -149,7 +163,8 @@ def context(kernel: Kernel) -> dict:
             body.append(f"np.matmul({operand}, {op_name(g, '', 'MT_')}, out={products})")
             for k, p in enumerate(g.products):
                 if p in saved_products:
-                    body.append(f"{series(p)}[t] = {slice_text(products, k, 1, g.width)}")
+                    value = slice_text(products, k, 1, g.width)
+                    body.append(f"{series(p)}[t, : len({products})] = {value}")
             continue
         body += fwd.block(step, pre_exprs)
 
@@ -185,12 +200,11 @@ def context(kernel: Kernel) -> dict:
     for v in kernel.saved:
         if v not in in_gates and v not in hoisted_saved:
             setup.append(f"{series(v)} = np.empty((T, B, H), dtype)")
-    for g in groups:
-        if not g.gemm.hoisted:
-            products = op_name(g, "_products")
-            setup.append(f"{products} = {_work(products, f'(B, {_cols(g.width)})')}")
-    setup += fwd.buffers()
+    forward_work = [(op_name(g, "_products"), _cols(g.width)) for g in groups if not g.gemm.hoisted]
+    forward_work += fwd.buffers()
+    setup += _work_lines(forward_work)
     forward_bindings = _bindings(kernel, layout, fwd, prevs, series, prev_line)
+    forward_rows = _bindings(kernel, layout, fwd, prevs, series, prev_line, ", :_n")
 
     # what the backward reads besides the arguments, by a key that no symbol's name can take
     kept = [f'"{s}": {series(s)}' for s in cell.states if s != cell.output]
@@ -204,6 +218,7 @@ def context(kernel: Kernel) -> dict:
     bwd = Pass(kernel, layout, {gates, d_gates} | {g.adjoint for g in groups}, kernel.backward)
     incoming_of = {r.incoming: r for r in kernel.recurrences}
     carried = {s: names.derived(d(s), "_next") for s in cell.states}
+    dys_t = names.local("dys_t")
     spare = {s: names.derived(d(s), "_spare") for s in cell.states}
     param_of = {d(p.name): p.name for p in cell.params}
     body_b: list[str] = []
@@ -221,7 +236,7 @@ def context(kernel: Kernel) -> dict:
                 incoming.add(sym)
                 r = incoming_of[sym]
                 if r.from_output:
-                    body_b.append(f"np.add(dys[t], {carried[r.state]}, out={bwd.use(sym)})")
+                    body_b.append(f"np.add({dys_t}, {carried[r.state]}, out={bwd.use(sym)})")
                 else:
                     body_b.append(f"{names(sym)} = {carried[r.state]}")
         kept, sums = [], []
@@ -242,14 +257,22 @@ def context(kernel: Kernel) -> dict:
         s = r.state
         body_b.append(f"{spare[s]}, {carried[s]} = {carried[s]}, {names(r.prev_adjoint)}")
     backward_bindings = _bindings(kernel, layout, bwd, prevs, series, prev_line)
+    backward_rows = _bindings(kernel, layout, bwd, prevs, series, prev_line, ", :_n")
+    backward_bindings.append(f"{dys_t} = dys[t]")
+    backward_rows.append(f"{dys_t} = dys[t, :_n]")
     for r in kernel.recurrences:
         backward_bindings.append(f"{names(r.prev_adjoint)} = {spare[r.state]}")
+        # the carried adjoints' first n rows: rows not yet active keep dfinal in both arrays
+        backward_rows.append(f"{names(r.prev_adjoint)} = _full({spare[r.state]})[:_n]")
+        backward_rows.append(f"{carried[r.state]} = _full({carried[r.state]})[:_n]")
 
     setup_b = [_stack(g, names) for g in groups]
+    adjoint_seqs = []
     for name in [d_gates] * (d_gates in stacks) + sorted({g.adjoint for g in groups} - {d_gates}):
         shape = f"(T, B, {_cols(stacks[name].width)})"
         comment = f"  # {stacks[name].comment}" if stacks[name].comment else ""
         seq = names.local(f"{name}_seq")
+        adjoint_seqs.append(seq)
         setup_b.append(f"{seq} = {_work(seq, shape)}{comment}")
     setup_b.append(
         "dparams = {name: np.zeros(value.shape, dtype) for name, value in params.items()}"
@@ -259,7 +282,8 @@ def context(kernel: Kernel) -> dict:
         given = f'np.array(dfinal["{s}"], dtype)'
         setup_b.append(f'{carried[s]} = {given} if "{s}" in dfinal else np.zeros((B, H), dtype)')
         setup_b.append(f"{spare[s]} = np.empty((B, H), dtype)")
-    setup_b += bwd.buffers()
+    backward_work = bwd.buffers()
+    setup_b += _work_lines(backward_work)
 
     end = ["# after the loop: the input gradient and the weight gradients, one product each"]
     for g in groups:
@@ -300,6 +324,7 @@ def context(kernel: Kernel) -> dict:
             "series": series(s),
             "key": "ys" if s == cell.output else s,
             "d_next": carried[s],
+            "d_spare": spare[s],
         }
         for s in cell.states
     ]
@@ -307,6 +332,9 @@ def context(kernel: Kernel) -> dict:
         "cell": cell,
         "state_names": _tuple(cell.states),
         "saved_names": _tuple(kernel.saved),
+        # lengths and direction, over arrays t (T, 1) and L (1, B)
+        "active": sympy.pycode(kernel.sequencing.active),
+        "reverse_step": sympy.pycode(kernel.sequencing.reverse_step),
         "states": states,
         "output": cell.output,
         "params": [
@@ -314,6 +342,11 @@ def context(kernel: Kernel) -> dict:
         ],
         "forward_setup": setup,
         "forward_bindings": forward_bindings,
+        "forward_rows": forward_rows,
+        "forward_rows_work": _first_rows(forward_work),
+        "backward_rows": backward_rows,
+        "backward_rows_work": _first_rows(backward_work),
+        "adjoint_seqs": adjoint_seqs,
         "forward_body": body,
         "cache_items": ", ".join(cache_items),
         "cache_reads": _cache_reads(kernel, layout, series, in_gates, gates_seq),
@@ -370,19 +403,20 @@ def _group(layout: Layout, gemm: Gemm) -> GroupLayout:
     return next(g for g in layout.groups if g.gemm == gemm)
 
 
-def _bindings(kernel, layout, p: Pass, prevs, series, prev_line) -> list[str]:
-    """Per step: the views of stacked arrays and sequences that the statements use by name."""
+def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, rows: str = "") -> list[str]:
+    """Per step: the views of stacked arrays and sequences that the statements use by name;
+    with rows ", :_n", of the first _n rows only (the rows active at the step)."""
     out = []
     bound = p.bound()
     stacks = p.stacks
     for s in kernel.cell.states:
         if prev_name(s) in bound:
-            out.append(prev_line(s))
+            out.append(prev_line(s, rows))
     for name in sorted(stacks):
         stack = layout.stacks.get(name)
         slots = [sym for sym in bound if layout.slot.get(sym, ("",))[0] == name]
         if stack and stack.series and (slots or name in p.lowering.stacks_used):
-            out.append(f"{name} = {p.names.local(f'{name}_seq')}[t]")
+            out.append(f"{name} = {p.names.local(f'{name}_seq')}[t{rows}]")
     for sym in sorted(bound, key=lambda s: (layout.slot.get(s, ("~", 0)), s)):
         if sym in p.aliases or sym in prevs:
             continue
@@ -392,7 +426,7 @@ def _bindings(kernel, layout, p: Pass, prevs, series, prev_line) -> list[str]:
             stack = layout.stacks[where[0]]
             out.append(f"{p.names(sym)} = {slice_text(where[0], where[1], 1, stack.width)}")
         elif role in (Role.STATE, Role.SAVED) or (role is Role.PRODUCT and sym in kernel.saved):
-            out.append(f"{p.names(sym)} = {series(sym)}[t]")
+            out.append(f"{p.names(sym)} = {series(sym)}[t{rows}]")
     return out
 
 
