@@ -1,12 +1,12 @@
 """Train any cell in PyTorch through cellgen's generated kernels: `codegen.torch.RNN`.
 
     rnn = codegen.torch.RNN("mut3.py", input_size=8, hidden_size=32, num_layers=2)
-    ys, final = rnn(x)  # x (T, B, I); ys (T, B, H); final {state: (L, B, H)}
+    ys, final = rnn(x, lengths=lengths)  # x (T, B, I) or a PackedSequence; ys (T, B, D H)
     loss(ys).backward()  # through the generated backward, not a loop of small autograd ops
 
-One `torch.autograd.Function` runs a whole layer's forward and backward (the generated NumPy or
-C kernels, over CPU tensors shared with NumPy where the layout allows). torch is imported only
-here, so `import codegen` does not need it (pip install "cellgen[torch]").
+One `torch.autograd.Function` runs the whole stack's forward and backward (codegen.RNN over the
+generated NumPy or C kernels, on CPU tensors shared with NumPy where the layout allows). torch is
+imported only here, so `import codegen` does not need it (pip install "cellgen[torch]").
 """
 
 from __future__ import annotations
@@ -17,20 +17,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .errors import CellgenError
-from .load import load as _load
+from .rnn import RNN as _RNN
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 class RNN(torch.nn.Module):
-    """A stack of layers of one cell, as a torch module whose passes run cellgen's kernels.
+    """codegen.RNN as a torch module: stacked layers of one cell, one or two directions, per-row
+    lengths, whose forward and backward run cellgen's kernels.
 
-    Parameters are registered per layer as `l{k}_<name>` (torch names cannot hold a dot) and
-    initialised as torch initialises its RNNs, uniform in ±1/√H; `cellgen_params()` maps the
-    cellgen names (`l0.W_f`, ...) to them. The module follows `.double()` and `.to(dtype)`:
-    the kernels are loaded for the parameters' dtype when first used.
+    Parameters are registered as `l{k}_<name>` and `l{k}_reverse_<name>` (torch names cannot hold
+    a dot) and initialised as torch initialises its RNNs, uniform in ±1/√H; `cellgen_params()`
+    maps codegen.RNN's names (`l0.W_f`, `l0_reverse.W_f`, ...) to them. The module follows
+    `.double()` and `.to(dtype)`: the kernels are loaded for the parameters' dtype when first used.
     """
 
     def __init__(
@@ -46,35 +48,34 @@ class RNN(torch.nn.Module):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype}: codegen.torch.RNN runs float32 or float64")
-        if bidirectional:
-            raise ValueError("bidirectional=True needs the sequence kernels (not yet available)")
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers: expected at least 1, got {num_layers}")
         self.cell, self.backend = cell, backend
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers = int(num_layers)
-        self._kernels: dict[str, Any] = {}
-        reference = _load(cell, backend="numpy")
+        self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
+        self._stacks: dict[str, Any] = {}
+        reference = self.stack(dtype)  # checks the sizes and the cell
         self.states: tuple[str, ...] = reference.states
-        self.cell_name = reference.name
+        self._shapes = reference.param_shapes()
         bound = 1 / math.sqrt(self.hidden_size)
-        for layer in range(self.num_layers):
-            size = self.input_size if layer == 0 else self.hidden_size
-            for name, shape in reference.param_shapes(size, self.hidden_size).items():
-                value = torch.empty(shape, dtype=dtype).uniform_(-bound, bound)
-                self.register_parameter(f"l{layer}_{name}", torch.nn.Parameter(value))
-        self._names = reference.params
+        for name, shape in self._shapes.items():
+            value = torch.empty(shape, dtype=dtype).uniform_(-bound, bound)
+            self.register_parameter(name.replace(".", "_"), torch.nn.Parameter(value))
+
+    def stack(self, dtype: torch.dtype):
+        """The codegen.RNN behind this module, for one dtype (loaded once)."""
+        name = _DTYPES[dtype]
+        if name not in self._stacks:
+            self._stacks[name] = _RNN(
+                self.cell, self.input_size, self.hidden_size, self.num_layers,
+                self.bidirectional, backend=self.backend, dtype=name,
+            )  # fmt: skip
+        return self._stacks[name]
 
     def cellgen_params(self) -> dict[str, torch.nn.Parameter]:
-        """The module's own parameters under cellgen's names: {"l0.W_f": Parameter, ...}."""
-        return {
-            f"l{layer}.{name}": getattr(self, f"l{layer}_{name}")
-            for layer in range(self.num_layers)
-            for name in self._names
-        }
+        """The module's own parameters under codegen.RNN's names: {"l0.W_f": Parameter, ...}."""
+        return {name: getattr(self, name.replace(".", "_")) for name in self._shapes}
 
     def load_cellgen_params(self, params: dict[str, Any]) -> None:
-        """Copy values in, by cellgen name (arrays or tensors of the parameters' shapes)."""
+        """Copy values in, by codegen.RNN's names (arrays or tensors of the right shapes)."""
         own = self.cellgen_params()
         unknown = sorted(set(params) - set(own))
         if unknown:
@@ -90,61 +91,63 @@ class RNN(torch.nn.Module):
                     )
                 target.copy_(value)
 
-    def kernel(self, dtype: torch.dtype):
-        """The cell's kernels on this module's backend, for one dtype (loaded once)."""
-        name = _DTYPES[dtype]
-        if name not in self._kernels:
-            self._kernels[name] = _load(self.cell, backend=self.backend, dtype=name)
-        return self._kernels[name]
-
     def forward(
-        self, x: torch.Tensor, state0: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x (T, B, I) -> ys (T, B, H) and the final states, each (L, B, H)."""
+        self,
+        x: torch.Tensor | PackedSequence,
+        state0: dict[str, torch.Tensor] | None = None,
+        lengths: Any = None,
+    ) -> tuple[torch.Tensor | PackedSequence, dict[str, torch.Tensor]]:
+        """x (T, B, I), or a PackedSequence -> ys (T, B, D H), or a PackedSequence like torch's
+        RNNs return, and the final states, each (L D, B, H) in torch's h_n order. Row b runs its
+        first lengths[b] steps (a PackedSequence brings its own)."""
+        packed = isinstance(x, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence brings its own; pass one or the other")
+            x, lengths = pad_packed_sequence(x)
         params = self.cellgen_params()
         dtype = next(iter(params.values())).dtype
         _check_tensor("x", x, dtype, 3)
         B = x.shape[1]
-        L, H = self.num_layers, self.hidden_size
+        shape = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
         if state0 is None:
-            state0 = {s: x.new_zeros((L, B, H)) for s in self.states}
+            state0 = {s: x.new_zeros(shape) for s in self.states}
         for s in self.states:
             if s not in state0:
-                raise ValueError(f"state0: missing state '{s}' of shape (L, B, H) = {(L, B, H)}")
+                raise ValueError(f"state0: missing state '{s}' of shape (L*D, B, H) = {shape}")
             _check_tensor(f"state0['{s}']", state0[s], dtype, 3)
-        kernel = self.kernel(dtype)
-        finals: dict[str, list[torch.Tensor]] = {s: [] for s in self.states}
-        ys = x
-        for layer in range(L):
-            weights = [params[f"l{layer}.{n}"] for n in self._names]
-            states = [state0[s][layer] for s in self.states]
-            ys, *final = _Layer.apply(kernel, ys, *states, *weights)
-            for s, value in zip(self.states, final, strict=True):
-                finals[s].append(value)
-        return ys, {s: torch.stack(v) for s, v in finals.items()}
+        if isinstance(lengths, torch.Tensor):
+            lengths = lengths.cpu().numpy()
+        stack = self.stack(dtype)
+        states = [state0[s] for s in self.states]
+        ys, *final = _Stack.apply(stack, lengths, x, *states, *params.values())
+        if packed:
+            ys = pack_padded_sequence(ys, torch.as_tensor(lengths), enforce_sorted=False)
+        return ys, dict(zip(self.states, final, strict=True))
 
 
-class _Layer(torch.autograd.Function):
-    """One layer's forward and backward through a cellgen kernel."""
+class _Stack(torch.autograd.Function):
+    """A whole stack's forward and backward through codegen.RNN."""
 
     @staticmethod
-    def forward(ctx, kernel, x, *tensors):
-        n = len(kernel.states)
-        state0 = {s: _array(t) for s, t in zip(kernel.states, tensors[:n], strict=True)}
-        params = {p: _array(t) for p, t in zip(kernel.params, tensors[n:], strict=True)}
-        ys, final, cache = kernel.forward(_array(x), state0, params)
-        ctx.kernel, ctx.cache = kernel, cache
-        return (torch.from_numpy(ys), *(torch.from_numpy(final[s]) for s in kernel.states))
+    def forward(ctx, stack, lengths, x, *tensors):
+        n = len(stack.states)
+        state0 = {s: _array(t) for s, t in zip(stack.states, tensors[:n], strict=True)}
+        names = list(stack.param_shapes())
+        params = {p: _array(t) for p, t in zip(names, tensors[n:], strict=True)}
+        ys, final, cache = stack.forward(_array(x), state0, params, lengths)
+        ctx.stack, ctx.cache, ctx.names = stack, cache, names
+        return (torch.from_numpy(ys), *(torch.from_numpy(final[s]) for s in stack.states))
 
     @staticmethod
     def backward(ctx, dys, *dfinal):
-        kernel = ctx.kernel
-        given = {s: _array(d) for s, d in zip(kernel.states, dfinal, strict=True) if d is not None}
-        dxs, dstate0, dparams = kernel.backward(_array(dys), ctx.cache, given)
+        stack = ctx.stack
+        given = {s: _array(d) for s, d in zip(stack.states, dfinal, strict=True) if d is not None}
+        dxs, dstate0, dparams = stack.backward(_array(dys), ctx.cache, given)
         grads = [torch.from_numpy(dxs)]
-        grads += [torch.from_numpy(dstate0[s]) for s in kernel.states]
-        grads += [torch.from_numpy(dparams[p]) for p in kernel.params]
-        return (None, *grads)
+        grads += [torch.from_numpy(dstate0[s]) for s in stack.states]
+        grads += [torch.from_numpy(dparams[p]) for p in ctx.names]
+        return (None, None, *grads)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import codegen.torch as cgt
 from codegen import interop
@@ -29,20 +30,23 @@ MUT3 = ROOT / "examples" / "mut3.py"
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", [*CELLS, str(MUT3)])
 def test_gradcheck_in_float64(cell, backend):
+    """Two layers, both directions, unequal lengths (one row stops early)."""
     torch.manual_seed(0)
-    rnn = cgt.RNN(cell, 3, 4, num_layers=2, backend=backend, dtype=torch.float64)
+    rnn = cgt.RNN(cell, 3, 4, num_layers=2, bidirectional=True, backend=backend,
+                  dtype=torch.float64)  # fmt: skip
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    state0 = {s: torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True) for s in rnn.states}
+    state0 = {s: torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True) for s in rnn.states}
+    lengths = np.array([4, 2])
 
     def run(x, *inputs):
         states = dict(zip(rnn.states, inputs, strict=True))
-        ys, final = rnn(x, states)
+        ys, final = rnn(x, states, lengths=lengths)
         return (ys, *final.values())
 
     assert torch.autograd.gradcheck(run, (x, *state0.values()), eps=1e-6, atol=1e-8)
     # and the parameters, through the same function
     assert torch.autograd.gradcheck(
-        lambda *p: rnn(x)[0], tuple(rnn.parameters()), eps=1e-6, atol=1e-8
+        lambda *p: rnn(x, lengths=lengths)[0], tuple(rnn.parameters()), eps=1e-6, atol=1e-8
     )
 
 
@@ -66,27 +70,15 @@ def _one_bias(module):
     H = module.hidden_size
     kept = 2 * H if isinstance(module, torch.nn.GRU) else 0  # GRU: r, z folded; n kept
     with torch.no_grad():
-        for layer in range(module.num_layers):
-            b_ih, b_hh = getattr(module, f"bias_ih_l{layer}"), getattr(module, f"bias_hh_l{layer}")
+        for name, b_hh in module.named_parameters():
+            if not name.startswith("bias_hh"):
+                continue
+            b_ih = getattr(module, name.replace("bias_hh", "bias_ih"))
             cut = kept or b_hh.shape[0]
             b_ih[:cut] += b_hh[:cut]
             b_hh[:cut] = 0
             b_hh.register_hook(lambda g, cut=cut: torch.cat([g[:cut] * 0, g[cut:]]))
     return module
-
-
-def _layers_from_torch(module, convert):
-    """cellgen parameters l{k}.<name> of a multi-layer torch module, one layer at a time."""
-    out = {}
-    kind = type(module)
-    for layer in range(module.num_layers):
-        single = kind(module.input_size if layer == 0 else module.hidden_size,
-                      module.hidden_size, dtype=torch.float64)  # fmt: skip
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(single, f"{name}_l0").copy_(getattr(module, f"{name}_l{layer}"))
-        out |= {f"l{layer}.{k}": v for k, v in convert(single).items()}
-    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -96,18 +88,24 @@ def _layers_from_torch(module, convert):
      interop.from_torch_gru)],
 )  # fmt: skip
 def test_same_outputs_gradients_and_sgd_steps_as_torch(cell, layer, convert, backend):
+    """Two layers, bidirectional, a packed batch of unequal lengths (1 and T among them)."""
     torch.manual_seed(2)
-    I, H, L = 3, 5, 2
-    reference = _one_bias(layer(I, H, num_layers=L, dtype=torch.float64))
-    rnn = cgt.RNN(cell, I, H, num_layers=L, backend=backend, dtype=torch.float64)
-    rnn.load_cellgen_params(_layers_from_torch(reference, convert))
-    x = torch.randn(7, 3, I, dtype=torch.float64)
-    target = torch.randn(7, 3, H, dtype=torch.float64)
+    I, H, L, T = 3, 5, 2, 7
+    reference = _one_bias(layer(I, H, num_layers=L, bidirectional=True, dtype=torch.float64))
+    rnn = cgt.RNN(cell, I, H, num_layers=L, bidirectional=True, backend=backend,
+                  dtype=torch.float64)  # fmt: skip
+    rnn.load_cellgen_params(convert(reference))
+    lengths = torch.tensor([T, 1, 4])
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    target = torch.randn(T, 3, 2 * H, dtype=torch.float64)
     ours = torch.optim.SGD(rnn.parameters(), lr=0.1)
     theirs = torch.optim.SGD(reference.parameters(), lr=0.1)
     for step in range(5):
-        ys, final = rnn(x)
-        ys_ref, states_ref = reference(x)
+        out, final = rnn(packed)
+        out_ref, states_ref = reference(packed)
+        ys, _ = pad_packed_sequence(out)
+        ys_ref, _ = pad_packed_sequence(out_ref)
         h_ref = states_ref[0] if cell == "lstm" else states_ref
         assert torch.allclose(ys, ys_ref, rtol=1e-10, atol=1e-12)
         assert torch.allclose(final["h"], h_ref, rtol=1e-10, atol=1e-12)
@@ -119,9 +117,10 @@ def test_same_outputs_gradients_and_sgd_steps_as_torch(cell, layer, convert, bac
         loss_ref.backward()
         if step == 0:  # every weight's gradient, mapped through interop's gate order
             grads = {n: p.grad.numpy() for n, p in rnn.cellgen_params().items()}
-            for name, g in _gradients_of(reference, convert).items():
-                if name in grads:
-                    np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-12)
+            expected = _gradients_of(reference, convert)
+            assert expected and set(expected) <= set(grads)
+            for name, g in expected.items():
+                np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-12)
         ours.step()
         theirs.step()
 
@@ -130,11 +129,11 @@ def _gradients_of(module, convert) -> dict[str, np.ndarray]:
     """The torch module's weight gradients, named as cellgen's (matrices only: torch's two
     biases are one in cellgen)."""
     grads = type(module)(module.input_size, module.hidden_size, num_layers=module.num_layers,
-                         dtype=torch.float64)  # fmt: skip
+                         bidirectional=module.bidirectional, dtype=torch.float64)  # fmt: skip
     with torch.no_grad():
         for (name, p), g in zip(module.named_parameters(), grads.parameters(), strict=True):
             g.copy_(p.grad if "weight" in name else torch.zeros_like(p))
-    return {k: v for k, v in _layers_from_torch(grads, convert).items() if "b_" not in k}
+    return {k: v for k, v in convert(grads).items() if ".b_" not in k}
 
 
 def test_parameters_follow_torch_conventions():
