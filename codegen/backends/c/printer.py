@@ -348,43 +348,52 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
     }
 
 
-def context(kernel: Kernel) -> dict:
-    names = CNames(kernel)
-    cell = kernel.cell
-    d = kernel.names.of
-    saved_set = set(kernel.saved)
+class _Context:
+    """The template context of one cell's C file, built by one small method per part."""
 
-    def series_base(name: str) -> str:
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel, self.cell = kernel, kernel.cell
+        self.names = CNames(kernel)
+        self.d = kernel.names.of
+        self.groups = [
+            Group(g, len(g.products), self.names.index(len(g.products))) for g in kernel.gemms
+        ]
+        self.group_of = {p: gr for gr in self.groups for p in gr.gemm.products}
+        self.buffer_of = {(b.kind, b.symbol): self.names.buffer(b) for b in kernel.forward_buffers}
+        self.gemms = [self.group(gr) for gr in self.groups]
+        self.by_gemm = {gr.gemm: ctx for gr, ctx in zip(self.groups, self.gemms, strict=True)}
+        self.forward_used: set[str] = set()  # names the passes' code uses, as they are printed
+        self.backward_used: set[str] = set()
+        self.types = [self.passes(real) for real in TYPES]
+
+    def series_base(self, name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
-        if name == cell.output:
+        if name == self.cell.output:
             return "ys_seq"  # ys in loop order
-        return f"(saved + {kernel.series.index(name)} * T * BH)"
+        return f"(saved + {self.kernel.series.index(name)} * T * BH)"
 
-    groups = [Group(g, len(g.products), names.index(len(g.products))) for g in kernel.gemms]
-    group_of = {p: gr for gr in groups for p in gr.gemm.products}
-    buffer_of = {(b.kind, b.symbol): names.buffer(b) for b in kernel.forward_buffers}
-
-    def operand(g: Gemm) -> str:
+    def operand(self, g: Gemm) -> str:
         """The pointer to a product's operand at step t."""
+        names, kernel = self.names, self.kernel
         if g.operand_role is Role.STATE_PREV:
             return names(g.operand)
-        if g.operand in saved_set or kernel.role(g.operand) is Role.STATE:
+        if g.operand in kernel.saved or kernel.role(g.operand) is Role.STATE:
             return names.at_t(g.operand)
         return names.step(g.operand)
 
-    def infer_operand(g: Gemm) -> str:
+    def infer_operand(self, g: Gemm) -> str:
         """Inference: the pointer to a product's operand in this step's buffers."""
+        names = self.names
         if g.operand_role in (Role.STATE_PREV, Role.INPUT):
             return names(g.operand)
-        if kernel.role(g.operand) is Role.STATE:
+        if self.kernel.role(g.operand) is Role.STATE:
             return names.new_state(g.operand)
         return names.step(g.operand)
 
-    backward_written = {a.name for s in kernel.backward if isinstance(s, Block)
-                        for a in s.assignments}  # fmt: skip
-
-    def group_context(gr: Group) -> dict:
-        g = gr.gemm
+    def group(self, gr: Group) -> dict:
+        """One fused product: its matrices, buffers and adjoints."""
+        g, names, d, kernel = gr.gemm, self.names, self.d, self.kernel
+        written = {a.name for s in kernel.backward if isinstance(s, Block) for a in s.assignments}
         d_operand = names(kernel.names.through_products(g.operand))
         if g.operand_role is Role.STATE_PREV:
             d_operand = names(d(g.operand))
@@ -392,13 +401,13 @@ def context(kernel: Kernel) -> dict:
             "hoisted": g.hoisted,
             "size": "I" if g.hoisted else "H",
             "width": "H" if gr.width == 1 else f"{gr.width} * H",
-            "operand": operand(g),
-            "packed": buffer_of[("packed", g.operand)],
-            "products": buffer_of[("products", g.operand)],
+            "operand": self.operand(g),
+            "packed": self.buffer_of[("packed", g.operand)],
+            "products": self.buffer_of[("products", g.operand)],
             "d_operand": d_operand,
-            "infer_operand": infer_operand(g),
+            "infer_operand": self.infer_operand(g),
             # the pointwise part of a previous state's adjoint is written before the products
-            "accumulate": g.operand_role is Role.STATE_PREV and d(g.operand) in backward_written,
+            "accumulate": g.operand_role is Role.STATE_PREV and d(g.operand) in written,
             "pairs": [
                 {
                     "matrix": names(m),
@@ -413,10 +422,9 @@ def context(kernel: Kernel) -> dict:
             ],
         }
 
-    gemms = [group_context(gr) for gr in groups]
-    by_gemm = {gr.gemm: ctx for gr, ctx in zip(groups, gemms, strict=True)}
-
-    def weight_gradient(w) -> dict:
+    def weight_gradient(self, w) -> dict:
+        """One matrix's gradient: a product over all steps per segment of its operand."""
+        names = self.names
         operands = []
         for seg in w.segments:
             if seg.source is Role.INPUT:
@@ -424,119 +432,103 @@ def context(kernel: Kernel) -> dict:
             elif seg.source is Role.STATE_PREV:
                 pointer = names.state0(seg.symbol)
             else:
-                pointer = series_base(seg.symbol)
+                pointer = self.series_base(seg.symbol)
             adjoint = names.buffer(Buffer("adjoints", w.adjoint, 0))
             if seg.first_step:
                 adjoint += f" + {seg.first_step} * BH" if seg.first_step != 1 else " + BH"
             operands.append({"rows": size_text(seg.rows), "operand": pointer, "adjoint": adjoint})
-        return {"d_matrix": names(d(w.matrix)), "size": w.size, "operands": operands}
+        return {"d_matrix": names(self.d(w.matrix)), "size": w.size, "operands": operands}
 
-    types = []
-    forward_used: set[str] = set()
-    backward_used: set[str] = set()
-    for real in TYPES:
-        fwd, bwd = [], []
+    def passes(self, real: RealType) -> dict:
+        """The forward, backward and inference steps of one real type, as the template loops
+        over them; records the names each pass uses."""
+        fwd, bwd, infer = [], [], []
         state = {"copied": set(), "stored": set()}
-        for step in kernel.forward:
+        for step in self.kernel.forward:
             if isinstance(step, Gemm):
-                fwd.append({"gemm": by_gemm[step]})
-                forward_used.add(by_gemm[step]["operand"])
+                fwd.append({"gemm": self.by_gemm[step]})
+                self.forward_used.add(self.by_gemm[step]["operand"])
                 continue
-            body, used = _block(names, step, real, group_of, state)
+            body, used = _block(self.names, step, real, self.group_of, state)
             fwd.append(body)
-            forward_used |= set(used)
-        for step in kernel.backward:
+            self.forward_used |= set(used)
+        for step in self.kernel.backward:
             if isinstance(step, Gemm):
-                ctx = by_gemm[step]
+                ctx = self.by_gemm[step]
                 bwd.append({"gemm": ctx})
                 if not ctx["hoisted"]:
-                    backward_used |= {ctx["d_operand"]} | {p["d_product"] for p in ctx["pairs"]}
+                    self.backward_used |= {ctx["d_operand"]}
+                    self.backward_used |= {p["d_product"] for p in ctx["pairs"]}
                 continue
-            body, used = _block(names, step, real, {}, state)
+            body, used = _block(self.names, step, real, {}, state)
             bwd.append(body)
-            backward_used |= set(used)
-        infer = []
-        for step in kernel.forward:
+            self.backward_used |= set(used)
+        for step in self.kernel.forward:
             if isinstance(step, Gemm):
-                infer.append({"gemm": by_gemm[step]})
+                infer.append({"gemm": self.by_gemm[step]})
             else:
-                infer.append(_block(names, step, real, group_of, state, infer=True)[0])
-        types.append(
-            {
-                "real": real,
-                "forward": fwd,
-                "backward": bwd,
-                "infer": infer,
-                "signature": signatures(names, real),
-            }
-        )
+                infer.append(_block(self.names, step, real, self.group_of, state, infer=True)[0])
+        return {
+            "real": real,
+            "forward": fwd,
+            "backward": bwd,
+            "infer": infer,
+            "signature": signatures(self.names, real),
+        }
 
-    saved_pointers = [
-        {"pointer": names.at_t(v), "offset": k}
-        for k, v in enumerate(kernel.series)
-        if v not in cell.states
-    ]
-    in_saved = [s for s in cell.states if s != cell.output]  # their sequences live in `saved`
-    forward_saved = [v for v in saved_pointers if v["pointer"] in forward_used]
-    backward_saved = [v for v in saved_pointers if v["pointer"] in backward_used]
-    backward_state_reads = {
-        s for s in cell.states if names(prev_name(s)) in backward_used
-        or names.at_t(s) in backward_used
-    }  # fmt: skip
-    unused_in_forward = [] if forward_saved or in_saved else ["saved"]
-    unused_in_backward = [
-        names.state0(s) for s in cell.states if names(prev_name(s)) not in backward_used
-    ]
-    if not backward_saved and not backward_state_reads & set(in_saved):
-        unused_in_backward.append("saved")
-    output_segments = [
-        seg for w in kernel.weight_gradients for seg in w.segments
-        if seg.symbol == cell.output and seg.source in (Role.STATE, Role.SAVED)
-    ]  # fmt: skip
-    if cell.output not in backward_state_reads and not output_segments:
-        unused_in_backward.append("ys")  # h = h_prev + W x: its backward never reads h
-    unused_in_backward += [
-        names(p.name)
-        for p in cell.params
-        if p.kind == "vector" and names(p.name) not in backward_used
-    ]
-    step_adjoints = [names(b) for b in kernel.adjoint_buffers if names(b) in backward_used]
+    def unused(self) -> dict:
+        """Parameters a pass does not read (a (void) cast each) and the saved pointers it does."""
+        names, cell, kernel = self.names, self.cell, self.kernel
+        used_f, used_b = self.forward_used, self.backward_used
+        saved_pointers = [
+            {"pointer": names.at_t(v), "offset": k}
+            for k, v in enumerate(kernel.series)
+            if v not in cell.states
+        ]
+        in_saved = [s for s in cell.states if s != cell.output]  # their sequences are in saved
+        forward_saved = [v for v in saved_pointers if v["pointer"] in used_f]
+        backward_saved = [v for v in saved_pointers if v["pointer"] in used_b]
+        state_reads = {
+            s for s in cell.states if names(prev_name(s)) in used_b or names.at_t(s) in used_b
+        }
+        in_backward = [names.state0(s) for s in cell.states if names(prev_name(s)) not in used_b]
+        if not backward_saved and not state_reads & set(in_saved):
+            in_backward.append("saved")
+        output_segments = [
+            seg for w in kernel.weight_gradients for seg in w.segments
+            if seg.symbol == cell.output and seg.source in (Role.STATE, Role.SAVED)
+        ]  # fmt: skip
+        if cell.output not in state_reads and not output_segments:
+            in_backward.append("ys")  # h = h_prev + W x: its backward never reads h
+        in_backward += [
+            names(p.name) for p in cell.params if p.kind == "vector" and names(p.name) not in used_b
+        ]
+        return {
+            "unused_in_forward": [] if forward_saved or in_saved else ["saved"],
+            "unused_in_backward": in_backward,
+            "forward_saved": forward_saved,
+            "backward_saved": backward_saved,
+        }
 
-    def buffers(bufs: tuple[Buffer, ...]) -> list[dict]:
+    def buffers(self, bufs: tuple[Buffer, ...]) -> list[dict]:
         return [
             {
-                "name": names.buffer(b),
+                "name": self.names.buffer(b),
                 "size": size_text(b.size),
                 "kind": b.kind,
                 "doc": b.doc,
-                "symbol_name": names(b.symbol) if b.kind == "adjoints" else "",
+                "symbol_name": self.names(b.symbol) if b.kind == "adjoints" else "",
             }
             for b in bufs
         ]
 
-    seq = kernel.sequencing
-    at_row = {seq.length: sympy.Symbol("(size_t)lengths[b]")}
-    input_adjoints = [p["d_product_all"] for g in gemms if g["hoisted"] for p in g["pairs"]]
-    return {
-        "active": f"{seq.loop} < L",
-        "active_c": sympy.ccode(seq.active.subs(at_row)),
-        "reverse_step": sympy.ccode(seq.reverse_step),
-        "sequences": [series_base(v) for v in kernel.series] + ["ys"],
-        "ys_loop": names.buffer(Buffer("loop_order", cell.output, 0)),
-        "dys_loop": names.buffer(Buffer("loop_order_step", cell.output, 0)),
-        "adjoint_sequences": [
-            names.buffer(b) for b in kernel.backward_buffers if b.kind == "adjoints"
-        ],
-        "input_adjoints": list(dict.fromkeys(input_adjoints)),
-        "cell": cell,
-        "guard": f"CELLGEN_{cell.name.upper()}_H",
-        "prefix": f"cellgen_{cell.name}",
-        "param_shapes": _shapes_text(cell),
-        "states": [
+    def states(self) -> list[dict]:
+        names, d = self.names, self.d
+        return [
             {
                 "name": names(s),
                 "prev": names(prev_name(s)),
-                "series": series_base(s),
+                "series": self.series_base(s),
                 "at_t": names.at_t(s),
                 "state0": names.state0(s),
                 "final": names.final(s),
@@ -548,42 +540,71 @@ def context(kernel: Kernel) -> dict:
                 "d_next_b": names.buffer(Buffer("carried", s, 0, "b")),
                 "io": names.state_io(s),
                 "new": names.new_state(s),
-                "forward_prev": names(prev_name(s)) in forward_used,
-                "backward_prev": names(prev_name(s)) in backward_used,
-                "backward_new": names.at_t(s) in backward_used,
+                "forward_prev": names(prev_name(s)) in self.forward_used,
+                "backward_prev": names(prev_name(s)) in self.backward_used,
+                "backward_new": names.at_t(s) in self.backward_used,
             }
-            for s in cell.states
-        ],
-        "dys_in_backward": "dys_t" in backward_used,
-        "unused_in_forward": unused_in_forward,
-        "unused_in_backward": unused_in_backward,
+            for s in self.cell.states
+        ]
+
+    def sequences(self) -> dict:
+        """What lengths and direction mean, as the plan states it, spelled in C."""
+        seq, names, cell = self.kernel.sequencing, self.names, self.cell
+        at_row = {seq.length: sympy.Symbol("(size_t)lengths[b]")}
+        inputs = [p["d_product_all"] for g in self.gemms if g["hoisted"] for p in g["pairs"]]
+        return {
+            "active": f"{seq.loop} < L",
+            "active_c": sympy.ccode(seq.active.subs(at_row)),
+            "reverse_step": sympy.ccode(seq.reverse_step),
+            "sequences": [self.series_base(v) for v in self.kernel.series] + ["ys"],
+            "ys_loop": names.buffer(Buffer("loop_order", cell.output, 0)),
+            "dys_loop": names.buffer(Buffer("loop_order_step", cell.output, 0)),
+            "adjoint_sequences": [
+                names.buffer(b) for b in self.kernel.backward_buffers if b.kind == "adjoints"
+            ],
+            "input_adjoints": list(dict.fromkeys(inputs)),
+        }
+
+
+def context(kernel: Kernel) -> dict:
+    """Everything kernel.c.jinja and kernel.h.jinja need."""
+    c = _Context(kernel)
+    names, cell = c.names, kernel.cell
+    step_adjoints = [names(b) for b in kernel.adjoint_buffers if names(b) in c.backward_used]
+    return {
+        **c.sequences(),
+        **c.unused(),
+        "cell": cell,
+        "guard": f"CELLGEN_{cell.name.upper()}_H",
+        "prefix": f"cellgen_{cell.name}",
+        "param_shapes": _shapes_text(cell),
+        "states": c.states(),
+        "dys_in_backward": "dys_t" in c.backward_used,
         "params": [
-            {"name": names(p.name), "d_name": names(d(p.name)), "size": " * ".join(p.shape)}
+            {"name": names(p.name), "d_name": names(c.d(p.name)), "size": " * ".join(p.shape)}
             for p in cell.params
         ],
         "saved_size": size_text(kernel.saved_size),
-        "forward_saved": forward_saved,
-        "backward_saved": backward_saved,
         "forward_products": [
-            {"name": p["product"], "group": ctx, "offset": p["offset"]}
-            for ctx in gemms
-            for p in ctx["pairs"]
-            if p["product"] in forward_used
+            {"name": p["product"], "group": g, "offset": p["offset"]}
+            for g in c.gemms
+            for p in g["pairs"]
+            if p["product"] in c.forward_used
         ],
-        "forward_buffers": buffers(kernel.forward_buffers),
-        "infer_buffers": buffers(kernel.infer_buffers),
+        "forward_buffers": c.buffers(kernel.forward_buffers),
+        "infer_buffers": c.buffers(kernel.infer_buffers),
         "packed": _packed_parts(names, kernel),
         "packed_size": size_text(kernel.packed_size),
         "infer_work": size_text(kernel.infer_work_size),
         "infer_chunk": INFER_CHUNK,
         "output_new": names.new_state(cell.output),
-        "backward_buffers": buffers(kernel.backward_buffers),
+        "backward_buffers": c.buffers(kernel.backward_buffers),
         "step_adjoints": step_adjoints,
-        "gemms": gemms,
-        "weight_gradients": [weight_gradient(w) for w in kernel.weight_gradients],
+        "gemms": c.gemms,
+        "weight_gradients": [c.weight_gradient(w) for w in kernel.weight_gradients],
         "forward_work": size_text(kernel.forward_work_size),
         "backward_work": size_text(kernel.backward_work_size),
-        "types": types,
+        "types": c.types,
         "helpers": helpers(kernel.functions),
     }
 
