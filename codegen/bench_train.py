@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
-from .bench import TORCH_LAYERS, BenchError, Shape, interleaved, torch_version
+from .bench import TORCH_LAYERS, BenchError, Shape, interleaved, summary, torch_version
 
 DEFAULT_CELLS = ("lstm", "gru_reset_after")
 DEFAULT_SHAPES = ("T100,B1,I32,H32", "T100,B16,I64,H64", "T64,B16,I128,H128", "T32,B32,I256,H256")
@@ -86,7 +84,7 @@ class TrainRow:
     shape: str
     impl: str  # "cellgen-c", "cellgen-numpy", "loop" or "torch.nn"
     ms: float
-    spread: float  # (max - min) / median over the rounds
+    spread: float  # the interquartile range of the repetitions over their median
     vs_loop: float | None
     vs_torch: float | None
 
@@ -113,15 +111,16 @@ def run(
             progress.flush()
         tasks = _tasks(cell, shape, backends)
         times = interleaved(tasks, rounds, min_time, settle)
-        medians = {name: float(np.median(t)) for name, (t, _) in times.items()}
-        for name, (t, _) in times.items():
+        summaries = {name: summary(t) for name, (t, _) in times.items()}
+        medians = {name: s[0] for name, s in summaries.items()}
+        for name in times:
             rows.append(
                 TrainRow(
                     cell=str(cell),
                     shape=str(shape),
                     impl=name,
                     ms=medians[name] * 1e3,
-                    spread=(max(t) - min(t)) / medians[name],
+                    spread=summaries[name][2],
                     vs_loop=medians[name] / medians["loop"] if name != "loop" else None,
                     vs_torch=medians[name] / medians["torch.nn"]
                     if "torch.nn" in medians and name != "torch.nn"

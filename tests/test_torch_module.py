@@ -177,3 +177,19 @@ def test_the_training_example_learns_the_adding_problem():
     last = sum(losses[-20:]) / 20
     # answering the mean target, 1, scores 1/6; an untrained model scores about that or worse
     assert losses[0] > 0.15 and last < 0.03, (losses[0], last)
+
+
+def test_the_training_bench_times_every_implementation_on_each_problem():
+    from codegen.bench import Shape
+    from codegen.bench_train import run, table
+
+    rows, meta = run(["gru_reset_after", str(MUT3)], [Shape(3, 2, 2, 4)], rounds=1,
+                     min_time=0.0, settle=0.0)  # fmt: skip
+    got = {(r.cell, r.impl) for r in rows}
+    assert got == {("gru_reset_after", "cellgen-c"), ("gru_reset_after", "loop"),
+                   ("gru_reset_after", "torch.nn"), (str(MUT3), "cellgen-c"),
+                   (str(MUT3), "loop")}  # fmt: skip
+    for r in rows:
+        assert r.ms > 0 and r.shape == "T3,B2,I2,H4"
+        assert (r.vs_loop is None) == (r.impl == "loop")
+    assert "| gru_reset_after | T3,B2,I2,H4 | loop |" in table(rows) and meta["rounds"] == 1
