@@ -22,6 +22,22 @@ for backend in codegen.backends.names():
     ys, final, cache = k.forward(xs, state0, params)
     dxs, d0, dp = k.backward(np.ones_like(ys), cache)
     assert ys.shape == (2, 1, 4) and dxs.shape == xs.shape and set(dp) == set(shapes)
+# a user's cell is generated from the installed templates (activation helpers included)
+lines = [
+    "from codegen.activations import silu, sigmoid",
+    "from codegen.cell import Cell",
+    "cell = Cell('smooth', description='d', reference='r')",
+    "x = cell.input('x')",
+    "(h_prev,) = cell.states('h')",
+    "W, U = cell.matrices('W U')",
+    "h = cell.update('h', silu(W @ x + U @ h_prev) * sigmoid(h_prev))",
+]
+pathlib.Path("smooth.py").write_text(chr(10).join(lines) + chr(10))
+for backend in codegen.backends.names():
+    k = codegen.load("smooth.py", backend=backend, dtype="float64")
+    params = {n: np.full(s, 0.1) for n, s in k.param_shapes(3, 4).items()}
+    ys, final = k.infer(np.ones((2, 1, 3)), {"h": np.zeros((1, 4))}, params)
+    assert ys.shape == (2, 1, 4) and np.isfinite(ys).all()
 print("ok")
 """
 
