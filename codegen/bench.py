@@ -18,6 +18,7 @@ autograd recording, the forward that a backward needs, like ours.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -26,7 +27,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -222,6 +223,24 @@ def product_flops(cell: str | Path, shape: Shape) -> int:
     return 2 * shape.T * shape.B * shape.H * k
 
 
+@contextlib.contextmanager
+def progress_line(stream: TextIO | None) -> Iterator[Callable[[str], None]]:
+    """`show(text)` rewrites one progress line on `stream` (None: shows nothing); the line is
+    cleared on any exit, so that an error is printed on a line of its own."""
+
+    def show(text: str) -> None:
+        if stream is not None:
+            stream.write(f"\r{text}".ljust(73))
+            stream.flush()
+
+    try:
+        yield show
+    finally:
+        if stream is not None:
+            stream.write("\r" + " " * 72 + "\r")
+            stream.flush()
+
+
 # timing -------------------------------------------------------------------------------------
 
 
@@ -331,17 +350,11 @@ def run(
     peak = {d: gemm_peak(d, peak_size) for d in dtypes}
     cases = [(c, s, d) for c in cells for s in shapes for d in dtypes]
     rows: list[Row] = []
-    try:
+    with progress_line(progress) as show:
         for n, (cell, shape, dtype) in enumerate(cases, 1):
-            if progress is not None:
-                progress.write(f"\r[{n}/{len(cases)}] {cell} {shape} {dtype} ...".ljust(72))
-                progress.flush()
+            show(f"[{n}/{len(cases)}] {cell} {shape} {dtype} ...")
             rows += _case(cell, shape, dtype, backends, torch_run, peak[dtype],
                           rounds, min_time, settle, codegen, lengths)  # fmt: skip
-    finally:  # an error is then printed on a line of its own, not after the progress
-        if progress is not None:
-            progress.write("\r" + " " * 72 + "\r")
-            progress.flush()
     meta = {
         "rounds": rounds,
         "repeats": REPEATS,

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .backends.c import build
-from .bench import BenchError, _load_average, product_flops
+from .bench import BenchError, _load_average, product_flops, progress_line
 from .bench import Shape as _Shape
 from .errors import CompileError
 from .paths import cache_dir
@@ -361,14 +361,10 @@ def run(
     read = {level: peak[f"read_{level.lower()}"] for level in ("L1", "L2", "L3")}
     cases = [(c, s, d) for c in cells for s in sizes for d in dtypes]
     rows = []
-    for n, (cell, size, dtype) in enumerate(cases, 1):
-        if progress is not None:
-            progress.write(f"\r[{n}/{len(cases)}] {cell} {size} {dtype} ...".ljust(72))
-            progress.flush()
-        rows.append(_row(cell, drivers[cell], size, dtype, B, T, rounds, macs[dtype], read))
-    if progress is not None:
-        progress.write("\r" + " " * 72 + "\r")
-        progress.flush()
+    with progress_line(progress) as show:
+        for n, (cell, size, dtype) in enumerate(cases, 1):
+            show(f"[{n}/{len(cases)}] {cell} {size} {dtype} ...")
+            rows.append(_row(cell, drivers[cell], size, dtype, B, T, rounds, macs[dtype], read))
     meta = {
         "B": B,
         "T": T,

@@ -15,7 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .bench import TORCH_LAYERS, BenchError, Shape, interleaved, summary, torch_version
+from .bench import (
+    TORCH_LAYERS,
+    BenchError,
+    Shape,
+    interleaved,
+    progress_line,
+    summary,
+    torch_version,
+)
 
 DEFAULT_CELLS = ("lstm", "gru_reset_after")
 DEFAULT_SHAPES = ("T100,B1,I32,H32", "T100,B16,I64,H64", "T64,B16,I128,H128", "T32,B32,I256,H256")
@@ -105,33 +113,32 @@ def run(
     shapes = list(shapes) if shapes is not None else [Shape.parse(s) for s in DEFAULT_SHAPES]
     rows: list[TrainRow] = []
     cases = [(c, s) for c in cells for s in shapes]
-    for n, (cell, shape) in enumerate(cases, 1):
-        if progress is not None:
-            progress.write(f"\r[{n}/{len(cases)}] train {cell} {shape} ...".ljust(72))
-            progress.flush()
-        tasks = _tasks(cell, shape, backends)
-        times = interleaved(tasks, rounds, min_time, settle)
-        summaries = {name: summary(t) for name, (t, _) in times.items()}
-        medians = {name: s[0] for name, s in summaries.items()}
-        for name in times:
-            rows.append(
-                TrainRow(
-                    cell=str(cell),
-                    shape=str(shape),
-                    impl=name,
-                    ms=medians[name] * 1e3,
-                    spread=summaries[name][2],
-                    vs_loop=medians[name] / medians["loop"] if name != "loop" else None,
-                    vs_torch=medians[name] / medians["torch.nn"]
-                    if "torch.nn" in medians and name != "torch.nn"
-                    else None,
-                )
-            )
-    if progress is not None:
-        progress.write("\r" + " " * 72 + "\r")
-        progress.flush()
+    with progress_line(progress) as show:
+        for n, (cell, shape) in enumerate(cases, 1):
+            show(f"[{n}/{len(cases)}] train {cell} {shape} ...")
+            rows += _rows(cell, shape, _tasks(cell, shape, backends), rounds, min_time, settle)
     meta = {"rounds": rounds, "torch": torch_version(), "machine": platform.machine()}
     return rows, meta
+
+
+def _rows(cell, shape: Shape, tasks: dict, rounds: int, min_time: float, settle: float):
+    """The timed rows of one problem: each implementation against the loop and torch.nn."""
+    times = interleaved(tasks, rounds, min_time, settle)
+    summaries = {name: summary(t) for name, (t, _) in times.items()}
+    medians = {name: s[0] for name, s in summaries.items()}
+    native = medians.get("torch.nn")
+    return [
+        TrainRow(
+            cell=str(cell),
+            shape=str(shape),
+            impl=name,
+            ms=medians[name] * 1e3,
+            spread=summaries[name][2],
+            vs_loop=medians[name] / medians["loop"] if name != "loop" else None,
+            vs_torch=medians[name] / native if native and name != "torch.nn" else None,
+        )
+        for name in times
+    ]
 
 
 def _tasks(cell: str | Path, shape: Shape, backends: Sequence[str]) -> dict[str, Callable]:

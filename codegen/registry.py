@@ -357,12 +357,8 @@ def _equation_on_line(source: str, line: int | None) -> str | None:
         return _strip_prev(match.group(1) or match.group(2)) if match else None
     calls = [
         node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("eq", "update")
-        and node.args
-        and node.lineno <= line <= (node.end_lineno or node.lineno)
+        for node in equation_calls(tree)
+        if node.args and node.lineno <= line <= (node.end_lineno or node.lineno)
     ]
     if not calls:
         return None
@@ -377,3 +373,14 @@ def _equation_on_line(source: str, line: int | None) -> str | None:
 
 def _strip_prev(name: str) -> str:
     return name[: -len("_prev")] if name.endswith("_prev") else name
+
+
+def equation_calls(tree: ast.AST) -> list[ast.Call]:
+    """The cell.eq(...) and cell.update(...) calls of an equation file's syntax tree."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("eq", "update")
+    ]

@@ -15,7 +15,7 @@ import sympy
 
 from .cell import CellSpec
 from .errors import CellgenError
-from .registry import resolve
+from .registry import equation_calls, resolve
 
 
 class WrittenOrder:
@@ -78,14 +78,7 @@ def _right_hand_sides(cell: CellSpec) -> dict[str, ast.expr]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (CellgenError, OSError, SyntaxError, ValueError):
         return {}
-    calls = [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("eq", "update")
-        and len(node.args) >= 2
-    ]
+    calls = [node for node in equation_calls(tree) if len(node.args) >= 2]
     out = {}
     for eq in cell.equations:
         if eq.auto or not eq.line:
