@@ -169,13 +169,43 @@ class silu(Activation):
         return s * (1 + x * (1 - s))
 
 
+# roots: what layer norm needs ---------------------------------------------------------------
+
+
+class sqrt(Activation):
+    """The square root, for norms; defined for x >= 0 (add an eps to keep x away from 0)."""
+
+    latex_name = r"\sqrt"
+    definition = "sqrt(x)"
+    spellings: ClassVar[dict[str, str]] = {"numpy": "np.sqrt"}
+
+    @classmethod
+    def derivative(cls, x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+        return 1 / (2 * y)
+
+
+class rsqrt(Activation):
+    """1 / sqrt(x), layer norm's scale; its derivative -y**3 / 2 needs no division."""
+
+    latex_name = r"\frac{1}{\sqrt{\cdot}}"
+    definition = "1 / sqrt(x)"
+
+    @classmethod
+    def derivative(cls, x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+        return -(y**3) / 2
+
+
+# the gate activations: any of them may wrap any argument (sqrt and rsqrt need x > 0)
 ACTIVATIONS: dict[str, type[Activation]] = {
     cls.__name__: cls for cls in (sigmoid, tanh, relu, softsign, hard_sigmoid, softplus, silu)
 }
+ROOTS: dict[str, type[Activation]] = {cls.__name__: cls for cls in (sqrt, rsqrt)}
+# every function an equation may call
+ELEMENTWISE: dict[str, type[Activation]] = {**ACTIVATIONS, **ROOTS}
 INDICATORS: dict[str, type[Indicator]] = {
     cls.__name__: cls for cls in (positive, inside_unit, sign)
 }
-FUNCTIONS: dict[str, type[Function]] = {**ACTIVATIONS, **INDICATORS}
+FUNCTIONS: dict[str, type[Function]] = {**ELEMENTWISE, **INDICATORS}
 
 
 def helpers(used: set[str]) -> list[str]:

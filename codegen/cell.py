@@ -27,8 +27,9 @@ from typing import Literal
 
 import sympy
 
-from .activations import ACTIVATIONS, Activation
+from .activations import ACTIVATIONS, ELEMENTWISE, Activation
 from .errors import EquationError
+from .reductions import REDUCTIONS, Reduction
 
 SymbolKind = Literal["input", "state_prev", "vector", "matmul", "intermediate", "state_new"]
 
@@ -79,6 +80,7 @@ class CellSpec:
     matmuls: tuple[MatMul, ...]
     equations: tuple[Equation, ...]
     kinds: tuple[tuple[str, SymbolKind], ...]
+    scalars: frozenset[str] = frozenset()  # per-row scalars (size 1): reductions and their kin
 
     def kind(self, name: str) -> SymbolKind:
         return dict(self.kinds)[name]
@@ -172,6 +174,7 @@ class Cell:
         self._hidden_sized_matrices: set[str] = set()
         self._reserved: set[str] = set()  # states' new values, defined by their updates
         self._lines: dict[str, int | None] = {}  # where each name was declared
+        self._scalars: set[str] = set()  # results of size 1: reductions, arithmetic on them
 
     @property
     def line(self) -> int | None:
@@ -221,8 +224,12 @@ class Cell:
     def eq(self, name: str, expr: object, doc: str = "") -> sympy.Symbol:
         """An intermediate equation `name = expr`; returns its symbol."""
         _check_text("description", doc, _caller_line(), equation=name)
-        expr = self._check_expr(name, expr)
+        expr = self._check_expr(name, expr, reduction_allowed=True)
+        if isinstance(expr, Reduction):
+            self._check_reduction(name, expr)
         self._declare(name, "intermediate", equation=name)
+        if isinstance(expr, Reduction) or self._is_scalar(expr):
+            self._scalars.add(name)
         self._equations.append(Equation(name, expr, doc, line=_caller_line()))
         return sympy.Symbol(name)
 
@@ -242,6 +249,12 @@ class Cell:
             )
         _check_text("description", doc, _caller_line(), equation=name)
         expr = self._check_expr(name, expr)
+        if self._is_scalar(expr):
+            self._fail(
+                f"state '{name}' would be a per-row scalar ({self._show(expr)} reads only "
+                "reductions); a state is a vector: combine the scalar with a vector",
+                name,
+            )
         self._equations.append(Equation(name, expr, doc, state=name, line=_caller_line()))
         self._kinds[name] = "state_new"
         return sympy.Symbol(name)
@@ -326,6 +339,7 @@ class Cell:
             matmuls=matmuls,
             equations=tuple(self._equations),
             kinds=tuple(sorted(self._kinds.items())),
+            scalars=frozenset(self._scalars),
         )
 
     # internals ----------------------------------------------------------------------------
@@ -361,7 +375,7 @@ class Cell:
         elif kind != "matrix":
             self._kinds[name] = kind
 
-    def _check_expr(self, name: str, expr: object) -> sympy.Expr:
+    def _check_expr(self, name: str, expr: object, reduction_allowed: bool = False) -> sympy.Expr:
         try:
             expr = sympy.sympify(expr, strict=True)
         except (sympy.SympifyError, TypeError):
@@ -374,7 +388,7 @@ class Cell:
                 "input, a state or a parameter (write the number where it is used instead)",
                 name,
             )
-        self._check_functions(name, expr)
+        self._check_functions(name, expr, top=expr if reduction_allowed else None)
         for sym in sorted(expr.free_symbols, key=str):
             self._check_symbol(name, sym.name)
         if self._input in {s.name for s in expr.free_symbols}:
@@ -387,16 +401,24 @@ class Cell:
             )
         return expr
 
-    def _check_functions(self, name: str, expr: sympy.Expr) -> None:
+    def _check_functions(self, name: str, expr: sympy.Expr, top: sympy.Expr | None) -> None:
         for node in sympy.preorder_traversal(expr):
-            if isinstance(node, sympy.Function) and not isinstance(node, Activation):
+            if isinstance(node, Reduction) and node is not top:
+                kind = type(node).__name__
+                self._fail(
+                    f"{kind}(...) inside an expression is not supported: a reduction is an "
+                    f"equation of its own, m = cell.eq('m', {kind}(...)); then use m here",
+                    name,
+                )
+            if isinstance(node, sympy.Function) and not isinstance(node, (Activation, Reduction)):
                 fname = type(node).__name__
+                ours = fname in ELEMENTWISE or fname in REDUCTIONS
                 origin = " (this is SymPy's; cellgen's activations come from codegen.activations)"
                 self._fail(
                     f"unsupported function {fname}()"
-                    f"{origin if fname in ACTIVATIONS else did_you_mean(fname)}; "
-                    f"use one of {', '.join(sorted(ACTIVATIONS))}, imported with "
-                    "`from codegen.activations import ...`",
+                    f"{origin if ours else did_you_mean(fname)}; "
+                    f"use one of {', '.join(sorted(ELEMENTWISE))}, imported with "
+                    "`from codegen.activations import ...`, or mean, sum from codegen.reductions",
                     name,
                 )
             if isinstance(node, sympy.Pow) and not node.exp.is_Integer:
@@ -412,6 +434,23 @@ class Cell:
                 self._fail(
                     f"unsupported expression {self._show(node)}: equations are arithmetic and "
                     "activations; for a comparison or a branch use relu or hard_sigmoid",
+                    name,
+                )
+
+    def _is_scalar(self, expr: sympy.Expr) -> bool:
+        """Size 1: the expression reads only per-row scalars (and numbers)."""
+        return all(s.name in self._scalars for s in expr.free_symbols)
+
+    def _check_reduction(self, name: str, expr: Reduction) -> None:
+        """Each operand of a reduction is a vector: an elementwise expression of vectors."""
+        kind = type(expr).__name__
+        for arg in expr.args:
+            if not arg.free_symbols:
+                self._fail(f"{kind}() of the constant {arg}: reduce a vector", name)
+            if self._is_scalar(arg):
+                self._fail(
+                    f"{kind}({self._show(arg)}): {self._show(arg)} is already a per-row scalar; "
+                    "reduce a vector",
                     name,
                 )
 
@@ -470,6 +509,11 @@ class Cell:
                 )
             if isinstance(operand, sympy.Symbol):
                 self._check_symbol("", operand.name)
+            if all(s.name in self._scalars for s in operand.free_symbols):
+                self._fail(
+                    f"{matrix.name} @ {self._show(operand)}: the operand is a per-row scalar "
+                    "(a reduction); a matrix multiplies a vector"
+                )
             if isinstance(operand, sympy.Symbol) and self._kinds[operand.name] in (
                 "state_prev",
                 "intermediate",
@@ -525,7 +569,8 @@ class Cell:
 
 def did_you_mean(name: str) -> str:
     """' (did you mean sigmoid?)' for a misspelled activation, else ''."""
-    close = difflib.get_close_matches(name, sorted(ACTIVATIONS), n=1, cutoff=0.75)
+    known = sorted({*ACTIVATIONS, *ELEMENTWISE, *REDUCTIONS})
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close and close[0] != name else ""
 
 

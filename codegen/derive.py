@@ -4,11 +4,18 @@ Three passes, each a pure function:
 
 1. `lift`: every activation gets an equation of its own (`f = sigmoid(f_pre)`,
    `tanh_c = tanh(c)`), so that its output is saved and its derivative can be written from it.
-2. `levels`: which matrix products must wait for which equations (GRU's U_h @ (r * h_prev)
-   waits for r); the kernel runs one pointwise stage per level.
+   A reduction's operands become symbols of their own (`<result>_in`) where they are not
+   already an intermediate.
+2. `levels`: which matrix products and reductions must wait for which equations (GRU's
+   U_h @ (r * h_prev) waits for r); the kernel runs one pointwise stage per level. A vector
+   that reads a per-row scalar (a reduction's result) waits one stage more, so that the
+   backward can sum its contributions to the scalar's adjoint over the units in between.
 3. `adjoints`: reverse mode over the named primitive equations. The adjoint of each
    intermediate accumulates the contributions of the equations that use it, exactly as one
    derives by hand; nothing is expanded, so c_t's adjoint is computed once, not once per gate.
+   A reduction's operands receive its adjoint broadcast (over the count, for a mean); a
+   per-row scalar receives the sum over the units of what vectors contribute to it: an
+   adjoint `d_s_each` (a vector), its reduction `d_s_sum` = sum(d_s_each), and then d_s.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ import sympy
 from .activations import Activation
 from .cell import CellSpec, Equation, prev_name
 from .names import NameRegistry
+from .reductions import Reduction, units, units_size
+from .reductions import sum as sum_units
+
+H_UNITS = "H"  # the size of every vector (declared sizes come with issue 11's sizes)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Adjoint:
     target: str
     name: str
     expr: sympy.Expr
+    # "" the adjoint of target; "each" what vectors contribute to a scalar target's adjoint,
+    # per unit; "sum" its sum over the units (a reduction in the backward)
+    kind: str = ""
 
 
 class AdjointNames:
@@ -51,7 +65,9 @@ class AdjointNames:
     `through_products(v)` what an intermediate v receives through the products that multiply it.
     """
 
-    def __init__(self, cell: CellSpec, forward: tuple[Primitive, ...]) -> None:
+    def __init__(
+        self, cell: CellSpec, forward: tuple[Primitive, ...], scalars: frozenset[str] = frozenset()
+    ) -> None:
         symbols = [name for name, _ in cell.kinds] + [p.name for p in cell.params]
         symbols += [p.name for p in forward] + list(cell.states)
         self._registry = NameRegistry(symbols)
@@ -63,6 +79,9 @@ class AdjointNames:
             self._make("incoming", state, f"d_{state}_in")
         for operand in sorted({m.operand for m in cell.matmuls}):
             self._make("products", operand, f"d_{operand}_mm")
+        for scalar in sorted(scalars):
+            self._make("each", scalar, f"d_{scalar}_each")
+            self._make("sum", scalar, f"d_{scalar}_sum")
 
     def _make(self, kind: str, symbol: str, base: str) -> None:
         name = self._registry.make((kind, symbol), base)
@@ -77,8 +96,17 @@ class AdjointNames:
     def through_products(self, operand: str) -> str:
         return self._registry[("products", operand)]
 
+    def each(self, scalar: str) -> str:
+        """What vectors contribute to a per-row scalar's adjoint, unit by unit."""
+        return self._registry[("each", scalar)]
+
+    def summed(self, scalar: str) -> str:
+        """That contribution summed over the units."""
+        return self._registry[("sum", scalar)]
+
     def owner(self, name: str) -> tuple[str, str] | None:
-        """What a backward name stands for: ("adjoint" | "incoming" | "products", symbol)."""
+        """What a backward name stands for: ("adjoint" | "incoming" | "products" | "each" |
+        "sum", symbol)."""
         return self._owner.get(name)
 
 
@@ -91,17 +119,42 @@ class Derivation:
     level: dict[str, int]  # primitive or matmul name -> pointwise stage
     backward: tuple[Adjoint, ...]
     names: AdjointNames
+    scalars: frozenset[str] = frozenset()  # forward symbols of size 1 (per-row scalars)
 
     @property
     def max_level(self) -> int:
         return max(self.level.values(), default=0)
 
+    def size(self, name: str) -> sympy.Expr:
+        """Units per batch row of a forward or backward symbol: 1 for a per-row scalar."""
+        owner = self.names.owner(name)
+        if owner is not None and owner[0] in ("adjoint", "sum"):
+            name = owner[1] if owner[0] == "adjoint" else ""
+        if name in self.scalars or (owner is not None and owner[0] == "sum"):
+            return sympy.S.One
+        return sympy.Symbol(H_UNITS, integer=True, positive=True)
+
+    @property
+    def reductions(self) -> tuple[Primitive, ...]:
+        return tuple(p for p in self.forward if isinstance(p.expr, Reduction))
+
 
 def derive(cell: CellSpec) -> Derivation:
     forward = lift(cell)
-    level = levels(cell, forward)
-    names = AdjointNames(cell, forward)
-    return Derivation(cell, forward, level, adjoints(cell, forward, names), names)
+    scalars = scalar_symbols(cell, forward)
+    level = levels(cell, forward, scalars)
+    names = AdjointNames(cell, forward, scalars)
+    backward = adjoints(cell, forward, names, scalars)
+    return Derivation(cell, forward, level, backward, names, scalars)
+
+
+def scalar_symbols(cell: CellSpec, forward: tuple[Primitive, ...]) -> frozenset[str]:
+    """The per-row scalars: reductions, and primitives that read only per-row scalars."""
+    out = set(cell.scalars)
+    for p in forward:
+        if isinstance(p.expr, Reduction) or all(s.name in out for s in p.expr.free_symbols):
+            out.add(p.name)
+    return frozenset(out)
 
 
 # pass 1 ------------------------------------------------------------------------------------
@@ -120,7 +173,9 @@ class _Lifter:
 
     def run(self) -> tuple[Primitive, ...]:
         for eq in self.cell.equations:
-            if isinstance(eq.expr, Activation):
+            if isinstance(eq.expr, Reduction):
+                self.reduction(eq.expr, eq)
+            elif isinstance(eq.expr, Activation):
                 self.call(eq.expr, eq, target=eq.name)
             else:
                 self.out.append(
@@ -135,6 +190,19 @@ class _Lifter:
             name = f"{base}{k}"
         self.taken.add(name)
         return name
+
+    def reduction(self, call: Reduction, eq: Equation) -> None:
+        """`result = mean(a, b, ...)` over intermediates: other operands get an equation."""
+        intermediates = {p.name for p in self.out if p.state is None}
+        operands = []
+        for arg in call.args:
+            arg = self.inner(arg, eq)
+            if not (isinstance(arg, sympy.Symbol) and arg.name in intermediates):
+                name = self.fresh(f"{eq.name}_in")
+                self.out.append(Primitive(name, arg, eq.doc, eq.name))
+                arg = sympy.Symbol(name)
+            operands.append(arg)
+        self.out.append(Primitive(eq.name, type(call)(*operands), eq.doc, eq.name))
 
     def call(self, call: Activation, eq: Equation, target: str | None) -> sympy.Symbol:
         """`target = act(arg)`, with a compound argument named `<target>_pre` first."""
@@ -163,8 +231,11 @@ class _Lifter:
 # pass 2 ------------------------------------------------------------------------------------
 
 
-def levels(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, int]:
-    """Stage of each primitive and product: a product waits for its operand's stage."""
+def levels(
+    cell: CellSpec, forward: tuple[Primitive, ...], scalars: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """Stage of each primitive and product: a product or a reduction waits for its operands'
+    stage, and so does a vector for the per-row scalars it reads."""
     level: dict[str, int] = {}
     matmul_of = {m.name: m for m in cell.matmuls}
 
@@ -178,10 +249,20 @@ def levels(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, int]:
         return 0  # input, previous state, parameter
 
     for prim in forward:
-        level[prim.name] = max((of(s.name) for s in prim.expr.free_symbols), default=0)
+        level[prim.name] = max(
+            (of(s.name) + _waits(prim, s.name, scalars) for s in prim.expr.free_symbols),
+            default=0,
+        )
     for m in cell.matmuls:
         of(m.name)
     return level
+
+
+def _waits(prim: Primitive, symbol: str, scalars: frozenset[str]) -> int:
+    """1 where prim's stage must follow symbol's: a reduction's operands, and a per-row scalar
+    that a vector reads."""
+    reduction = isinstance(prim.expr, Reduction)
+    return int(reduction or (symbol in scalars and prim.name not in scalars))
 
 
 # pass 3 ------------------------------------------------------------------------------------
@@ -190,6 +271,9 @@ def levels(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, int]:
 def local_derivative(prim: Primitive, wrt: sympy.Symbol) -> sympy.Expr:
     """d prim / d wrt, with an activation's derivative from its rule (codegen/activations.py),
     which reads the saved output or, for a few activations, the saved input."""
+    if isinstance(prim.expr, Reduction):
+        count = len(prim.expr.args) * units(H_UNITS)
+        return type(prim.expr).scale(count) if wrt in prim.expr.args else sympy.S.Zero
     if isinstance(prim.expr, Activation):
         (arg,) = prim.expr.args
         outer = type(prim.expr).derivative(arg, sympy.Symbol(prim.name))
@@ -198,9 +282,23 @@ def local_derivative(prim: Primitive, wrt: sympy.Symbol) -> sympy.Expr:
 
 
 def adjoints(
-    cell: CellSpec, forward: tuple[Primitive, ...], names: AdjointNames
+    cell: CellSpec,
+    forward: tuple[Primitive, ...],
+    names: AdjointNames,
+    scalars: frozenset[str] = frozenset(),
 ) -> tuple[Adjoint, ...]:
     """Reverse-mode adjoints of one step, in evaluation order (last equation first)."""
+
+    def is_vector(term: sympy.Expr) -> bool:
+        """Whether a term has units (else it is a per-row scalar, broadcast)."""
+        for s in term.free_symbols:
+            kind, symbol = names.owner(s.name) or ("", s.name)
+            if kind == "each":
+                return True
+            if kind != "sum" and units_size(s) is None and symbol not in scalars:
+                return True
+        return False
+
     contributions: dict[str, list[sympy.Expr]] = {}
     operands = {m.operand for m in cell.matmuls}
     out: list[Adjoint] = []
@@ -211,6 +309,12 @@ def adjoints(
             terms.insert(0, sympy.Symbol(names.incoming(prim.state)))
         if prim.name in operands:
             terms.insert(0, sympy.Symbol(names.through_products(prim.name)))
+        if prim.name in scalars and any(is_vector(t) for t in terms):
+            each = [t for t in terms if is_vector(t)]
+            out.append(Adjoint(prim.name, names.each(prim.name), sympy.Add(*each), "each"))
+            summed = sum_units(sympy.Symbol(names.each(prim.name)))
+            out.append(Adjoint(prim.name, names.summed(prim.name), summed, "sum"))
+            terms = [t for t in terms if not is_vector(t)] + [sympy.Symbol(names.summed(prim.name))]
         total = sympy.Add(*terms)
         out.append(Adjoint(prim.name, names.of(prim.name), total))
         if total == 0:

@@ -1,10 +1,12 @@
 """The backend-neutral kernel description: what each time step computes, in which order.
 
-A step is a sequence of matrix products (`Gemm`) and pointwise stages (`Block`). The forward
-runs level 0 products, level 0 pointwise stage, level 1 products, ...; the backward runs the
-reverse. Each block lists the symbols it reads and writes; every symbol has a `Role` that tells a
-backend where it lives (a parameter, a saved sequence, a buffer for one step, ...). The printers
-and templates in backends/ turn this into code; nothing here knows a language.
+A step is a sequence of matrix products (`Gemm`), reductions over units (`Reduce`) and
+pointwise stages (`Block`). The forward runs level 0 products, level 0 pointwise stage, level 1
+products and reductions, ...; the backward runs the reverse, with its own reductions (the sums
+over units that the adjoints of per-row scalars need). Each block lists the symbols it reads
+and writes; every symbol has a `Role` that tells a backend where it lives (a parameter, a saved
+sequence, a buffer for one step, ...). The printers and templates in backends/ turn this into
+code; nothing here knows a language.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sympy
 
 from .cell import CellSpec, prev_name
 from .derive import Adjoint, AdjointNames, Derivation, derive
+from .reductions import Reduction
 from .text import equation_text
 
 
@@ -67,6 +70,22 @@ class Gemm:
     @property
     def hoisted(self) -> bool:
         return self.operand_role is Role.INPUT
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """result[b] = `kind` over the units of operands[0][b, :], operands[1][b, :], ..., stacked:
+    a per-row scalar. Like a product, a stage boundary: it needs every unit of its operands.
+    `count` is the number of units (len(operands) H); a mean divides by it."""
+
+    result: str
+    kind: str  # "mean" or "sum"
+    operands: tuple[str, ...]
+    count: sympy.Expr
+    level: int
+
+
+Step = Gemm | Reduce | Block
 
 
 @dataclass(frozen=True)
@@ -192,11 +211,11 @@ class Kernel:
     cell: CellSpec
     derivation: Derivation
     gemms: tuple[Gemm, ...]  # grouped by operand, in order of level
-    forward: tuple[Gemm | Block, ...]  # one step
-    backward: tuple[Gemm | Block, ...]  # one step; a Gemm here means its transpose
+    forward: tuple[Step, ...]  # one step
+    backward: tuple[Step, ...]  # one step; a Gemm here means its transpose
     saved: tuple[str, ...]  # intermediates and products kept at every step for the backward
     roles: dict[str, Role]
-    series: tuple[str, ...]  # the (T, B, H) sequences in `saved`: non-output states, then saved
+    series: tuple[str, ...]  # the (T, B, size) sequences in `saved`: non-output states, then saved
     recurrences: tuple[StateRecurrence, ...]
     adjoint_buffer: dict[
         str, str
@@ -219,6 +238,15 @@ class Kernel:
     def role(self, name: str) -> Role:
         return self.roles[name]
 
+    def size(self, name: str) -> sympy.Expr:
+        """Units per batch row of a symbol of the step: H, or 1 for a per-row scalar."""
+        return self.derivation.size(name)
+
+    @property
+    def reductions(self) -> tuple[Reduce, ...]:
+        """The forward's and the backward's reductions."""
+        return tuple(s for s in self.forward + self.backward if isinstance(s, Reduce))
+
     @property
     def functions(self) -> set[str]:
         """The activations and indicators the kernels call, by name."""
@@ -232,7 +260,7 @@ class Kernel:
     @property
     def saved_size(self) -> sympy.Expr:
         """Numbers the forward keeps for the backward, besides ys."""
-        return len(self.series) * T * B * H
+        return sum((T * B * self.size(s) for s in self.series), sympy.S.Zero)
 
     @property
     def forward_work_size(self) -> sympy.Expr:
@@ -244,15 +272,19 @@ class Kernel:
         """Scratch numbers the backward needs."""
         return sum((b.size for b in self.backward_buffers), sympy.S.Zero)
 
-    def step_values(self, steps: tuple[Gemm | Block, ...]) -> list[str]:
-        """Values one block of a step hands to a later block of the same step."""
-        return [
-            name
-            for step in steps
-            if isinstance(step, Block)
-            for name in step.writes
-            if self.role(name) in (Role.TEMP, Role.ADJ)
-        ]
+    def step_values(self, steps: tuple[Step, ...]) -> list[str]:
+        """Values one block or reduction of a step hands to a later one of the same step."""
+        out = []
+        for k, step in enumerate(steps):
+            if isinstance(step, Block):
+                out += [n for n in step.writes if self.role(n) in (Role.TEMP, Role.ADJ)]
+            elif (
+                isinstance(step, Reduce)
+                and self.role(step.result) in (Role.TEMP, Role.ADJ)
+                and any(step.result in _reads(later) for later in steps[k + 1 :])
+            ):
+                out.append(step.result)
+        return out
 
     @property
     def infer_step_values(self) -> list[str]:
@@ -264,10 +296,7 @@ class Kernel:
                 continue
             later: set[str] = set()
             for other in self.forward[k + 1 :]:
-                if isinstance(other, Block):
-                    later |= {s.name for a in other.assignments for s in a.expr.free_symbols}
-                else:
-                    later.add(other.operand)
+                later |= _reads(other)
             out += [
                 a.name
                 for a in step.assignments
@@ -314,15 +343,18 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     saved = _saved(cell, d, gemms)
     roles = _roles(cell, d, saved)
 
-    forward: list[Gemm | Block] = []
+    forward: list[Step] = []
+    reductions = _forward_reductions(d)
     for level in range(d.max_level + 1):
         forward += [g for g in gemms if g.level == level and not g.hoisted]
+        forward += [r for r in reductions if r.level == level]
         forward.append(_forward_block(cell, d, level))
-    backward_blocks = _backward_blocks(cell, d)
-    backward: list[Gemm | Block] = []
+    backward_blocks, sums = _backward_blocks(cell, d)
+    backward: list[Step] = []
     for level in reversed(range(d.max_level + 1)):
         backward.append(backward_blocks[level])
         backward += [g for g in gemms if g.level == level]
+        backward += [r for r in sums if r.level == level]
     taken = set(roles) | {name for name, _ in cell.kinds}
     forward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in forward]
     backward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in backward]
@@ -412,7 +444,7 @@ def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
         )
         out.append(Buffer("products", g.operand, (T * B if g.hoisted else B) * G * H, doc=doc))
     out += [
-        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.forward)
     ]
     return tuple(out)
@@ -434,7 +466,7 @@ def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
             doc = f"the adjoint of {g.operand} through its products, one step"
             out.append(Buffer("through_products", d, B * H, doc=doc))
     out += [
-        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.backward)
     ]
     for r in plan.recurrences:
@@ -497,14 +529,26 @@ def _roles(cell: CellSpec, d: Derivation, saved: tuple[str, ...]) -> dict[str, R
         if p.state is None:
             roles[p.name] = Role.SAVED if p.name in saved else Role.TEMP
             roles[adjoint(p.name)] = Role.ADJ
+    for scalar in sorted(d.scalars):  # a per-row scalar's adjoint from vectors, and its sum
+        roles[d.names.each(scalar)] = Role.ADJ
+        roles[d.names.summed(scalar)] = Role.ADJ
     return roles
+
+
+def _forward_reductions(d: Derivation) -> list[Reduce]:
+    out = []
+    for p in d.reductions:
+        operands = tuple(a.name for a in p.expr.args)
+        count = sum((d.size(a) for a in operands), sympy.S.Zero)
+        out.append(Reduce(p.name, type(p.expr).__name__, operands, count, d.level[p.name]))
+    return out
 
 
 def _forward_block(cell: CellSpec, d: Derivation, level: int) -> Block:
     equations = {eq.name: eq for eq in cell.equations}
     assigns, commented = [], set()
     for p in d.forward:
-        if d.level[p.name] != level:
+        if d.level[p.name] != level or isinstance(p.expr, Reduction):
             continue
         comment = ""
         if p.source not in commented:
@@ -514,14 +558,24 @@ def _forward_block(cell: CellSpec, d: Derivation, level: int) -> Block:
     return Block(level, tuple(assigns), (), ())
 
 
-def _backward_blocks(cell: CellSpec, d: Derivation) -> dict[int, Block]:
-    """Place each adjoint in the stage of its forward symbol, leaves with their last reader."""
+def _backward_blocks(cell: CellSpec, d: Derivation) -> tuple[dict[int, Block], list[Reduce]]:
+    """Place each adjoint in the stage of its forward symbol, leaves with their last reader; a
+    per-row scalar's sum over units runs after the stage above it, whose vectors read it."""
     docs = {eq.name: eq.doc for eq in cell.equations}
     sources = {p.name: p.source for p in d.forward}
     level_of: dict[str, int] = {}
     per_level: dict[int, list[Assign]] = {lv: [] for lv in range(d.max_level + 1)}
+    sums: list[Reduce] = []
     for adj in d.backward:
-        if (adj.target in d.level and adj.target in sources) or adj.target in d.level:
+        if adj.kind == "sum":
+            (each,) = (a.name for a in adj.expr.args)
+            level = d.level[adj.target] + 1
+            sums.append(Reduce(adj.name, "sum", (each,), d.size(each), level))
+            level_of[adj.name] = level
+            continue
+        if adj.kind == "each":
+            level = d.level[adj.target] + 1
+        elif adj.target in d.level:
             level = d.level[adj.target]
         else:  # a parameter or a previous state: once every adjoint it reads exists
             reads = [level_of[s.name] for s in adj.expr.free_symbols if s.name in level_of]
@@ -530,7 +584,7 @@ def _backward_blocks(cell: CellSpec, d: Derivation) -> dict[int, Block]:
         if adj.expr == 0 and adj.target not in d.level:
             continue
         per_level[level].append(Assign(adj.name, adj.expr, _adjoint_comment(adj, sources, docs)))
-    return {lv: Block(lv, tuple(a), (), ()) for lv, a in per_level.items()}
+    return {lv: Block(lv, tuple(a), (), ()) for lv, a in per_level.items()}, sums
 
 
 def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
@@ -559,15 +613,23 @@ def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
     return Block(block.level, tuple(assigns), block.reads, block.writes)
 
 
-def _without_unread(steps: list[Gemm | Block], roles: dict[str, Role]) -> list[Gemm | Block]:
+def _reads(step: Step) -> set[str]:
+    """The symbols a step reads."""
+    if isinstance(step, Gemm):
+        return {step.operand}
+    if isinstance(step, Reduce):
+        return set(step.operands)
+    return {s.name for a in step.assignments for s in a.expr.free_symbols}
+
+
+def _without_unread(steps: list[Step], roles: dict[str, Role]) -> list[Step]:
     """Drop the backward's adjoints that nothing reads (that of an activation of a constant,
     sigmoid(h_prev - h_prev)), until none is left: C would reject an unused variable."""
     local = {Role.ADJ, Role.TEMP, Role.ADJ_IN}
     while True:
-        read = {g.operand for g in steps if isinstance(g, Gemm)}
+        read: set[str] = set()
         for step in steps:
-            if isinstance(step, Block):
-                read |= {s.name for a in step.assignments for s in a.expr.free_symbols}
+            read |= _reads(step)
         unread = {
             a.name
             for step in steps
@@ -590,13 +652,13 @@ def _adjoint_comment(adj: Adjoint, sources: dict[str, str], docs: dict[str, str]
     return ""
 
 
-def _with_reads_and_writes(steps: list[Gemm | Block], roles: dict[str, Role]) -> tuple:
+def _with_reads_and_writes(steps: list[Step], roles: dict[str, Role]) -> tuple:
     """Fill in each block's reads (defined elsewhere) and writes (used elsewhere or kept)."""
     kept = {Role.SAVED, Role.STATE, Role.PRODUCT, Role.ADJ_PRODUCT, Role.ADJ_PARAM}
     kept |= {Role.ADJ_STATE_PREV}
-    out: list[Gemm | Block] = []
+    out: list[Step] = []
     for k, step in enumerate(steps):
-        if isinstance(step, Gemm):
+        if not isinstance(step, Block):
             out.append(step)
             continue
         defined = {a.name for a in step.assignments}
@@ -605,11 +667,7 @@ def _with_reads_and_writes(steps: list[Gemm | Block], roles: dict[str, Role]) ->
             reads |= {s.name for s in a.expr.free_symbols if s.name not in defined}
         used_later: set[str] = set()
         for later in steps[k + 1 :]:
-            if isinstance(later, Block):
-                for a in later.assignments:
-                    used_later |= {s.name for s in a.expr.free_symbols}
-            else:
-                used_later |= {later.operand}
+            used_later |= _reads(later)
         writes = [
             a.name for a in step.assignments if a.name in used_later or roles.get(a.name) in kept
         ]
@@ -638,7 +696,7 @@ def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
         doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"
         out.append(Buffer("products", g.operand, rows * G * H, doc=doc))
     out += [
-        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.infer_step_values
     ]
     out += [Buffer("new_state", s, B * H, doc=f"the new {s} of one step") for s in plan.cell.states]

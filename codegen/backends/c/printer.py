@@ -55,7 +55,7 @@ RESERVED = {
     "ys_seq", "dys_t", "row_active", "int32_t", "lo", "hi", "NAN", "INFINITY", "HUGE_VAL",
     "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
-    "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
+    "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
 }  # fmt: skip
 RESERVED_PATTERN = (
     r"_.*|cellgen_.*|.*_f(32|64)|(U?INT|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT"

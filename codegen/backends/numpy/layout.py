@@ -113,6 +113,8 @@ def find_gates(kernel: Kernel) -> list[Gate]:
     for name, expr in forward.items():
         if not isinstance(expr, Activation) or kernel.role(name) is not Role.SAVED:
             continue
+        if kernel.size(name) == 1:  # a per-row scalar has no slot among vectors
+            continue
         (arg,) = expr.args
         pre = arg.name if isinstance(arg, sympy.Symbol) else ""
         if pre not in forward or kernel.role(pre) is not Role.TEMP or readers.get(pre) != 1:

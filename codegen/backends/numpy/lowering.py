@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from ...reductions import units_size
 from .layout import Layout
 
 
@@ -42,6 +43,7 @@ class Statement:
     comments: list[str]
     index: int  # position in the block, to keep the original order among equals
     key: tuple | None = None  # statements with one key on neighbouring slots merge
+    scalar: bool = False  # a per-row scalar (B, 1): its subexpressions need (B, 1) scratch
 
 
 @dataclass
@@ -179,7 +181,8 @@ class Lowering:
         def same_place(sym: sympy.Symbol) -> bool:
             return self.place(sym.name).key == target.key
 
-        body = _Writer(self, leaf, same_place, width).write(first.expr, out)
+        scratch_width = 0 if first.scalar else width
+        body = _Writer(self, leaf, same_place, width, scratch_width).write(first.expr, out)
         names = ", ".join(st.target for st in run)
         if width > 1 and body:
             body[-1] += f"  # {names}"
@@ -187,6 +190,8 @@ class Lowering:
 
     def text(self, sym: str) -> str:
         """The name of a symbol in the step; the step binds it to its place."""
+        if units_size(sympy.Symbol(sym, integer=True, positive=True)) is not None:
+            return sym[1:]  # a number of units, `_H`: the size itself
         self.bound.add(sym)
         return self.name(sym)
 
@@ -194,11 +199,12 @@ class Lowering:
 class _Writer:
     """NumPy calls that compute an expression into an array (`out`)."""
 
-    def __init__(self, lowering: Lowering, leaf, same_place, width: int) -> None:
+    def __init__(self, lowering: Lowering, leaf, same_place, width: int, scratch: int) -> None:
         self.lo = lowering
         self.leaf = leaf
         self.same_place = same_place
         self.width = width
+        self.scratch_width = scratch  # slots of a scratch array; 0 for a per-row scalar
 
     def write(self, expr: sympy.Expr, out: str) -> list[str]:
         if isinstance(expr, sympy.Symbol):
@@ -234,7 +240,7 @@ class _Writer:
             elif k == carrier:
                 texts.append(out)
             else:
-                name = self.lo.scratch.take(self.width)
+                name = self.lo.scratch.take(self.scratch_width)
                 taken.append(name)
                 lines += self.write(e, name)
                 texts.append(name)

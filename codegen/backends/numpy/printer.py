@@ -13,14 +13,20 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name
-from ...kernel import Block, Gemm, Kernel, Role
+from ...kernel import Block, Gemm, Kernel, Reduce, Role
 from .layout import GroupLayout, Layout, build_layout, state_of_prev
 from .lowering import Lowering, Place, Scratch, Statement, slice_text
 from .names import NumpyNames, function, number
 
 
 def _cols(width: int) -> str:
-    return "H" if width == 1 else f"{width} * H"
+    """Columns of `width` slots of H; width 0 is a per-row scalar's one column."""
+    return "1" if width == 0 else "H" if width == 1 else f"{width} * H"
+
+
+def _units(kernel: Kernel, name: str) -> str:
+    """The columns of a symbol: H, or 1 for a per-row scalar."""
+    return "1" if kernel.size(name) == 1 else "H"
 
 
 def _work(name: str, shape: str) -> str:
@@ -45,6 +51,7 @@ class Pass:
         # what any block of the pass reads: a plain copy read there needs its name bound
         self.read = {s.name for st in steps if isinstance(st, Block) for a in st.assignments
                      for s in a.expr.free_symbols}  # fmt: skip
+        self.read |= {o for st in steps if isinstance(st, Reduce) for o in st.operands}
         self.names = layout.names
         self.scratch = Scratch(self.names.local)
         self.aliases: dict[str, str] = {}  # a plain copy -> the symbol it copies
@@ -70,7 +77,9 @@ class Pass:
         read = {s.name for a in block.assignments for s in a.expr.free_symbols} | set(read_after)
         for k, a in enumerate(block.assignments):
             comments = [a.comment] if a.comment else []
-            statements.append(Statement(a.name, exprs.get(a.name, a.expr), comments, k))
+            statement = Statement(a.name, exprs.get(a.name, a.expr), comments, k)
+            statement.scalar = self.kernel.size(a.name) == 1
+            statements.append(statement)
         for run in self.lowering.schedule(statements):
             st = run[0]
             if len(run) == 1 and self._alias(st):
@@ -79,6 +88,17 @@ class Pass:
                     lines.append(f"{self.names(st.target)} = {self.use(st.expr.name)}")
                 continue
             lines += self.lowering.lower(run)
+        return lines
+
+    def reduce(self, r: Reduce) -> list[str]:
+        """A reduction over units: the sum of each operand's units, over the count for a mean."""
+        out = self.use(r.result)
+        lines = [f"# {r.result} = {r.kind} over the units of {', '.join(r.operands)}"]
+        for k, operand in enumerate(r.operands):
+            total = f"np.sum({self.use(operand)}, axis=1, keepdims=True"
+            lines.append(f"{total}, out={out})" if k == 0 else f"{out} += {total})")
+        if r.kind == "mean":
+            lines.append(f"{out} /= {_count(r.count)}")
         return lines
 
     def _alias(self, st: Statement) -> bool:
@@ -104,7 +124,7 @@ class Pass:
             if role in (Role.TEMP, Role.ADJ, Role.ADJ_MM, Role.ADJ_PARAM) or (
                 role is Role.ADJ_IN and sym == self.kernel.names.incoming(self.kernel.cell.output)
             ):
-                out.append((self.names(sym), "H"))
+                out.append((self.names(sym), _units(self.kernel, sym)))
         return out + [
             (name, _cols(width))
             for width, names in sorted(self.scratch.names.items())
@@ -166,6 +186,9 @@ def context(kernel: Kernel) -> dict:
                     value = slice_text(products, k, 1, g.width)
                     body.append(f"{series(p)}[t, : len({products})] = {value}")
             continue
+        if isinstance(step, Reduce):
+            body += fwd.reduce(step)
+            continue
         body += fwd.block(step, pre_exprs)
 
     setup = []
@@ -199,7 +222,7 @@ def context(kernel: Kernel) -> dict:
         setup.append(f"{gates_seq} = np.empty({shape}, dtype)  # {gate_stack.comment}")
     for v in kernel.saved:
         if v not in in_gates and v not in hoisted_saved:
-            setup.append(f"{series(v)} = np.empty((T, B, H), dtype)")
+            setup.append(f"{series(v)} = np.empty((T, B, {_units(kernel, v)}), dtype)")
     forward_work = [(op_name(g, "_products"), _cols(g.width)) for g in groups if not g.gemm.hoisted]
     forward_work += fwd.buffers()
     setup += _work_lines(forward_work)
@@ -230,6 +253,9 @@ def context(kernel: Kernel) -> dict:
             g = _group(layout, step)
             if not g.gemm.hoisted:
                 body_b += _backward_product(g, stacks, prevs, written, bwd, op_name(g, "", "M_"))
+            continue
+        if isinstance(step, Reduce):
+            body_b += bwd.reduce(step)
             continue
         for sym in step.reads:
             if sym in incoming_of and sym not in incoming:
@@ -363,6 +389,11 @@ def context(kernel: Kernel) -> dict:
         # the module's own helpers: functions NumPy does not have under the same name
         "helpers": [f for f in helpers(kernel.functions) if function(f) == f],
     }
+
+
+def _count(count: sympy.Expr) -> str:
+    """A number of units, `4 * H`, in the module's size variables."""
+    return sympy.pycode(count)
 
 
 def _stack(g: GroupLayout, names: NumpyNames) -> str:
