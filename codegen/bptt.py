@@ -37,6 +37,12 @@ class SumOverSteps(sympy.Function):
     nargs = 1
 
 
+class SumOverUnits(sympy.Function):
+    """`sum_j [e]_j`: a per-row scalar's adjoint gathers what each unit of a vector gives it."""
+
+    nargs = 1
+
+
 @dataclass(frozen=True)
 class Row:
     """`lhs = rhs`; lhs is an adjoint symbol `d_<name>`."""
@@ -112,13 +118,19 @@ class _Arranger:
         return sympy.Add(*terms)
 
     def run(self) -> Bptt:
-        adj = {a.target: a.expr for a in self.d.backward}
+        each = {a.target: a.expr for a in self.d.backward if a.kind == "each"}
+        sums = {
+            sympy.Symbol(a.name): SumOverUnits(each[a.target])
+            for a in self.d.backward
+            if a.kind == "sum"
+        }
+        adj = {a.target: a.expr.xreplace(sums) for a in self.d.backward if not a.kind}
         mm = {
             sympy.Symbol(self.d.names.through_products(v)): self.carried(v) for v in self.by_operand
         }
         step = [
             (t, adj[t].xreplace(mm))
-            for t in (a.target for a in self.d.backward)
+            for t in (a.target for a in self.d.backward if not a.kind)
             if t not in self.leaves and adj[t] != 0
         ]
         products = [(m.name, adj[m.name]) for m in self.cell.matmuls]
@@ -147,7 +159,7 @@ class _Arranger:
         kept = [(t, e.xreplace(subs)) for t, e in kept]
         passed = [(t, e.xreplace(subs)) for t, e in passed]
         params = [(t, e.xreplace(subs)) for t, e in params]
-        kept, passed = self.inline_once(kept, passed)
+        kept, passed, params = self.inline_once(kept, passed, params)
 
         items: list[Row | Note] = [*self.opening(incoming)]
         items += [Row(self.adj(t), e) for t, e in kept]
@@ -177,22 +189,22 @@ class _Arranger:
         ]
         return SumOverSteps(sympy.Add(*terms))
 
-    def inline_once(self, kept: list, passed: list) -> tuple[list, list]:
+    def inline_once(self, kept: list, passed: list, params: list) -> tuple[list, list, list]:
         """Replace the adjoint of a lifted intermediate (tanh(c_t)) used in one row by its value."""
         while True:
-            rows = kept + passed
+            rows = kept + passed + params
             for target, expr in kept:
                 if target in self.user or is_pre(target) or target in self.by_operand:
                     continue
                 users = [t for t, e in rows if self.adj(target) in e.free_symbols]
                 if len(users) == 1:
-                    kept = [
-                        (t, e.xreplace({self.adj(target): expr})) for t, e in kept if t != target
-                    ]
-                    passed = [(t, e.xreplace({self.adj(target): expr})) for t, e in passed]
+                    value = {self.adj(target): expr}
+                    kept = [(t, e.xreplace(value)) for t, e in kept if t != target]
+                    passed = [(t, e.xreplace(value)) for t, e in passed]
+                    params = [(t, e.xreplace(value)) for t, e in params]
                     break
             else:
-                return kept, passed
+                return kept, passed, params
 
     def opening(self, incoming: dict[str, bool]) -> list[Note]:
         t, step_after = Math("t"), Math("t + 1")

@@ -5,7 +5,7 @@ Three passes, each a pure function:
 1. `lift`: every activation gets an equation of its own (`f = sigmoid(f_pre)`,
    `tanh_c = tanh(c)`), so that its output is saved and its derivative can be written from it.
    A reduction's operands become symbols of their own (`<result>_in`) where they are not
-   already an intermediate.
+   already an intermediate or a product.
 2. `levels`: which matrix products and reductions must wait for which equations (GRU's
    U_h @ (r * h_prev) waits for r); the kernel runs one pointwise stage per level. A vector
    that reads a per-row scalar (a reduction's result) waits one stage more, so that the
@@ -192,8 +192,10 @@ class _Lifter:
         return name
 
     def reduction(self, call: Reduction, eq: Equation) -> None:
-        """`result = mean(a, b, ...)` over intermediates: other operands get an equation."""
+        """`result = mean(a, b, ...)` over intermediates and products: other operands (a state,
+        a parameter, an expression) get an equation of their own."""
         intermediates = {p.name for p in self.out if p.state is None}
+        intermediates |= {m.name for m in self.cell.matmuls}
         operands = []
         for arg in call.args:
             arg = self.inner(arg, eq)

@@ -20,7 +20,7 @@ import sympy
 
 from .cell import CellSpec, prev_name
 from .derive import Adjoint, AdjointNames, Derivation, derive
-from .reductions import Reduction
+from .reductions import Reduction, units_size
 from .text import equation_text
 
 
@@ -242,6 +242,16 @@ class Kernel:
         """Units per batch row of a symbol of the step: H, or 1 for a per-row scalar."""
         return self.derivation.size(name)
 
+    def is_scalar(self, assign: Assign) -> bool:
+        """A per-row scalar assignment: of a size-1 symbol, or a temporary of the common
+        subexpressions that reads only per-row scalars (computed once per row)."""
+        if self.size(assign.name) == 1:
+            return True
+        temp = self.roles.get(assign.name) is Role.TEMP and assign.name not in self.derivation.level
+        return temp and all(
+            units_size(s) is not None or self.size(s.name) == 1 for s in assign.expr.free_symbols
+        )
+
     @property
     def reductions(self) -> tuple[Reduce, ...]:
         """The forward's and the backward's reductions."""
@@ -302,6 +312,11 @@ class Kernel:
                 for a in step.assignments
                 if a.name in later and self.role(a.name) in (Role.SAVED, Role.TEMP)
             ]
+        for k, step in enumerate(self.forward):  # the reductions' results a later stage reads
+            if isinstance(step, Reduce) and any(
+                step.result in _reads(other) for other in self.forward[k + 1 :]
+            ):
+                out.append(step.result)
         return out
 
     @property

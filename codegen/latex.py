@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from .activations import Activation, Indicator
-from .bptt import PRE, Math, Note, Outer, Row, SumOverSteps, Transposed, bptt
+from .activations import Activation, Indicator, rsqrt, sqrt
+from .bptt import PRE, Math, Note, Outer, Row, SumOverSteps, SumOverUnits, Transposed, bptt
 from .cell import CellSpec
-from .derive import Derivation
+from .derive import H_UNITS, Derivation
+from .reductions import Reduction, units, units_size
 from .text import factor_rank, term_rank
 from .written_order import WrittenOrder
 
@@ -37,9 +38,18 @@ def _base(name: str) -> str:
     core = f"\\{head}" if head in _GREEK else head if len(head) == 1 else rf"\mathrm{{{head}}}"
     if tail in _ACCENTS:
         return f"{_ACCENTS[tail]}{{{core}}}"
+    if tail and (head == core or head in _GREEK):  # W_f, gamma_h_f: W_{f}, \gamma_{h,f}
+        return f"{core}_{{{tail.replace('_', ',')}}}"
     if tail:
-        return f"{core}_{{{tail}}}" if head == core else rf"\mathrm{{{name}}}".replace("_", r"\_")
+        return rf"\mathrm{{{name}}}".replace("_", r"\_")
     return core
+
+
+def _bracket(text: str) -> str:
+    """Square brackets: the vector whose units a sum runs over."""
+    if r"\frac" in text or r"\sum" in text:
+        return rf"\left[{text}\right]"
+    return f"[{text}]"
 
 
 def _paren(text: str) -> str:
@@ -62,6 +72,7 @@ class CellLatexPrinter(LatexPrinter):
         self.written: WrittenOrder | None = None  # the file as written, for the forward
         self.source: dict[sympy.Expr, ast.AST] = {}  # pieces of the file being printed
         self.owner = derivation.names.owner if derivation is not None else (lambda name: None)
+        self.scalars = set(cell.scalars) | (derivation.scalars if derivation is not None else set())
         if derivation is not None:
             sources = {e.name for e in cell.equations}
             for p in derivation.forward:
@@ -74,6 +85,9 @@ class CellLatexPrinter(LatexPrinter):
     # names -------------------------------------------------------------------------------
 
     def name(self, name: str) -> str:
+        size = units_size(sympy.Symbol(name, integer=True, positive=True))
+        if size is not None:
+            return size  # a mean's count
         if name in self.products:
             m = self.products[name]
             operand = self._print(m.operand_expr)
@@ -90,7 +104,10 @@ class CellLatexPrinter(LatexPrinter):
         if pre:
             k = f"^{{({pre['k']})}}" if pre["k"] else ""
             return f"a{k}_{{{_base(pre['head'])},t}}"
-        return f"{_base(name)}_{{t}}"
+        base = _base(name)
+        if base.endswith("}") and "_{" in base and not base.startswith("\\mathrm"):
+            return f"{base[:-1]},t}}"  # mu_r: \mu_{r,t}
+        return f"{base}_{{t}}"
 
     def adjoint(self, name: str) -> str:
         """δ of a forward quantity."""
@@ -111,6 +128,11 @@ class CellLatexPrinter(LatexPrinter):
     # functions and the nodes of the backward ---------------------------------------------
 
     def _print_Function(self, expr: sympy.Function, exp: str | None = None) -> str:
+        if isinstance(expr, (sqrt, rsqrt)) and not exp:
+            root = rf"\sqrt{{{self._print(expr.args[0])}}}"
+            return root if isinstance(expr, sqrt) else rf"\frac{{1}}{{{root}}}"
+        if isinstance(expr, Reduction):
+            return self._reduction(expr)
         if isinstance(expr, (Activation, Indicator)):
             node = self.source.get(expr)
             if isinstance(node, ast.Call) and len(node.args) == 1:
@@ -128,6 +150,24 @@ class CellLatexPrinter(LatexPrinter):
         left, right = expr.args
         return rf"{self._operand(left)}\, {self._operand(right)}^{{\top}}"
 
+    def _reduction(self, expr: Reduction) -> str:
+        """mean(a, b) as (1 / 2H) sum_j [a; b]_j: the units of the arguments, stacked."""
+        stacked = "; ".join(self._print(a) for a in expr.args)
+        return f"{self.reduction_head(expr)}{_bracket(stacked)}_{{j}}"
+
+    def reduction_head(self, expr: Reduction) -> str:
+        """What precedes the stacked vectors: a sum over j, after 1 / (4 H) for a mean."""
+        count = self._print(sympy.Integer(len(expr.args)) * units(H_UNITS))
+        total = rf"\sum_{{j=1}}^{{{count}}} "
+        return rf"\frac{{1}}{{{count}}} {total}" if expr.func.__name__ == "mean" else total
+
+    def _print_SumOverUnits(self, expr: SumOverUnits) -> str:
+        head, tail = self.sum_over_units()
+        return f"{head}{_bracket(self._print(expr.args[0]))}{tail}"
+
+    def sum_over_units(self) -> tuple[str, str]:
+        return rf"\sum_{{j=1}}^{{{self._print(units(H_UNITS))}}} ", "_{j}"
+
     def _print_SumOverSteps(self, expr: SumOverSteps) -> str:
         (body,) = expr.args
         text = self._print(body)
@@ -139,7 +179,8 @@ class CellLatexPrinter(LatexPrinter):
             isinstance(expr, sympy.Symbol)
             and (expr.name in self.definitions or expr.name[2:] in self.definitions)
         )
-        if compound and not text.startswith((r"\delta (", r"\delta \left(")):
+        named = isinstance(expr, sympy.Symbol) and text.startswith((r"\delta (", r"\delta \left("))
+        if compound and not named:
             return _paren(text)
         return text
 
@@ -147,6 +188,10 @@ class CellLatexPrinter(LatexPrinter):
 
     def terms(self, expr: sympy.Add) -> list[str]:
         """The printed terms of a sum in reading order, each with its sign (`+ a`, `- b`)."""
+        return [text for text, _ in self.signed_terms(expr)]
+
+    def signed_terms(self, expr: sympy.Add) -> list[tuple[str, sympy.Expr]]:
+        """The terms of a sum in reading order: (`+ a` printed, a)."""
         if self.written is not None and expr in self.source:
             terms = self._as_written(expr.args, self.source[expr], ast.Add)
         else:
@@ -163,7 +208,7 @@ class CellLatexPrinter(LatexPrinter):
         out = []
         for term in terms:
             text = self._print(term)
-            out.append(f"- {text[1:].lstrip()}" if text.startswith("-") else f"+ {text}")
+            out.append((f"- {text[1:].lstrip()}" if text.startswith("-") else f"+ {text}", term))
         return out
 
     def _backward_rank(self, term: sympy.Expr) -> tuple[int, int]:
@@ -200,12 +245,34 @@ class CellLatexPrinter(LatexPrinter):
             ordered = self._as_written(factors, self.source[expr], ast.Mult)
         else:
             ordered = sorted(factors, key=self._factor_rank)
-        vectors = []
-        for f in ordered:
-            text = self._print(f)
-            vectors.append(_paren(text) if isinstance(f, sympy.Add) else text)
-        body = r" \odot ".join(vectors)
+        below = [f.base**-f.exp for f in ordered if f.is_Pow and f.exp.is_negative]
+        if below and all(self._scalar(f) for f in below):  # a normalisation: a fraction
+            above = [f for f in ordered if not (f.is_Pow and f.exp.is_negative)]
+            numerator = self._factors(above) or "1"
+            if coeff.is_Rational and coeff.q != 1:
+                parts = [] if coeff.p == 1 else [self._print(coeff.p)]
+                below.insert(0, sympy.Integer(coeff.q))
+            numerator = " ".join([*parts, numerator]) if numerator != "1" or not parts else parts[0]
+            return sign + rf"\frac{{{numerator}}}{{{self._factors(below)}}}"
+        body = self._factors(ordered)
         return sign + " ".join([*parts, body] if body else parts)
+
+    def _factors(self, factors: list) -> str:
+        """Factors joined by the elementwise product; numbers by juxtaposition."""
+        vectors: list[str] = []
+        counts: list[str] = []  # numbers and counts multiply by juxtaposition: 4 H
+        for f in factors:
+            text = self._print(f)
+            if f.is_Number or (isinstance(f, sympy.Symbol) and units_size(f) is not None):
+                counts.append(text)
+            else:
+                vectors.append(_paren(text) if isinstance(f, sympy.Add) else text)
+        return " ".join([*counts, r" \odot ".join(vectors)] if vectors else counts)
+
+    def _scalar(self, expr: sympy.Expr) -> bool:
+        """A per-row scalar (a count, a reduction, a function of them): the denominator of a
+        normalisation, printed as a fraction."""
+        return all(units_size(s) is not None or s.name in self.scalars for s in expr.free_symbols)
 
     def _factor_rank(self, factor: sympy.Expr) -> tuple:
         return factor_rank(self.cell, factor)
@@ -256,18 +323,74 @@ def _row(printer: CellLatexPrinter, lhs: str, rhs: sympy.Expr) -> tuple[str, tup
     if isinstance(rhs, Activation) and isinstance(rhs.args[0], sympy.Add):
         printer.doprint(rhs)  # records where the file writes the argument's terms
         head, tail, inner = rf"{type(rhs).latex_name}\bigl(", r"\bigr)", rhs.args[0]
-    if not isinstance(inner, sympy.Add):
+    pieces = _pieces(printer, inner)
+    if pieces is None:
         return lhs, (whole,)
     lines: list[str] = []
-    for term in printer.terms(inner):
+    for term in pieces:
         room = ROW_WIDTH - (width(lhs + head) if not lines else 6)
         if lines and width(lines[-1] + term) <= room:
             lines[-1] += f" {term}"
         else:
             lines.append(term)
-    lines[0] = head + lines[0][2:]
+    lines[0] = head + _unsigned(lines[0])
     lines[-1] += tail
     return lhs, tuple(lines)
+
+
+def _unsigned(piece: str) -> str:
+    """A first piece without its `+ `; a minus stays."""
+    return piece[2:] if piece.startswith("+ ") else f"-{piece[2:]}"
+
+
+def _pieces(printer: CellLatexPrinter, expr: sympy.Expr) -> list[str] | None:
+    """A wide expression in pieces that may go on lines of their own (each but the first
+    starting with + or -, or continuing a bracket), or None where it cannot be broken: a sum at
+    its terms, and, within a term too wide for a line, a product carried back, a sum over steps
+    or over units, or a reduction over several vectors, at their terms or vectors."""
+    if isinstance(expr, sympy.Add):
+        out = []
+        for text, term in printer.signed_terms(expr):
+            inner = _pieces(printer, term) if width(text) > ROW_WIDTH - 6 else None
+            if inner is None or text.startswith("-"):
+                out.append(text)
+            else:
+                out += [f"+ {inner[0][2:]}", *inner[1:]]
+        return out
+    head, body, tail = _wrapped(printer, expr)
+    if body is None:
+        return None
+    inner = _pieces(printer, body) if isinstance(body, sympy.Add) else None
+    if isinstance(body, tuple):  # the stacked vectors of a reduction
+        last = len(body) - 1
+        inner = [printer.doprint(v) + (";" if k < last else "") for k, v in enumerate(body)]
+        inner[0] = f"+ {inner[0]}"
+    if inner is None:
+        return None
+    if len(inner) == 1:
+        return [f"+ {head}{_unsigned(inner[0])}{tail}"]
+    return [f"+ {head}{_unsigned(inner[0])}", *inner[1:-1], f"{inner[-1]}{tail}"]
+
+
+def _wrapped(printer: CellLatexPrinter, expr: sympy.Expr) -> tuple[str, object, str]:
+    """(head, what it wraps, tail) of an expression that wraps a sum, else ("", None, "")."""
+    if isinstance(expr, Transposed) and isinstance(expr.args[1], sympy.Add):
+        matrix = printer.doprint(sympy.Symbol(expr.args[0].name))
+        return rf"{matrix}^{{\top}} \bigl(", expr.args[1], r"\bigr)"
+    if isinstance(expr, SumOverSteps):
+        (body,) = expr.args
+        head = r"\sum_{t=1}^{T} "
+        if isinstance(body, Outer) and isinstance(body.args[0], sympy.Add):
+            right = printer._operand(body.args[1])
+            return rf"{head}\bigl(", body.args[0], rf"\bigr)\, {right}^{{\top}}"
+        if isinstance(body, sympy.Add):
+            return rf"{head}\bigl(", body, r"\bigr)"
+    if isinstance(expr, SumOverUnits) and isinstance(expr.args[0], sympy.Add):
+        head, tail = printer.sum_over_units()
+        return rf"{head}\bigl[", expr.args[0], rf"\bigr]{tail}"
+    if isinstance(expr, Reduction) and len(expr.args) > 1:
+        return rf"{printer.reduction_head(expr)}\bigl[", tuple(expr.args), r"\bigr]_{j}"
+    return "", None, ""
 
 
 def width(latex: str) -> float:

@@ -197,6 +197,11 @@ _NUMPY = {
     "positive": lambda y: (y > 0).astype(float),
     "inside_unit": lambda y: ((y > 0) & (y < 1)).astype(float),
     "sign": np.sign,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda v: 1 / np.sqrt(v),
+    "mean": lambda *vs: np.mean(np.concatenate(vs)),  # over the units, stacked
+    "sum": lambda *vs: np.sum(np.concatenate(vs)),
+    "SumOverUnits": np.sum,
 }
 
 
@@ -234,7 +239,7 @@ def test_the_printed_backward_computes_the_kernels_gradients(name):
     _, _, cache = k.forward(xs, state0, params)
     dxs, dstate0, dparams = k.backward(dys, cache, dfinal)
 
-    env = {p: v for p, v in params.items()} | {cell.input: xs[0, 0]}
+    env = {p: v for p, v in params.items()} | {cell.input: xs[0, 0], "_H": 5}
     env |= {prev_name(s): state0[s][0] for s in cell.states}
     derivation = derive(cell)
     for p in derivation.forward:  # the forward of the step, products as matrix @ vector

@@ -17,8 +17,9 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name
-from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Role
+from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Reduce, Role
 from ...names import Identifiers
+from ...reductions import units_size
 from ..infix import InfixPrinter
 
 
@@ -150,6 +151,9 @@ class CPrinter(InfixPrinter):
         return f"{type(expr).__name__}_{self.real.suffix}({args})"
 
 
+T, B = SIZES["T"], SIZES["B"]
+
+
 def size_text(expr: sympy.Expr) -> str:
     """A size in T, B, I, H as C, written as the plan states it: `4 * T * B * H`, `(T - 1) * B`."""
     if isinstance(expr, sympy.Add):
@@ -216,31 +220,39 @@ def _block(
         indices[name] = "H" if width == 1 else f"{width} * H"
         return name
 
+    def at(sym: str) -> str:
+        """The index of a symbol's entry in a buffer of one step: a per-row scalar's is b."""
+        return "b" if kernel.size(sym) == 1 else index(None)
+
     def read(sym: str) -> str:
         if sym in defined:
             return names(sym)
+        units = units_size(sympy.Symbol(sym, integer=True, positive=True))
+        if units is not None:
+            return f"(({real.c}){units})"  # a mean's count
         role = kernel.role(sym)
         if role is Role.PARAM:
             return f"{used.use(names(sym))}[j]"
         if infer and role is Role.STATE:
             return f"{used.use(names.new_state(sym))}[{index(None)}]"
         if infer and role in (Role.SAVED, Role.TEMP):
-            return f"{used.use(names.step(sym))}[{index(None)}]"
+            return f"{used.use(names.step(sym))}[{at(sym)}]"
         if role is Role.PRODUCT and sym in group_of:  # the forward
             if sym in kernel.saved and sym not in state["copied"] and not infer:
                 state["copied"].add(sym)
                 keep.append(sym)
             return f"{used.use(names(sym))}[{index(group_of[sym])}]"
         if role in (Role.SAVED, Role.STATE, Role.PRODUCT):
-            return f"{used.use(names.at_t(sym))}[{index(None)}]"
+            return f"{used.use(names.at_t(sym))}[{at(sym)}]"
         if role in (Role.STATE_PREV, Role.ADJ_MM):
             return f"{used.use(names(sym))}[{index(None)}]"
         if role is Role.ADJ_IN:
             return names(sym)  # a local defined at the top of the loop body
-        return f"{used.use(names.step(sym))}[{index(None)}]"  # from an earlier block
+        return f"{used.use(names.step(sym))}[{at(sym)}]"  # from an earlier block
 
     printer = CPrinter(real, read)
-    lines = []
+    lines: list[str] = []
+    row_lines: list[str] = []  # per-row scalars, computed once per row before the units
     incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
         r = incoming.get(sym)
@@ -250,8 +262,10 @@ def _block(
                 terms.insert(0, f"{used.use('dys_t')}[n]")
             lines.append(f"const {real.c} {names(sym)} = {' + '.join(terms)};")
     for a in block.assignments:
+        scalar = kernel.is_scalar(a)
+        out = row_lines if scalar else lines
         if a.comment:
-            lines.append(f"/* {a.comment} */")
+            out.append(f"/* {a.comment} */")
         role = kernel.role(a.name)
         if role is Role.ADJ_PRODUCT:
             target = kernel.adjoint_buffer[a.name]
@@ -262,30 +276,69 @@ def _block(
             continue
         value = printer.doprint(a.expr)
         if role is Role.ADJ_PARAM:
-            lines.append(f"{used.use(names(a.name))}[j] += {value};")
+            out.append(f"{used.use(names(a.name))}[j] += {value};")
         elif role is Role.ADJ_STATE_PREV:
-            lines.append(f"{used.use(names(a.name))}[{index(None)}] = {value};")
+            out.append(f"{used.use(names(a.name))}[{index(None)}] = {value};")
         else:
-            lines.append(f"const {real.c} {names(a.name)} = {value};")
+            out.append(f"const {real.c} {names(a.name)} = {value};")
     handed_on = set(kernel.infer_step_values) if infer else set()
+
+    def write(buffer: str, sym: str) -> None:
+        scalar = kernel.size(sym) == 1
+        (row_lines if scalar else lines).append(
+            f"{used.use(buffer)}[{'b' if scalar else index(None)}] = {names(sym)};"
+        )
+
     for sym in block.writes if not infer else ():
         role = kernel.role(sym)
         if role in (Role.SAVED, Role.STATE):
-            lines.append(f"{used.use(names.at_t(sym))}[{index(None)}] = {names(sym)};")
+            write(names.at_t(sym), sym)
         elif role in (Role.TEMP, Role.ADJ):
-            lines.append(f"{used.use(names.step(sym))}[{index(None)}] = {names(sym)};")
+            write(names.step(sym), sym)
     for a in block.assignments if infer else ():
         if kernel.role(a.name) is Role.STATE:
-            lines.append(f"{used.use(names.new_state(a.name))}[{index(None)}] = {names(a.name)};")
+            write(names.new_state(a.name), a.name)
         elif a.name in handed_on:
-            lines.append(f"{used.use(names.step(a.name))}[{index(None)}] = {names(a.name)};")
+            write(names.step(a.name), a.name)
     for sym in keep:  # a product the backward reads
         group = group_of[sym]
         lines.append(f"{used.use(names.at_t(sym))}[n] = {names(sym)}[{index(group)}];")
         index(None)
     ordered = sorted(indices.items(), key=lambda kv: (len(kv[0]), kv[0]))
     loop_indices = [{"name": k, "row": v} for k, v in ordered]
-    return {"gemm": None, "lines": lines, "indices": loop_indices}, list(used.names)
+    body = {"gemm": None, "reduce": None, "row_lines": row_lines, "lines": lines}
+    return {**body, "indices": loop_indices}, list(used.names)
+
+
+def _reduce(names: CNames, r: Reduce, real: RealType, group_of: dict, infer: bool = False):
+    """A reduction over units: for each row, the sum of its operands' units in order (so that
+    inference and the forward add the same numbers in the same order), over the count for a
+    mean. Its operands and result live in the buffers the blocks hand values through."""
+    kernel = names.kernel
+    used = Used()
+
+    def buffer(sym: str) -> str:
+        role = kernel.role(sym)
+        if role is Role.PRODUCT:  # in its fused product's buffer, rows of G H
+            return used.use(names(sym))
+        if infer and role is Role.STATE:
+            return used.use(names.new_state(sym))
+        if not infer and role in (Role.SAVED, Role.STATE):
+            return used.use(names.at_t(sym))
+        return used.use(names.step(sym))
+
+    def row(sym: str) -> str:
+        width = group_of[sym].width if sym in group_of else 1
+        return "H" if width == 1 else f"{width} * H"
+
+    count = "" if r.kind == "sum" else f" / ({real.c})({size_text(r.count)})"
+    body = {
+        "result": buffer(r.result),
+        "operands": [{"name": buffer(o), "row": row(o)} for o in r.operands],
+        "scale": count,
+        "comment": f"{r.result} = {r.kind} over the units of {', '.join(r.operands)}",
+    }
+    return {"gemm": None, "reduce": body}, list(used.names)
 
 
 def _wrap(groups: list[list[str]], indent: str = "    ", width: int = 96) -> str:
@@ -367,10 +420,23 @@ class _Context:
         self.types = [self.passes(real) for real in TYPES]
 
     def series_base(self, name: str) -> str:
-        """The (T, B, H) array of a state or saved value."""
+        """The (T, B, size) array of a state or saved value."""
         if name == self.cell.output:
             return "ys_seq"  # ys in loop order
-        return f"(saved + {self.kernel.series.index(name)} * T * BH)"
+        return f"({self.series_offset(name)})"
+
+    def series_offset(self, name: str) -> str:
+        """`saved + 2 * T * BH`: where a series starts in `saved`."""
+        series = self.kernel.series
+        before = series[: series.index(name)]
+        if all(self.kernel.size(s) != 1 for s in before):
+            return f"saved + {len(before)} * T * BH"
+        offset = sum((T * B * self.kernel.size(s) for s in before), sympy.S.Zero)
+        return f"saved + {size_text(offset)}"
+
+    def series_stride(self, name: str) -> str:
+        """Numbers of one step of a series: BH, or B for a per-row scalar."""
+        return "B" if self.kernel.size(name) == 1 else "BH"
 
     def operand(self, g: Gemm) -> str:
         """The pointer to a product's operand at step t."""
@@ -449,6 +515,11 @@ class _Context:
                 fwd.append({"gemm": self.by_gemm[step]})
                 self.forward_used.add(self.by_gemm[step]["operand"])
                 continue
+            if isinstance(step, Reduce):
+                body, used = _reduce(self.names, step, real, self.group_of)
+                fwd.append(body)
+                self.forward_used |= set(used)
+                continue
             body, used = _block(self.names, step, real, self.group_of, state)
             fwd.append(body)
             self.forward_used |= set(used)
@@ -460,12 +531,19 @@ class _Context:
                     self.backward_used |= {ctx["d_operand"]}
                     self.backward_used |= {p["d_product"] for p in ctx["pairs"]}
                 continue
+            if isinstance(step, Reduce):
+                body, used = _reduce(self.names, step, real, {})
+                bwd.append(body)
+                self.backward_used |= set(used)
+                continue
             body, used = _block(self.names, step, real, {}, state)
             bwd.append(body)
             self.backward_used |= set(used)
         for step in self.kernel.forward:
             if isinstance(step, Gemm):
                 infer.append({"gemm": self.by_gemm[step]})
+            elif isinstance(step, Reduce):
+                infer.append(_reduce(self.names, step, real, self.group_of, infer=True)[0])
             else:
                 infer.append(_block(self.names, step, real, self.group_of, state, infer=True)[0])
         return {
@@ -481,8 +559,12 @@ class _Context:
         names, cell, kernel = self.names, self.cell, self.kernel
         used_f, used_b = self.forward_used, self.backward_used
         saved_pointers = [
-            {"pointer": names.at_t(v), "offset": k}
-            for k, v in enumerate(kernel.series)
+            {
+                "pointer": names.at_t(v),
+                "base": self.series_offset(v),
+                "stride": self.series_stride(v),
+            }
+            for v in kernel.series
             if v not in cell.states
         ]
         in_saved = [s for s in cell.states if s != cell.output]  # their sequences are in saved
@@ -556,7 +638,11 @@ class _Context:
             "active": f"{seq.loop} < L",
             "active_c": sympy.ccode(seq.active.subs(at_row)),
             "reverse_step": sympy.ccode(seq.reverse_step),
-            "sequences": [self.series_base(v) for v in self.kernel.series] + ["ys"],
+            "sequences": [
+                {"base": self.series_base(v), "units": "1" if self.kernel.size(v) == 1 else "H"}
+                for v in self.kernel.series
+            ]
+            + [{"base": "ys", "units": "H"}],
             "ys_loop": names.buffer(Buffer("loop_order", cell.output, 0)),
             "dys_loop": names.buffer(Buffer("loop_order_step", cell.output, 0)),
             "adjoint_sequences": [
