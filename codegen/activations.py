@@ -25,6 +25,7 @@ class Function(sympy.Function):
 
     nargs = 1
     latex_name: ClassVar[str] = ""
+    plain: ClassVar[str] = ""  # as plain text, where the LaTeX name does not read as one (√)
     spellings: ClassVar[dict[str, str]] = {}  # backend -> its own function, else the helper
     requires: ClassVar[tuple[str, ...]] = ()  # helpers this one's helper calls
     definition: ClassVar[str] = ""  # the formula, for documentation and LaTeX sheets
@@ -175,7 +176,8 @@ class silu(Activation):
 class sqrt(Activation):
     """The square root, for norms; defined for x >= 0 (add an eps to keep x away from 0)."""
 
-    latex_name = r"\sqrt"
+    latex_name = r"\sqrt{\cdot}"
+    plain = "√"
     definition = "sqrt(x)"
     spellings: ClassVar[dict[str, str]] = {"numpy": "np.sqrt"}
 
@@ -187,7 +189,8 @@ class sqrt(Activation):
 class rsqrt(Activation):
     """1 / sqrt(x), layer norm's scale; its derivative -y**3 / 2 needs no division."""
 
-    latex_name = r"\frac{1}{\sqrt{\cdot}}"
+    latex_name = r"1/\sqrt{\cdot}"
+    plain = "1/√"
     definition = "1 / sqrt(x)"
 
     @classmethod

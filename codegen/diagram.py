@@ -23,8 +23,10 @@ from .cell import CellSpec, prev_name
 from .derive import Derivation, derive
 from .latex import CellLatexPrinter
 from .mathml import GREEK
+from .reductions import Reduction
 
 COLUMN, ROW, MARGIN = 112, 64, 36
+WIDE = 1200  # a diagram wider than this (a layer norm's) keeps its size and scrolls
 _ACCENT = {"tilde": "\u0303", "hat": "\u0302", "bar": "\u0304"}
 
 
@@ -54,6 +56,8 @@ def label(name: str, time: str = "t") -> str:
 
 def activation_text(act: type[Activation]) -> str:
     """σ, tanh, relu...: the activation's LaTeX name as plain text."""
+    if act.plain:
+        return act.plain
     text = re.sub(r"\\(?:operatorname|mathrm|text|mathit)\{(.*?)\}", r"\1", act.latex_name)
     text = text.replace(r"\_", "_")
     return re.sub(r"\\([a-zA-Z]+)", lambda m: GREEK.get(m[1], m[1]), text) or act.__name__
@@ -73,10 +77,11 @@ class _Graph:
             self.source[prev_name(s)] = prev_name(s)
         self.add(Node(cell.input, "in", label(cell.input), symbol=cell.input))
         self.source[cell.input] = cell.input
-        pres = {
+        named = {e.name for e in cell.equations if not e.auto}
+        pres = {  # the arguments of the gates: an activation that is an equation of the file
             p.expr.args[0].name
             for p in derivation.forward
-            if isinstance(p.expr, Activation) and is_pre(p.expr.args[0].name)
+            if isinstance(p.expr, Activation) and is_pre(p.expr.args[0].name) and p.name in named
         }
         for p in derivation.forward:
             if p.name in pres and not isinstance(p.expr, Activation):
@@ -102,6 +107,14 @@ class _Graph:
     def primitive(self, name: str, expr: sympy.Expr, pres: set[str]) -> str:
         named = {e.name for e in self.cell.equations if not e.auto}
         doc = label(name) if name in named else ""
+        if isinstance(expr, Reduction):  # a box over the units of its operands
+            inputs = []
+            for arg in expr.args:
+                ref = self.ref(arg.name, name)
+                if ref is not None and ref not in inputs:
+                    inputs.append(ref)
+            kind = type(expr).__name__
+            return self.add(Node(name, "layer", kind, doc, inputs, rf"\mathrm{{{kind}}}", name))
         if isinstance(expr, Activation):
             (arg,) = expr.args
             text = activation_text(type(expr))
@@ -351,8 +364,9 @@ def svg(cell: CellSpec, derivation: Derivation | None = None) -> str:
     """The cell's diagram as one <svg> element (no script, no external reference)."""
     drawing = layout(cell, derivation)
     width, height = drawing.width, drawing.height
+    wide = " wide" if width > WIDE else ""  # scrolls in its figure rather than shrinking
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="diagram" width="{width:.0f}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="diagram{wide}" width="{width:.0f}" '
         f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
         f'font-family="serif"><title>{escape(cell.name)}: one step</title>',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
@@ -417,6 +431,8 @@ def picture(cell: CellSpec, derivation: Derivation | None = None, width_pt: floa
         f"\\setlength{{\\unitlength}}{{{unit:.4f}pt}}",
         f"\\begin{{picture}}({drawing.width:.0f},{top:.0f})",
     ]
+    if drawing.width > WIDE:  # fewer dots per curve, or TeX's memory runs out
+        out.insert(0, "\\renewcommand{\\qbeziermax}{150}")
     for points, _ in drawing.edges:
         for x0, y0, x1, y1 in _curve(points):
             xm, ym = (x0 + x1) / 2, (y0 + y1) / 2

@@ -128,9 +128,10 @@ class CellLatexPrinter(LatexPrinter):
     # functions and the nodes of the backward ---------------------------------------------
 
     def _print_Function(self, expr: sympy.Function, exp: str | None = None) -> str:
-        if isinstance(expr, (sqrt, rsqrt)) and not exp:
+        if isinstance(expr, (sqrt, rsqrt)):
             root = rf"\sqrt{{{self._print(expr.args[0])}}}"
-            return root if isinstance(expr, sqrt) else rf"\frac{{1}}{{{root}}}"
+            root = root if isinstance(expr, sqrt) else rf"\frac{{1}}{{{root}}}"
+            return rf"\left({root}\right)^{{{exp}}}" if exp else root
         if isinstance(expr, Reduction):
             return self._reduction(expr)
         if isinstance(expr, (Activation, Indicator)):

@@ -18,10 +18,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from .activations import ACTIVATIONS
+from .activations import ELEMENTWISE
 from .cell import Cell, CellSpec, _is_name, did_you_mean
 from .errors import CellgenError, EquationError, UnknownCellError
 from .paths import PACKAGE_DIR, builtin_equations_dir
+from .reductions import REDUCTIONS
 
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "CELLGEN_EQUATION_TIMEOUT", 60.0
 
@@ -273,8 +274,14 @@ def _user_error(err: Exception) -> EquationError:
     ):
         return EquationError(
             "unsupported function: NumPy and math functions cannot take cellgen's symbols; "
-            f"use one of {', '.join(sorted(ACTIVATIONS))}, imported with "
-            "`from codegen.activations import ...`"
+            f"use one of {', '.join(sorted(ELEMENTWISE))}, imported with "
+            "`from codegen.activations import ...`, or mean, sum from codegen.reductions"
+        )
+    if isinstance(err, TypeError) and "object is not iterable" in text:
+        return EquationError(
+            "a vector is not a Python iterable (Python's builtin sum adds up the items of a "
+            "list): for the sum or mean over its units use sum(v) or mean(v), imported with "
+            "`from codegen.reductions import mean, sum`"
         )
     if isinstance(err, TypeError) and "operand type(s) for @" in text:
         return EquationError(
@@ -290,7 +297,14 @@ def _import_error(err: ImportError, shown: str, source: str, line: int | None) -
     if name == "codegen.activations" and missing:
         problem = (
             f"unsupported function {missing.group(1)}(){did_you_mean(missing.group(1))}: "
-            "codegen.activations provides " + ", ".join(sorted(ACTIVATIONS))
+            "codegen.activations provides " + ", ".join(sorted(ELEMENTWISE))
+        )
+    elif name == "codegen.reductions" and missing:
+        problem = (
+            f"unsupported reduction {missing.group(1)}(){did_you_mean(missing.group(1))}: "
+            "codegen.reductions provides "
+            + ", ".join(sorted(REDUCTIONS))
+            + " (a variance is mean((v - mu)**2))"
         )
     else:
         problem = f"ImportError: {' '.join(str(err).split())}"

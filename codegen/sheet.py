@@ -98,8 +98,8 @@ table { border-collapse: collapse; } td, th { padding: 0.15em 0.8em; text-align:
 math { font-family: "Latin Modern Math", "STIX Two Math", "DejaVu Math TeX Gyre", math; }
 math[display="block"] { margin: 0.8em 0; font-size: 1.1em; }
 mtd.lhs { text-align: right; padding: 0.25em 0; } mtd.rhs { text-align: left; padding: 0.25em 0; }
-figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
-.diagram { max-width: 100%; height: auto; }
+figure { margin: 1em 0; overflow-x: auto; } figcaption { font-size: 0.9em; color: #555; }
+.diagram { max-width: 100%; height: auto; } .diagram.wide { max-width: none; }
 """
 
 
