@@ -152,7 +152,8 @@ def scalar_symbols(cell: CellSpec, forward: tuple[Primitive, ...]) -> frozenset[
     """The per-row scalars: reductions, and primitives that read only per-row scalars."""
     out = set(cell.scalars)
     for p in forward:
-        if isinstance(p.expr, Reduction) or all(s.name in out for s in p.expr.free_symbols):
+        symbols = p.expr.free_symbols  # a constant (sigmoid(0)) takes its equation's size
+        if isinstance(p.expr, Reduction) or (symbols and all(s.name in out for s in symbols)):
             out.add(p.name)
     return frozenset(out)
 

@@ -224,7 +224,7 @@ MORE = {
         None,
         [
             "unsupported function softmax()",
-            "hard_sigmoid, relu, sigmoid, silu, softplus, softsign, tanh",
+            "hard_sigmoid, relu, rsqrt, sigmoid, silu, softplus, softsign, sqrt, tanh",
         ],
     ),
     "matrix_times_vector": (
