@@ -46,14 +46,15 @@ class Statement:
 
 @dataclass
 class Scratch:
-    """Arrays for subexpressions, reused by every statement: (B, width H) each."""
+    """Arrays for subexpressions, reused by every statement: (B, width unit) each, unit the
+    size of the values (H or a declared size)."""
 
     namer: Callable[[str], str] = str  # makes a scratch array's name unique
-    names: dict[int, list[str]] = field(default_factory=dict)  # width -> names
+    names: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # (unit, width) ->
     busy: set[str] = field(default_factory=set)
 
-    def take(self, width: int) -> str:
-        names = self.names.setdefault(width, [])
+    def take(self, width: int, unit: str = "H") -> str:
+        names = self.names.setdefault((unit, width), [])
         for name in names:
             if name not in self.busy:
                 self.busy.add(name)
@@ -67,11 +68,12 @@ class Scratch:
         self.busy.discard(name)
 
 
-def slice_text(stack: str, first: int, width: int, stack_width: int) -> str:
-    """The columns of slots first .. first + width - 1 of a per-step stacked array."""
+def slice_text(stack: str, first: int, width: int, stack_width: int, unit: str = "H") -> str:
+    """The columns of slots first .. first + width - 1 of a per-step stacked array whose slots
+    are `unit` numbers wide."""
     if width == stack_width:
         return stack
-    return f"{stack}[:, {first} * H : {first + width} * H]"
+    return f"{stack}[:, {first} * {unit} : {first + width} * {unit}]"
 
 
 class Lowering:
@@ -92,6 +94,7 @@ class Lowering:
         self.functions = functions
         self.number = number
         self.scratch = scratch
+        self.unit = "H"  # the size of the values of the block being lowered
         self.bound: set[str] = set()  # symbols whose name the step must bind to their place
         self.stacks_used: set[str] = set()  # stacked arrays the step reads or writes whole
 
@@ -165,7 +168,7 @@ class Lowering:
             out = self.text(first.target)
         else:
             stack = self.layout.stacks[target.stack]
-            out = slice_text(target.stack, target.slot, width, stack.width)
+            out = slice_text(target.stack, target.slot, width, stack.width, stack.unit)
             self.stacks_used.add(target.stack)
 
         def leaf(sym: sympy.Symbol) -> str:
@@ -174,7 +177,7 @@ class Lowering:
             p = self.place(sym.name)
             stack = self.layout.stacks[p.stack]
             self.stacks_used.add(p.stack)
-            return slice_text(p.stack, p.slot, width, stack.width)
+            return slice_text(p.stack, p.slot, width, stack.width, stack.unit)
 
         def same_place(sym: sympy.Symbol) -> bool:
             return self.place(sym.name).key == target.key
@@ -234,7 +237,7 @@ class _Writer:
             elif k == carrier:
                 texts.append(out)
             else:
-                name = self.lo.scratch.take(self.width)
+                name = self.lo.scratch.take(self.width, self.lo.unit)
                 taken.append(name)
                 lines += self.write(e, name)
                 texts.append(name)
