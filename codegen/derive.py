@@ -25,12 +25,10 @@ from dataclasses import dataclass
 import sympy
 
 from .activations import Activation
-from .cell import CellSpec, Equation, prev_name
+from .cell import CellSpec, Equation, elementwise_size, prev_name, size_symbol
 from .names import NameRegistry
 from .reductions import Reduction, units, units_size
 from .reductions import sum as sum_units
-
-H_UNITS = "H"  # the size of every vector (declared sizes come with issue 11's sizes)
 
 
 @dataclass(frozen=True)
@@ -119,20 +117,38 @@ class Derivation:
     level: dict[str, int]  # primitive or matmul name -> pointwise stage
     backward: tuple[Adjoint, ...]
     names: AdjointNames
-    scalars: frozenset[str] = frozenset()  # forward symbols of size 1 (per-row scalars)
+    sizes: dict[str, str] | None = None  # size names of the forward's symbols (see unit_sizes)
 
     @property
     def max_level(self) -> int:
         return max(self.level.values(), default=0)
 
+    @property
+    def scalars(self) -> frozenset[str]:
+        """The forward's per-row scalars (size 1): reductions and arithmetic on them only."""
+        return frozenset(n for n, size in (self.sizes or {}).items() if size == "1")
+
     def size(self, name: str) -> sympy.Expr:
-        """Units per batch row of a forward or backward symbol: 1 for a per-row scalar."""
+        """Units per batch row of a forward or backward symbol: that of what an adjoint is the
+        adjoint of; a sum over units is a per-row scalar, what it sums a vector."""
         owner = self.names.owner(name)
-        if owner is not None and owner[0] in ("adjoint", "sum"):
-            name = owner[1] if owner[0] == "adjoint" else ""
-        if name in self.scalars or (owner is not None and owner[0] == "sum"):
-            return sympy.S.One
-        return sympy.Symbol(H_UNITS, integer=True, positive=True)
+        if owner is not None:
+            kind, symbol = owner
+            if kind == "sum":
+                return sympy.S.One
+            if kind == "each":
+                (each,) = (a for a in self.backward if a.name == name)
+                return size_symbol(self.expr_size(each.expr))
+            name = symbol
+        return size_symbol((self.sizes or {}).get(name, "H"))
+
+    def expr_size(self, expr: sympy.Expr) -> str:
+        """The size name of an expression of the step's symbols (a per-row scalar broadcasts)."""
+        size = "1"
+        for s in expr.free_symbols:
+            if units_size(s) is None:
+                size = elementwise_size(size, str(self.size(s.name))) or size
+        return size
 
     @property
     def reductions(self) -> tuple[Primitive, ...]:
@@ -141,21 +157,31 @@ class Derivation:
 
 def derive(cell: CellSpec) -> Derivation:
     forward = lift(cell)
-    scalars = scalar_symbols(cell, forward)
+    sizes = unit_sizes(cell, forward)
+    scalars = frozenset(n for n, size in sizes.items() if size == "1")
     level = levels(cell, forward, scalars)
     names = AdjointNames(cell, forward, scalars)
-    backward = adjoints(cell, forward, names, scalars)
-    return Derivation(cell, forward, level, backward, names, scalars)
+    backward = adjoints(cell, forward, names, sizes)
+    return Derivation(cell, forward, level, backward, names, sizes)
 
 
-def scalar_symbols(cell: CellSpec, forward: tuple[Primitive, ...]) -> frozenset[str]:
-    """The per-row scalars: reductions, and primitives that read only per-row scalars."""
-    out = set(cell.scalars)
+def unit_sizes(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, str]:
+    """The size name of every symbol of the forward: the cell's own, a reduction's 1, and a
+    lifted primitive's the elementwise size of its operands (cell.elementwise_size: a per-row
+    scalar broadcasts); a constant (sigmoid(0)) takes its equation's."""
+    sizes = dict(cell.symbol_sizes)
     for p in forward:
-        symbols = p.expr.free_symbols  # a constant (sigmoid(0)) takes its equation's size
-        if isinstance(p.expr, Reduction) or (symbols and all(s.name in out for s in symbols)):
-            out.add(p.name)
-    return frozenset(out)
+        if p.name in sizes:
+            continue
+        if isinstance(p.expr, Reduction):
+            sizes[p.name] = "1"
+            continue
+        size = None
+        for s in sorted(p.expr.free_symbols, key=str):
+            other = sizes[s.name]
+            size = other if size is None else elementwise_size(size, other) or size
+        sizes[p.name] = size or sizes[p.source]
+    return sizes
 
 
 # pass 1 ------------------------------------------------------------------------------------
@@ -271,11 +297,13 @@ def _waits(prim: Primitive, symbol: str, scalars: frozenset[str]) -> int:
 # pass 3 ------------------------------------------------------------------------------------
 
 
-def local_derivative(prim: Primitive, wrt: sympy.Symbol) -> sympy.Expr:
+def local_derivative(
+    prim: Primitive, wrt: sympy.Symbol, sizes: dict[str, str] | None = None
+) -> sympy.Expr:
     """d prim / d wrt, with an activation's derivative from its rule (codegen/activations.py),
     which reads the saved output or, for a few activations, the saved input."""
     if isinstance(prim.expr, Reduction):
-        count = len(prim.expr.args) * units(H_UNITS)
+        count = sympy.Add(*(units((sizes or {}).get(a.name, "H")) for a in prim.expr.args))
         return type(prim.expr).scale(count) if wrt in prim.expr.args else sympy.S.Zero
     if isinstance(prim.expr, Activation):
         (arg,) = prim.expr.args
@@ -288,9 +316,11 @@ def adjoints(
     cell: CellSpec,
     forward: tuple[Primitive, ...],
     names: AdjointNames,
-    scalars: frozenset[str] = frozenset(),
+    sizes: dict[str, str] | None = None,
 ) -> tuple[Adjoint, ...]:
     """Reverse-mode adjoints of one step, in evaluation order (last equation first)."""
+    sizes = sizes or {}
+    scalars = {n for n, size in sizes.items() if size == "1"}
 
     def is_vector(term: sympy.Expr) -> bool:
         """Whether a term has units (else it is a per-row scalar, broadcast)."""
@@ -324,7 +354,7 @@ def adjoints(
             continue
         d = sympy.Symbol(names.of(prim.name))
         for sym in sorted(prim.expr.free_symbols, key=lambda s: s.name):
-            partial = local_derivative(prim, sym)
+            partial = local_derivative(prim, sym, sizes)
             if partial != 0:
                 contributions.setdefault(sym.name, []).append(d * partial)
 

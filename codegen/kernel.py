@@ -18,10 +18,13 @@ from enum import Enum
 
 import sympy
 
-from .cell import CellSpec, prev_name
+from .cell import CellSpec, prev_name, size_symbol
 from .derive import Adjoint, AdjointNames, Derivation, derive
-from .reductions import Reduction, units_size
+from .errors import EquationError
+from .reductions import Reduction
 from .text import equation_text
+
+_HIDDEN = size_symbol("H")  # the size of a block or product unless the plan says otherwise
 
 
 class Role(Enum):
@@ -49,23 +52,34 @@ class Assign:
 
 @dataclass(frozen=True)
 class Block:
-    """Elementwise assignments over (B, H); `reads` come from outside, `writes` leave it."""
+    """Elementwise assignments over (B, size); `reads` come from outside, `writes` leave it.
+    A stage whose values have several sizes is one block per size, independent of each other
+    (elementwise arithmetic needs equal sizes)."""
 
     level: int
     assignments: tuple[Assign, ...]
     reads: tuple[str, ...]
     writes: tuple[str, ...]
+    size: sympy.Expr = _HIDDEN
 
 
 @dataclass(frozen=True)
 class Gemm:
-    """products[k] = operand @ matrices[k].T, for all k at once: one fused product."""
+    """products[k] = operand @ matrices[k].T, for all k at once: one fused product.
+    Every product has `size` units; the operand has `operand_size` (K)."""
 
     operand: str
     matrices: tuple[str, ...]
     products: tuple[str, ...]
     level: int
     operand_role: Role  # INPUT (hoisted over all steps), STATE_PREV, or SAVED
+    size: sympy.Expr = _HIDDEN
+    operand_size: sympy.Expr = _HIDDEN
+
+    @property
+    def width(self) -> sympy.Expr:
+        """Numbers per row of the products side by side: len(products) * size."""
+        return len(self.products) * self.size
 
     @property
     def hoisted(self) -> bool:
@@ -127,8 +141,9 @@ class WeightGradient:
     matrix: str
     product: str
     adjoint: str  # the buffer holding the product's adjoint at every step
-    size: str  # the operand's length, "I" or "H"
+    size: str  # the operand's length: "I", "H" or a declared size (the matrix's columns)
     segments: tuple[Segment, ...]
+    rows: str = "H"  # the product's length (the matrix's rows)
 
 
 @dataclass(frozen=True)
@@ -161,7 +176,8 @@ class PackedPart:
     matrices: tuple[str, ...] = ()
 
 
-T, B, I, H = sympy.symbols("T B I H", integer=True, positive=True)
+T, B = sympy.symbols("T B", integer=True, positive=True)
+I, H = size_symbol("I"), size_symbol("H")
 LOOP_STEP, LENGTH = sympy.symbols("t L", integer=True, nonnegative=True)
 
 
@@ -226,6 +242,17 @@ class Kernel:
     packed: tuple[PackedPart, ...]  # the inference weights, in order
     infer_buffers: tuple[Buffer, ...]  # scratch of the inference pass, independent of T
     sequencing: Sequencing = SEQUENCING  # what lengths and reverse mean
+    sizes: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)  # every symbol's
+
+    def size(self, name: str) -> sympy.Expr:
+        """Units per batch row of any symbol of the plan: the cell's symbols, the primitives
+        and common subexpressions, and every adjoint (the size of what it is the adjoint of)."""
+        return self.sizes[name]
+
+    def series_offset(self, name: str) -> sympy.Expr:
+        """Where a sequence of `series` starts in `saved`: the sizes of those before it."""
+        k = self.series.index(name)
+        return sum((T * B * self.size(v) for v in self.series[:k]), sympy.S.Zero)
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -237,20 +264,6 @@ class Kernel:
 
     def role(self, name: str) -> Role:
         return self.roles[name]
-
-    def size(self, name: str) -> sympy.Expr:
-        """Units per batch row of a symbol of the step: H, or 1 for a per-row scalar."""
-        return self.derivation.size(name)
-
-    def is_scalar(self, assign: Assign) -> bool:
-        """A per-row scalar assignment: of a size-1 symbol, or a temporary of the common
-        subexpressions that reads only per-row scalars (computed once per row)."""
-        if self.size(assign.name) == 1:
-            return True
-        temp = self.roles.get(assign.name) is Role.TEMP and assign.name not in self.derivation.level
-        return temp and all(
-            units_size(s) is not None or self.size(s.name) == 1 for s in assign.expr.free_symbols
-        )
 
     @property
     def reductions(self) -> tuple[Reduce, ...]:
@@ -270,7 +283,7 @@ class Kernel:
     @property
     def saved_size(self) -> sympy.Expr:
         """Numbers the forward keeps for the backward, besides ys."""
-        return sum((T * B * self.size(s) for s in self.series), sympy.S.Zero)
+        return sum((T * B * self.size(v) for v in self.series), sympy.S.Zero)
 
     @property
     def forward_work_size(self) -> sympy.Expr:
@@ -354,7 +367,8 @@ def _adjoint_copies(backward, roles: dict[str, Role]) -> dict[str, str]:
 def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel:
     """Schedule a derivation into per-step forward and backward sequences."""
     d = derivation or derive(cell)
-    gemms = _group_products(cell, d)
+    sizes = _sizes(cell, d)
+    gemms = _group_products(cell, d, sizes)
     saved = _saved(cell, d, gemms)
     roles = _roles(cell, d, saved)
 
@@ -363,16 +377,16 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     for level in range(d.max_level + 1):
         forward += [g for g in gemms if g.level == level and not g.hoisted]
         forward += [r for r in reductions if r.level == level]
-        forward.append(_forward_block(cell, d, level))
-    backward_blocks, sums = _backward_blocks(cell, d)
+        forward += _forward_blocks(cell, d, level, sizes)
+    backward_blocks, sums = _backward_blocks(cell, d, sizes)
     backward: list[Step] = []
     for level in reversed(range(d.max_level + 1)):
-        backward.append(backward_blocks[level])
+        backward += backward_blocks[level]
         backward += [g for g in gemms if g.level == level]
         backward += [r for r in sums if r.level == level]
     taken = set(roles) | {name for name, _ in cell.kinds}
-    forward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in forward]
-    backward = [_cse(s, roles, taken) if isinstance(s, Block) else s for s in backward]
+    forward = _with_cse(forward, roles, taken, sizes)
+    backward = _with_cse(backward, roles, taken, sizes)
     forward = _with_reads_and_writes(forward, roles)
     backward = _with_reads_and_writes(_without_unread(backward, roles), roles)
     adjoint_buffer = _adjoint_buffers(gemms, d.names, _adjoint_copies(backward, roles))
@@ -385,7 +399,7 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
         ),
         adjoint_buffer=adjoint_buffer,
         weight_gradients=_weight_gradients(cell, gemms, d.names, adjoint_buffer, saved),
-        forward_buffers=(), backward_buffers=(), packed=(), infer_buffers=(),
+        forward_buffers=(), backward_buffers=(), packed=(), infer_buffers=(), sizes=sizes,
     )  # fmt: skip
     return dataclasses.replace(
         plan,
@@ -394,6 +408,46 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
         packed=_packed(plan),
         infer_buffers=_infer_buffers(plan),
     )
+
+
+def _sizes(cell: CellSpec, d: Derivation) -> dict[str, sympy.Expr]:
+    """The size of every symbol: the cell's, each primitive's (that of its operands), and each
+    adjoint's (that of what it is the adjoint of)."""
+    sizes = {name: cell.size(name) for name, _ in cell.symbol_sizes}
+    for p in d.forward:  # with a reduction's 1 and broadcasting (derive.unit_sizes)
+        sizes[p.name] = d.size(p.name)
+    for name in list(sizes):
+        sizes[d.names.of(name)] = sizes[name]
+    for adj in d.backward:  # a scalar's adjoint from vectors (a vector) and its sum (a scalar)
+        if adj.kind:
+            sizes[adj.name] = d.size(adj.name)
+    for s in cell.states:
+        sizes[d.names.incoming(s)] = sizes[s]
+    for m in cell.matmuls:
+        sizes[d.names.through_products(m.operand)] = sizes[m.operand]
+    return sizes
+
+
+def _by_size(level: int, assigns: list[Assign], sizes: dict[str, sympy.Expr]) -> list[Block]:
+    """One block per size, in order of first appearance: values of different sizes do not
+    combine elementwise, so the blocks of one stage are independent."""
+    groups: dict[sympy.Expr, list[Assign]] = {}
+    for a in assigns:
+        groups.setdefault(sizes[a.name], []).append(a)
+    if not groups:
+        return [Block(level, (), (), ())]
+    return [Block(level, tuple(a), (), (), size) for size, a in groups.items()]
+
+
+def _with_cse(steps: list, roles: dict[str, Role], taken: set[str], sizes: dict) -> list:
+    """Common subexpressions of each block; a stage's further blocks take their own prefix."""
+    out, seen = [], {}
+    for step in steps:
+        if isinstance(step, Block):
+            k = seen[step.level] = seen.get(step.level, -1) + 1
+            step = _cse(step, roles, taken, sizes, k)
+        out.append(step)
+    return out
 
 
 def _adjoint_buffers(
@@ -439,25 +493,25 @@ def _weight_gradients(
             assert g.operand in saved or role is Role.STATE, g.operand
             segments = (Segment(T * B, role, g.operand, 0),)
         for m, p in zip(g.matrices, g.products, strict=True):
-            size = "I" if g.hoisted else "H"
-            out.append(WeightGradient(m, p, adjoint_buffer[names.of(p)], size, segments))
+            size, rows = str(g.operand_size), str(g.size)
+            out.append(WeightGradient(m, p, adjoint_buffer[names.of(p)], size, segments, rows))
     return tuple(out)
 
 
 def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     out = []
     for g in plan.gemms:
-        G, K = len(g.products), "I" if g.hoisted else "H"
-        doc = f"{', '.join(g.matrices)} transposed side by side, ({K}, {G} H)"
-        out.append(Buffer("packed", g.operand, (I if g.hoisted else H) * G * H, doc=doc))
+        G, K, S = len(g.products), g.operand_size, g.size
+        doc = f"{', '.join(g.matrices)} transposed side by side, ({K}, {G} {S})"
+        out.append(Buffer("packed", g.operand, K * g.width, doc=doc))
     for g in plan.gemms:
-        G, products = len(g.products), ", ".join(g.products)
+        G, S, products = len(g.products), g.size, ", ".join(g.products)
         doc = (
-            f"{products} at every step, (T, B, {G} H)"
+            f"{products} at every step, (T, B, {G} {S})"
             if g.hoisted
-            else (f"{products} of one step, (B, {G} H)")
+            else (f"{products} of one step, (B, {G} {S})")
         )
-        out.append(Buffer("products", g.operand, (T * B if g.hoisted else B) * G * H, doc=doc))
+        out.append(Buffer("products", g.operand, (T * B if g.hoisted else B) * g.width, doc=doc))
     out += [
         Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.forward)
@@ -467,19 +521,22 @@ def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
 
 def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     output = plan.cell.output
+    Y = plan.size(output)
     out = [  # reversed: ys and dys of time order read in loop order (Sequencing)
-        Buffer("loop_order", output, T * B * H, doc="ys in loop order, (T, B, H), reversed"),
-        Buffer("loop_order_step", output, B * H, doc="dys of one loop step, reversed"),
+        Buffer("loop_order", output, T * B * Y, doc=f"ys in loop order, (T, B, {Y}), reversed"),
+        Buffer("loop_order_step", output, B * Y, doc="dys of one loop step, reversed"),
     ]
     out += [
-        Buffer("adjoints", d, T * B * H, doc=f"{d} at every step, (T, B, H)")
+        Buffer(
+            "adjoints", d, T * B * plan.size(d), doc=f"{d} at every step, (T, B, {plan.size(d)})"
+        )
         for d in plan.adjoint_buffers
     ]
     for g in plan.gemms:
         if g.operand_role is Role.SAVED:
             d = plan.names.through_products(g.operand)
             doc = f"the adjoint of {g.operand} through its products, one step"
-            out.append(Buffer("through_products", d, B * H, doc=doc))
+            out.append(Buffer("through_products", d, B * plan.size(d), doc=doc))
     out += [
         Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.backward)
@@ -487,17 +544,25 @@ def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     for r in plan.recurrences:
         for part in "ab":
             doc = f"the adjoint of {r.state} carried from step to step ({part})"
-            out.append(Buffer("carried", r.state, B * H, part, doc))
+            out.append(Buffer("carried", r.state, B * plan.size(r.state), part, doc))
     return tuple(out)
 
 
-def _group_products(cell: CellSpec, d: Derivation) -> list[Gemm]:
+def _group_products(cell: CellSpec, d: Derivation, sizes: dict) -> list[Gemm]:
     """One fused product per (level, operand): all the gates that multiply h_prev together."""
-    groups: dict[tuple[int, str], list] = {}
+    groups: dict[tuple[int, str, sympy.Expr], list] = {}
     for m in cell.matmuls:
-        groups.setdefault((d.level[m.name], m.operand), []).append(m)
-    out = []
-    for (level, operand), ms in groups.items():
+        groups.setdefault((d.level[m.name], m.operand, sizes[m.name]), []).append(m)
+    out, seen = [], {}
+    for (level, operand, size), ms in groups.items():
+        if operand in seen:
+            raise EquationError(
+                f"not supported: the products of {operand} have different sizes "
+                f"({seen[operand]} and {size}); multiply {operand} by matrices of one row size, "
+                "or bring it to another vector first (cell.eq) and multiply that",
+                equation=ms[0].name,
+            )
+        seen[operand] = size
         kind = cell.kind(operand)
         role = {"input": Role.INPUT, "state_prev": Role.STATE_PREV}.get(kind, Role.SAVED)
         out.append(
@@ -507,6 +572,8 @@ def _group_products(cell: CellSpec, d: Derivation) -> list[Gemm]:
                 tuple(m.name for m in ms),
                 level,
                 role,
+                size,
+                sizes[operand],
             )
         )
     return sorted(out, key=lambda g: (g.level, not g.hoisted))
@@ -559,7 +626,7 @@ def _forward_reductions(d: Derivation) -> list[Reduce]:
     return out
 
 
-def _forward_block(cell: CellSpec, d: Derivation, level: int) -> Block:
+def _forward_blocks(cell: CellSpec, d: Derivation, level: int, sizes: dict) -> list[Block]:
     equations = {eq.name: eq for eq in cell.equations}
     assigns, commented = [], set()
     for p in d.forward:
@@ -570,10 +637,12 @@ def _forward_block(cell: CellSpec, d: Derivation, level: int) -> Block:
             commented.add(p.source)
             comment = equation_text(cell, equations[p.source])
         assigns.append(Assign(p.name, p.expr, comment))
-    return Block(level, tuple(assigns), (), ())
+    return _by_size(level, assigns, sizes)
 
 
-def _backward_blocks(cell: CellSpec, d: Derivation) -> tuple[dict[int, Block], list[Reduce]]:
+def _backward_blocks(
+    cell: CellSpec, d: Derivation, sizes: dict
+) -> tuple[dict[int, list[Block]], list[Reduce]]:
     """Place each adjoint in the stage of its forward symbol, leaves with their last reader; a
     per-row scalar's sum over units runs after the stage above it, whose vectors read it."""
     docs = {eq.name: eq.doc for eq in cell.equations}
@@ -599,12 +668,15 @@ def _backward_blocks(cell: CellSpec, d: Derivation) -> tuple[dict[int, Block], l
         if adj.expr == 0 and adj.target not in d.level:
             continue
         per_level[level].append(Assign(adj.name, adj.expr, _adjoint_comment(adj, sources, docs)))
-    return {lv: Block(lv, tuple(a), (), ()) for lv, a in per_level.items()}, sums
+    return {lv: _by_size(lv, a, sizes) for lv, a in per_level.items()}, sums
 
 
-def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
+def _cse(
+    block: Block, roles: dict[str, Role], taken: set[str], sizes: dict, part: int = 0
+) -> Block:
     """Common subexpressions of a block as `cse<k>` temporaries, each placed before first use."""
     prefix = f"cse{block.level}_" if block.level else "cse"
+    prefix = f"{prefix.rstrip('_')}s{part}_" if part else prefix
     exprs = [a.expr for a in block.assignments]
     fresh = (sympy.Symbol(f"{prefix}{k}") for k in itertools.count() if f"{prefix}{k}" not in taken)
     replacements, reduced = sympy.cse(exprs, symbols=fresh, optimizations=None, order="none")
@@ -622,10 +694,11 @@ def _cse(block: Block, roles: dict[str, Role], taken: set[str]) -> Block:
         for sym, value in replacements:
             if first_use[sym.name] == k:
                 roles[sym.name] = Role.TEMP
+                sizes[sym.name] = block.size
                 assigns.append(Assign(sym.name, value, original.comment))
                 original = Assign(original.name, original.expr, "")
         assigns.append(Assign(original.name, expr, original.comment))
-    return Block(block.level, tuple(assigns), block.reads, block.writes)
+    return Block(block.level, tuple(assigns), block.reads, block.writes, block.size)
 
 
 def _reads(step: Step) -> set[str]:
@@ -655,8 +728,9 @@ def _without_unread(steps: list[Step], roles: dict[str, Role]) -> list[Step]:
         if not unread:
             return steps
         steps = [
-            Block(s.level, tuple(a for a in s.assignments if a.name not in unread), s.reads,
-                  s.writes) if isinstance(s, Block) else s
+            dataclasses.replace(s, assignments=tuple(a for a in s.assignments
+                                                     if a.name not in unread))
+            if isinstance(s, Block) else s
             for s in steps
         ]  # fmt: skip
 
@@ -686,18 +760,17 @@ def _with_reads_and_writes(steps: list[Step], roles: dict[str, Role]) -> tuple:
         writes = [
             a.name for a in step.assignments if a.name in used_later or roles.get(a.name) in kept
         ]
-        out.append(Block(step.level, step.assignments, tuple(sorted(reads)), tuple(writes)))
+        out.append(dataclasses.replace(step, reads=tuple(sorted(reads)), writes=tuple(writes)))
     return tuple(out)
 
 
 def _packed(plan: Kernel) -> tuple[PackedPart, ...]:
     """The inference weights: each fused product's matrices transposed side by side, so that
     a product runs with unit stride, then the vector parameters."""
-    out = [
-        PackedPart("matrices", g.operand, (I if g.hoisted else H) * len(g.products) * H, g.matrices)
-        for g in plan.gemms
-    ]
-    out += [PackedPart("vector", p.name, H) for p in plan.cell.params if p.kind == "vector"]
+    out = [PackedPart("matrices", g.operand, g.operand_size * g.width, g.matrices)
+           for g in plan.gemms]  # fmt: skip
+    vectors = [p.name for p in plan.cell.params if p.kind == "vector"]
+    out += [PackedPart("vector", p, plan.size(p)) for p in vectors]
     return tuple(out)
 
 
@@ -706,13 +779,16 @@ def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     products of INFER_CHUNK steps), values handed between stages, and the new states."""
     out = []
     for g in plan.gemms:
-        G, products = len(g.products), ", ".join(g.products)
+        products = ", ".join(g.products)
         rows = INFER_CHUNK * B if g.hoisted else B
         doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"
-        out.append(Buffer("products", g.operand, rows * G * H, doc=doc))
+        out.append(Buffer("products", g.operand, rows * g.width, doc=doc))
     out += [
         Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.infer_step_values
     ]
-    out += [Buffer("new_state", s, B * H, doc=f"the new {s} of one step") for s in plan.cell.states]
+    out += [
+        Buffer("new_state", s, B * plan.size(s), doc=f"the new {s} of one step")
+        for s in plan.cell.states
+    ]
     return tuple(out)

@@ -17,8 +17,8 @@ from sympy.printing.latex import LatexPrinter
 
 from .activations import Activation, Indicator, rsqrt, sqrt
 from .bptt import PRE, Math, Note, Outer, Row, SumOverSteps, SumOverUnits, Transposed, bptt
-from .cell import CellSpec
-from .derive import H_UNITS, Derivation
+from .cell import CellSpec, elementwise_size
+from .derive import Derivation
 from .reductions import Reduction, units, units_size
 from .text import factor_rank, term_rank
 from .written_order import WrittenOrder
@@ -73,6 +73,7 @@ class CellLatexPrinter(LatexPrinter):
         self.source: dict[sympy.Expr, ast.AST] = {}  # pieces of the file being printed
         self.owner = derivation.names.owner if derivation is not None else (lambda name: None)
         self.scalars = set(cell.scalars) | (derivation.scalars if derivation is not None else set())
+        self.derivation = derivation
         if derivation is not None:
             sources = {e.name for e in cell.equations}
             for p in derivation.forward:
@@ -158,16 +159,25 @@ class CellLatexPrinter(LatexPrinter):
 
     def reduction_head(self, expr: Reduction) -> str:
         """What precedes the stacked vectors: a sum over j, after 1 / (4 H) for a mean."""
-        count = self._print(sympy.Integer(len(expr.args)) * units(H_UNITS))
+        count = self._print(sympy.Add(*(units(self._size(a)) for a in expr.args)))
         total = rf"\sum_{{j=1}}^{{{count}}} "
         return rf"\frac{{1}}{{{count}}} {total}" if expr.func.__name__ == "mean" else total
 
     def _print_SumOverUnits(self, expr: SumOverUnits) -> str:
-        head, tail = self.sum_over_units()
+        head, tail = self.sum_over_units(expr)
         return f"{head}{_bracket(self._print(expr.args[0]))}{tail}"
 
-    def sum_over_units(self) -> tuple[str, str]:
-        return rf"\sum_{{j=1}}^{{{self._print(units(H_UNITS))}}} ", "_{j}"
+    def sum_over_units(self, expr: SumOverUnits) -> tuple[str, str]:
+        size = self.derivation.expr_size(expr.args[0]) if self.derivation is not None else "H"
+        return rf"\sum_{{j=1}}^{{{self._print(units(size))}}} ", "_{j}"
+
+    def _size(self, expr: sympy.Expr) -> str:
+        """The size name of a vector expression of the cell's symbols."""
+        sizes = dict(self.cell.symbol_sizes)
+        size = "1"
+        for s in expr.free_symbols:
+            size = elementwise_size(size, sizes.get(s.name, "H")) or size
+        return size
 
     def _print_SumOverSteps(self, expr: SumOverSteps) -> str:
         (body,) = expr.args
@@ -387,7 +397,7 @@ def _wrapped(printer: CellLatexPrinter, expr: sympy.Expr) -> tuple[str, object, 
         if isinstance(body, sympy.Add):
             return rf"{head}\bigl(", body, r"\bigr)"
     if isinstance(expr, SumOverUnits) and isinstance(expr.args[0], sympy.Add):
-        head, tail = printer.sum_over_units()
+        head, tail = printer.sum_over_units(expr)
         return rf"{head}\bigl[", expr.args[0], rf"\bigr]{tail}"
     if isinstance(expr, Reduction) and len(expr.args) > 1:
         return rf"{printer.reduction_head(expr)}\bigl[", tuple(expr.args), r"\bigr]_{j}"

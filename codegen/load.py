@@ -152,11 +152,13 @@ class PackedParams:
     input_size: int
     hidden_size: int
     data: Any  # C: one array in the kernels' packed layout; NumPy: a dict of arrays
+    sizes: tuple[tuple[str, int], ...] = ()  # the declared sizes besides I and H
 
     def __repr__(self) -> str:
+        extra = "".join(f" {n}={v}" for n, v in self.sizes)
         return (
             f"<cellgen packed params {self.cell} backend={self.backend} dtype={self.dtype} "
-            f"I={self.input_size} H={self.hidden_size}>"
+            f"I={self.input_size} H={self.hidden_size}{extra}>"
         )
 
 
@@ -183,12 +185,15 @@ class CellKernel:
         self.states: tuple[str, ...] = tuple(spec.states)
         self.output: str = spec.output
         self.params: tuple[str, ...] = tuple(p.name for p in spec.params)
+        self.sizes: tuple[str, ...] = tuple(spec.sizes)  # declared besides I and H
         self._shapes = {p.name: tuple(p.shape) for p in spec.params}
+        self._size_of = dict(spec.symbol_sizes)  # a state's or the output's size name
+        self._sources = spec.size_sources()
         self._contiguous = config.needs_contiguous
         # the most memory one call may need, in bytes; None: the machine's physical memory
         self.memory_limit: int | None = None
         self._fits: set[tuple] = set()  # calls that passed _check_memory
-        self._shape_cache: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
+        self._shape_cache: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"<cellgen kernel {self.name} backend={self.backend} dtype={self.dtype or 'any'}>"
@@ -218,9 +223,17 @@ class CellKernel:
             raise ValueError(f"work_limit: the {self.config.title} kernel keeps no work arrays")
         self._functions.work_limit = int(limit)
 
-    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        sizes = {"I": int(input_size), "H": int(hidden_size)}
-        return {p: tuple(sizes[d] for d in shape) for p, shape in self._shapes.items()}
+    def param_shapes(
+        self, input_size: int, hidden_size: int, **sizes: int
+    ) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape, for the input size, the hidden size and the cell's
+        declared sizes by name (`k.sizes`), e.g. param_shapes(3, 4, P=2)."""
+        return self.spec.param_shapes(input_size, hidden_size, **sizes)
+
+    def state_shapes(self, batch: int, hidden_size: int, **sizes: int) -> dict[str, tuple]:
+        """Every state's shape (B, its size), for the sizes as param_shapes takes them."""
+        values = self.spec.size_values(0, hidden_size, **sizes)
+        return {s: (int(batch), values[self._size_of[s]]) for s in self.states}
 
     def forward(
         self,
@@ -233,9 +246,9 @@ class CellKernel:
         """ys, the final states and the cache for backward. Row b runs its first lengths[b]
         steps (all T without lengths), reversed (xs[lengths[b] - 1], ..., xs[0]) if `reverse`;
         past its length its ys and gradients are zero and its state is carried."""
-        xs, state0, params = self._check_forward(xs, state0, params)
-        T, B, I = xs.shape
-        self._check_memory("forward", T, B, I, state0[self.output].shape[1], xs.dtype)
+        xs, state0, params, sizes = self._check_forward(xs, state0, params)
+        T, B = xs.shape[:2]
+        self._check_memory("forward", T, B, sizes["I"], sizes["H"], xs.dtype, sizes)
         # the cache owns what backward reads: copies of the inputs, and the ys it computed
         # (the caller gets a copy), so that changing any of them leaves the gradients alone
         xs = xs.copy()
@@ -253,20 +266,28 @@ class CellKernel:
         self._check_cache(cache)
         ys = cache["ys"]
         dtype = ys.dtype
-        dys = self._array("dys", dys, ys.shape, "(T, B, H)", dtype)
+        dys = self._array("dys", dys, ys.shape, f"(T, B, {self._size_of[self.output]})", dtype)
         dfinal = dict(dfinal or {})
         unknown = sorted(set(dfinal) - set(self.states))
         if unknown:
             raise ValueError(
                 f"dfinal: unknown state '{unknown[0]}'; {self.name} has states {self.states}"
             )
-        B, H = ys.shape[1], ys.shape[2]
-        dfinal = {
-            s: self._array(f"dfinal['{s}']", v, (B, H), "(B, H)", dtype) for s, v in dfinal.items()
-        }
+        B = ys.shape[1]
         xs = cache.get("xs")
         I = xs.shape[2] if isinstance(xs, np.ndarray) and xs.ndim == 3 else 0
-        self._check_memory("backward", ys.shape[0], B, I, H, dtype)
+        sizes = self.spec.read_sizes(I, cache.get("state0") or {}, cache.get("params") or {})
+        dfinal = {
+            s: self._array(
+                f"dfinal['{s}']",
+                v,
+                (B, sizes[self._size_of[s]]),
+                f"(B, {self._size_of[s]})",
+                dtype,
+            )
+            for s, v in dfinal.items()
+        }
+        self._check_memory("backward", ys.shape[0], B, I, sizes["H"], dtype, sizes)
         return self._functions.backward(dys, cache, dfinal)
 
     def pack(self, params: Arrays) -> PackedParams:
@@ -274,16 +295,21 @@ class CellKernel:
         a copy). Checked like forward's params; sizes are read from their shapes."""
         if not isinstance(params, dict):
             raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
-        I, H = self._sizes_of(params)
+        sizes = self._sizes_of(params)
+        I, H = sizes["I"], sizes["H"]
+        extra = {n: sizes[n] for n in self.sizes}
         dtype = self._dtype_of("params", np.asarray(next(iter(params.values()))))
-        shapes = self.param_shapes(I, H)
+        shapes = self.param_shapes(I, H, **extra)
         self._check_names("params", params, self.params, shapes)
         params = {
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
         }
-        data = self._functions.pack(params, I, H)
-        return PackedParams(self.name, self.backend, str(dtype), I, H, data)
+        if self.sizes:
+            data = self._functions.pack(params, I, H, sizes=extra)
+        else:
+            data = self._functions.pack(params, I, H)
+        return PackedParams(self.name, self.backend, str(dtype), I, H, data, tuple(extra.items()))
 
     def infer(
         self,
@@ -322,14 +348,26 @@ class CellKernel:
         xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
         if not isinstance(state0, dict):
             raise ValueError(f"state0: expected a dict with keys {self.states}")
-        H = packed.hidden_size
-        self._check_names("state0", state0, self.states, {s: (B, H) for s in self.states})
+        sizes = {"I": I, "H": packed.hidden_size, **dict(packed.sizes)}
+        for size, (kind, name, _) in self._sources.items():  # a size only a state has
+            if kind == "state" and not sizes.get(size) and np.ndim(state0.get(name)) == 2:
+                sizes[size] = int(np.shape(state0[name])[1])
+        shapes = {s: (B, sizes[self._size_of[s]]) for s in self.states}
+        self._check_names("state0", state0, self.states, shapes)
         state0 = {
-            s: self._array(f"state0['{s}']", state0[s], (B, H), f"(B, H) = ({B}, {H})", dtype)
+            s: self._array(
+                f"state0['{s}']",
+                state0[s],
+                shapes[s],
+                f"(B, {self._size_of[s]}) = {shapes[s]}",
+                dtype,
+            )
             for s in self.states
         }
-        self._check_memory("infer", T, B, I, H, dtype)
+        self._check_memory("infer", T, B, I, sizes["H"], dtype, sizes)
         rows = self._rows(lengths, reverse, xs_arr.shape)
+        if self.sizes:
+            return self._functions.infer(xs_arr, state0, packed.data, *rows, sizes=sizes)
         return self._functions.infer(xs_arr, state0, packed.data, *rows)
 
     @staticmethod
@@ -355,23 +393,36 @@ class CellKernel:
             raise ValueError(f"lengths: each must be in 0..T = 0..{T}, got {bad}")
         return (np.ascontiguousarray(arr, np.int32), bool(reverse))
 
-    def _check_memory(self, what: str, T: int, B: int, I: int, H: int, dtype: Any) -> None:
+    def _check_memory(
+        self,
+        what: str,
+        T: int,
+        B: int,
+        I: int,
+        H: int,
+        dtype: Any,
+        sizes: dict[str, int] | None = None,
+    ) -> None:
         """Refuse a call whose arrays cannot fit, before anything is allocated: the arrays it
-        returns, and what its backend saves and works in (where the backend can say)."""
-        key = (what, T, B, I, H, dtype, self.memory_limit)
+        returns, and what its backend saves and works in (where the backend can say).
+        `sizes`: I, H and the declared sizes, when the cell declares any."""
+        sizes = sizes or {**{n: H for n in self.spec.all_sizes}, "I": I}
+        declared = [sizes[n] for n in self.sizes]
+        key = (what, T, B, I, H, *declared, dtype, self.memory_limit)
         if key in self._fits:  # the common case: sizes seen before
             return
-        states = len(self.states) * B * H
-        P = sum(math.prod(shape) for shape in self._shapes_for(I, H).values())
+        states = sum(B * sizes[self._size_of[s]] for s in self.states)
+        Y = sizes[self._size_of[self.output]]
+        P = sum(math.prod(shape) for shape in self._shapes_for(sizes).values())
         inputs = T * B * I + states + P  # xs, state0, params: forward's copies, backward's d
         if what == "backward":
             numbers = inputs
         elif what == "forward":  # ys and the final states; the cache's ys and inputs
-            numbers = 2 * T * B * H + states + inputs
+            numbers = 2 * T * B * Y + states + inputs
         else:  # ys and the final states
-            numbers = T * B * H + states
+            numbers = T * B * Y + states
         count = getattr(self._functions, "numbers", None)
-        extra = count(what, T, B, I, H) if count is not None else 0
+        extra = count(what, T, B, I, H, *declared) if count is not None else 0
         limit = self.memory_limit if self.memory_limit is not None else physical_memory()
         itemsize = np.dtype(dtype).itemsize
         if extra is not None and (numbers + extra) * itemsize <= limit:
@@ -379,7 +430,8 @@ class CellKernel:
                 self._fits.clear()
             self._fits.add(key)
             return
-        call = f"{what} at T={T}, B={B}, I={I}, H={H} in {np.dtype(dtype)}"
+        named = "".join(f", {n}={sizes[n]}" for n in self.sizes)
+        call = f"{what} at T={T}, B={B}, I={I}, H={H}{named} in {np.dtype(dtype)}"
         fix = "split the sequence (the final state carries over) or the batch"
         if extra is None:
             raise ValueError(f"{call}: its memory does not even fit in size_t; {fix}")
@@ -389,17 +441,21 @@ class CellKernel:
             f"than {where} ({_bytes(limit)}); {fix}, or set k.memory_limit"
         )
 
-    def _sizes_of(self, params: Arrays) -> tuple[int, int]:
-        """I and H from the shapes of the parameters."""
+    def _sizes_of(self, params: Arrays) -> dict[str, int]:
+        """I, H and the declared sizes from the shapes of the parameters (0 for a declared
+        size that no parameter has)."""
         sizes: dict[str, int] = {}
         for p, shape in self._shapes.items():
             if p in params:
                 for dim, n in zip(shape, np.shape(params[p]), strict=False):
                     sizes.setdefault(dim, int(n))
-        if "H" not in sizes or "I" not in sizes:
+        wanted = {d for shape in self._shapes.values() for d in shape}
+        if any(d not in sizes for d in wanted):
             missing = next(p for p in self.params if p not in params)
             raise ValueError(f"params: missing parameter '{missing}'")
-        return sizes["I"], sizes["H"]
+        if self.spec.input_hidden:  # I = H
+            sizes.setdefault("I", sizes.get("H", 0))
+        return {n: sizes.get(n, 0) for n in self.spec.all_sizes}
 
     def _check_names(self, what: str, given: dict, names: tuple, shapes: dict) -> None:
         missing = [n for n in names if n not in given]
@@ -431,7 +487,7 @@ class CellKernel:
             f"({self.spec.source}) in {wanted}: pass the cache of this kernel's forward"
         )
 
-    def _check_forward(self, xs, state0, params) -> tuple[np.ndarray, Arrays, Arrays]:
+    def _check_forward(self, xs, state0, params) -> tuple[np.ndarray, Arrays, Arrays, dict]:
         xs_arr = np.asarray(xs) if not isinstance(xs, np.ndarray) else xs
         if xs_arr.ndim != 3 or 0 in xs_arr.shape:
             raise ValueError(
@@ -444,7 +500,7 @@ class CellKernel:
         missing = [s for s in self.states if s not in state0]
         if missing:
             raise ValueError(
-                f"state0: missing state '{missing[0]}' of shape (B, H); "
+                f"state0: missing state '{missing[0]}' of shape (B, {self._size_of[missing[0]]}); "
                 f"{self.name} has states {self.states}"
             )
         unknown = sorted(set(state0) - set(self.states))
@@ -452,24 +508,34 @@ class CellKernel:
             raise ValueError(
                 f"state0: unknown state '{unknown[0]}'; {self.name} has states {self.states}"
             )
-        first = np.asarray(state0[self.output])
-        if first.ndim != 2 or first.shape[0] != B or first.shape[1] == 0:
-            raise ValueError(
-                f"state0['{self.output}']: expected shape (B, H) with B = {B} (xs is "
-                f"(T, B, I) = {xs_arr.shape}) and H > 0, got {first.shape}"
-            )
-        H = first.shape[1]
+        sized = self._size_of
+        if self.output in self.states:
+            first = np.asarray(state0[self.output])
+            Y = sized[self.output]
+            if first.ndim != 2 or first.shape[0] != B or first.shape[1] == 0:
+                raise ValueError(
+                    f"state0['{self.output}']: expected shape (B, {Y}) with B = {B} (xs is "
+                    f"(T, B, I) = {xs_arr.shape}) and {Y} > 0, got {first.shape}"
+                )
         if not isinstance(params, dict):
             raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
-        shapes = self._shapes_for(I, H)
-        if self._all_valid(state0, (B, H), params, shapes, dtype):  # the common case, quickly
+        sizes = self._read_sizes(I, B, state0, params)
+        shapes = self._shapes_for(sizes)
+        state_shapes = {s: (B, sizes[sized[s]]) for s in self.states}
+        if self.spec.input_hidden and sizes["H"] != I:
+            raise ValueError(
+                f"xs: the input {self.spec.input} of {self.name} is hidden-sized (I = H), so xs "
+                f"must be (T, B, H) = (T, {B}, {sizes['H']}); got {xs_arr.shape}"
+            )
+        if self._all_valid(state0, state_shapes, params, shapes, dtype):  # the common case
             return (
                 self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype),
                 {s: state0[s] for s in self.states},
                 {p: params[p] for p in self.params},
+                sizes,
             )
         state0 = {
-            s: self._array(f"state0['{s}']", state0[s], (B, H), "(B, H)", dtype)
+            s: self._array(f"state0['{s}']", state0[s], state_shapes[s], f"(B, {sized[s]})", dtype)
             for s in self.states
         }
         missing = [p for p in self.params if p not in params]
@@ -484,45 +550,70 @@ class CellKernel:
                 f"params: unknown parameter '{unknown[0]}'; {self.name} has "
                 + ", ".join(self.params)
             )
-        self._check_input_size(I, H, params)
+        self._check_input_size(I, sizes, params)
         params = {
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
         }
         xs_arr = self._array("xs", xs_arr, (T, B, I), "(T, B, I)", dtype)
-        return xs_arr, state0, params
+        return xs_arr, state0, params, sizes
 
-    def _shapes_for(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    def _read_sizes(self, I: int, B: int, state0: dict, params: dict) -> dict[str, int]:
+        """I, H and the declared sizes from the arrays that have them (size_sources), after
+        checking those arrays can say: each size is then checked against every other array."""
+        for size, (kind, name, axis) in self._sources.items():
+            if kind == "state":
+                shape = np.shape(state0[name])
+                if len(shape) != 2 or shape[0] != B or shape[1] == 0:
+                    raise ValueError(
+                        f"state0['{name}']: expected shape (B, {size}) with B = {B} and "
+                        f"{size} > 0, got {shape}"
+                    )
+                continue
+            if name not in params:
+                raise ValueError(
+                    f"params: missing parameter '{name}' of shape {self._shape_text(name)}"
+                )
+            shape = np.shape(params[name])
+            if len(shape) != len(self._shapes[name]) or shape[axis] == 0:
+                raise ValueError(
+                    f"params['{name}']: expected shape {self._shape_text(name)} with "
+                    f"{size} > 0, got {shape}"
+                )
+        return self.spec.read_sizes(I, state0, params)
+
+    def _shapes_for(self, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
         """param_shapes, kept per kernel (not in a global cache, which would keep it alive)."""
-        key = (input_size, hidden_size)
+        key = tuple(sizes[n] for n in self.spec.all_sizes)
         shapes = self._shape_cache.get(key)
         if shapes is None:
             if len(self._shape_cache) >= 64:
                 self._shape_cache.clear()
-            shapes = self._shape_cache[key] = self.param_shapes(input_size, hidden_size)
+            extra = {n: sizes[n] for n in self.sizes}
+            shapes = self._shape_cache[key] = self.param_shapes(sizes["I"], sizes["H"], **extra)
         return shapes
 
-    def _check_input_size(self, I: int, H: int, params: Arrays) -> None:
+    def _check_input_size(self, I: int, sizes: dict[str, int], params: Arrays) -> None:
         """Blame xs, not the weights, when every weight of shape (H, I) agrees on another I."""
-        sizes = {}
+        found = {}
         for p in self.params:
             shape = self._shapes[p]
             if "I" in shape:
                 got = np.shape(params[p])
                 if len(got) != len(shape) or any(
-                    n != H for n, d in zip(got, shape, strict=True) if d == "H"
+                    n != sizes[d] for n, d in zip(got, shape, strict=True) if d != "I"
                 ):
                     return  # this weight is wrong in another way: its own message says how
-                sizes[p] = got[shape.index("I")]
-        if sizes and len(set(sizes.values())) == 1 and I not in sizes.values():
-            p, size = next(iter(sizes.items()))
+                found[p] = got[shape.index("I")]
+        if found and len(set(found.values())) == 1 and I not in found.values():
+            p, size = next(iter(found.items()))
             raise ValueError(
                 f"xs: input size I = {I} does not match the weights: params['{p}'] has shape "
                 f"{self._shape_text(p)} = {np.shape(params[p])}, so I = {size}; "
                 f"pass xs of shape (T, B, I) = (T, B, {size})"
             )
 
-    def _all_valid(self, state0, state_shape, params, shapes, dtype) -> bool:
+    def _all_valid(self, state0, state_shapes, params, shapes, dtype) -> bool:
         """True when every state and parameter is present, well-shaped, of dtype (and, for C,
         contiguous), and nothing else is given; the slow path then finds and names a problem."""
         contiguous = self._contiguous
@@ -531,7 +622,7 @@ class CellKernel:
         for arrays, names in ((state0, self.states), (params, self.params)):
             for name in names:
                 a = arrays.get(name)
-                shape = state_shape if arrays is state0 else shapes[name]
+                shape = state_shapes[name] if arrays is state0 else shapes[name]
                 if (
                     type(a) is not np.ndarray
                     or a.shape != shape

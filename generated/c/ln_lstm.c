@@ -869,46 +869,46 @@ void cellgen_ln_lstm_forward_f64(
         const double *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         double *const c_t = (saved + 0 * T * BH) + t * BH;
         double *const mu_x_t = saved + 1 * T * BH + t * B;
-        double *const s_x_t = saved + T * B + T * B * H + t * B;
-        double *const mu_h_t = saved + 2 * T * B + T * B * H + t * B;
-        double *const s_h_t = saved + 3 * T * B + T * B * H + t * B;
-        double *const f_t = saved + 4 * T * B + T * B * H + t * BH;
-        double *const i_t = saved + 4 * T * B + 2 * T * B * H + t * BH;
-        double *const c_tilde_t = saved + 4 * T * B + 3 * T * B * H + t * BH;
-        double *const o_t = saved + 4 * T * B + 4 * T * B * H + t * BH;
-        double *const mu_c_t = saved + 4 * T * B + 5 * T * B * H + t * B;
-        double *const s_c_t = saved + 5 * T * B + 5 * T * B * H + t * B;
-        double *const tanh_h_pre_t = saved + 6 * T * B + 5 * T * B * H + t * BH;
-        double *const W_f_x_t = saved + 6 * T * B + 6 * T * B * H + t * BH;
-        double *const W_i_x_t = saved + 6 * T * B + 7 * T * B * H + t * BH;
-        double *const W_c_x_t = saved + 6 * T * B + 8 * T * B * H + t * BH;
-        double *const W_o_x_t = saved + 6 * T * B + 9 * T * B * H + t * BH;
-        double *const U_f_h_prev_t = saved + 6 * T * B + 10 * T * B * H + t * BH;
-        double *const U_i_h_prev_t = saved + 6 * T * B + 11 * T * B * H + t * BH;
-        double *const U_c_h_prev_t = saved + 6 * T * B + 12 * T * B * H + t * BH;
-        double *const U_o_h_prev_t = saved + 6 * T * B + 13 * T * B * H + t * BH;
+        double *const s_x_t = saved + 1 * T * BH + 1 * T * B + t * B;
+        double *const mu_h_t = saved + 1 * T * BH + 2 * T * B + t * B;
+        double *const s_h_t = saved + 1 * T * BH + 3 * T * B + t * B;
+        double *const f_t = saved + 1 * T * BH + 4 * T * B + t * BH;
+        double *const i_t = saved + 2 * T * BH + 4 * T * B + t * BH;
+        double *const c_tilde_t = saved + 3 * T * BH + 4 * T * B + t * BH;
+        double *const o_t = saved + 4 * T * BH + 4 * T * B + t * BH;
+        double *const mu_c_t = saved + 5 * T * BH + 4 * T * B + t * B;
+        double *const s_c_t = saved + 5 * T * BH + 5 * T * B + t * B;
+        double *const tanh_h_pre_t = saved + 5 * T * BH + 6 * T * B + t * BH;
+        double *const W_f_x_t = saved + 6 * T * BH + 6 * T * B + t * BH;
+        double *const W_i_x_t = saved + 7 * T * BH + 6 * T * B + t * BH;
+        double *const W_c_x_t = saved + 8 * T * BH + 6 * T * B + t * BH;
+        double *const W_o_x_t = saved + 9 * T * BH + 6 * T * B + t * BH;
+        double *const U_f_h_prev_t = saved + 10 * T * BH + 6 * T * B + t * BH;
+        double *const U_i_h_prev_t = saved + 11 * T * BH + 6 * T * B + t * BH;
+        double *const U_c_h_prev_t = saved + 12 * T * BH + 6 * T * B + t * BH;
+        double *const U_o_h_prev_t = saved + 13 * T * BH + 6 * T * B + t * BH;
         for (size_t b = 0; b < B && lengths; ++b) {
             if (!row_active(lengths, t, b)) { /* past its length: zeros in ys and in `saved` */
                 fill_f64(H, 0.0, (saved + 0 * T * BH) + t * BH + b * H);
-                fill_f64(1, 0.0, (saved + 1 * T * BH) + t * B + b);
-                fill_f64(1, 0.0, (saved + T * B + T * B * H) + t * B + b);
-                fill_f64(1, 0.0, (saved + 2 * T * B + T * B * H) + t * B + b);
-                fill_f64(1, 0.0, (saved + 3 * T * B + T * B * H) + t * B + b);
-                fill_f64(H, 0.0, (saved + 4 * T * B + T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 4 * T * B + 2 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 4 * T * B + 3 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 4 * T * B + 4 * T * B * H) + t * BH + b * H);
-                fill_f64(1, 0.0, (saved + 4 * T * B + 5 * T * B * H) + t * B + b);
-                fill_f64(1, 0.0, (saved + 5 * T * B + 5 * T * B * H) + t * B + b);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 5 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 6 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 7 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 8 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 9 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 10 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 11 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 12 * T * B * H) + t * BH + b * H);
-                fill_f64(H, 0.0, (saved + 6 * T * B + 13 * T * B * H) + t * BH + b * H);
+                fill_f64(1, 0.0, (saved + 1 * T * BH) + t * B + b * 1);
+                fill_f64(1, 0.0, (saved + 1 * T * BH + 1 * T * B) + t * B + b * 1);
+                fill_f64(1, 0.0, (saved + 1 * T * BH + 2 * T * B) + t * B + b * 1);
+                fill_f64(1, 0.0, (saved + 1 * T * BH + 3 * T * B) + t * B + b * 1);
+                fill_f64(H, 0.0, (saved + 1 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 2 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 3 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 4 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f64(1, 0.0, (saved + 5 * T * BH + 4 * T * B) + t * B + b * 1);
+                fill_f64(1, 0.0, (saved + 5 * T * BH + 5 * T * B) + t * B + b * 1);
+                fill_f64(H, 0.0, (saved + 5 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 6 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 7 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 8 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 9 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 10 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 11 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 12 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f64(H, 0.0, (saved + 13 * T * BH + 6 * T * B) + t * BH + b * H);
                 fill_f64(H, 0.0, ys + t * BH + b * H);
             }
         }
@@ -978,17 +978,17 @@ void cellgen_ln_lstm_forward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
-            const double cse2_0 = -mu_x_t[b];
-            /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
-            const double cse2_1 = -mu_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n4 = b * 4 * H + j;
+                /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
+                const double cse2_0 = -mu_x_t[b];
                 const double v_x_in = (W_f_x[n4] + cse2_0) * (W_f_x[n4] + cse2_0);
                 const double v_x_in2 = (W_i_x[n4] + cse2_0) * (W_i_x[n4] + cse2_0);
                 const double v_x_in3 = (W_c_x[n4] + cse2_0) * (W_c_x[n4] + cse2_0);
                 const double v_x_in4 = (W_o_x[n4] + cse2_0) * (W_o_x[n4] + cse2_0);
+                /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
+                const double cse2_1 = -mu_h_t[b];
                 const double v_h_in = (U_f_h_prev[n4] + cse2_1) * (U_f_h_prev[n4] + cse2_1);
                 const double v_h_in2 = (U_i_h_prev[n4] + cse2_1) * (U_i_h_prev[n4] + cse2_1);
                 const double v_h_in3 = (U_c_h_prev[n4] + cse2_1) * (U_c_h_prev[n4] + cse2_1);
@@ -1057,27 +1057,29 @@ void cellgen_ln_lstm_forward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
-            const double s_x_pre = 1e-05 + v_x_step[b];
-            const double s_x = sqrt_f64(s_x_pre);
-            /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
-            const double s_h_pre = 1e-05 + v_h_step[b];
-            const double s_h = sqrt_f64(s_h_pre);
-            s_x_t[b] = s_x;
-            s_h_t[b] = s_h;
+            for (size_t j = 0; j < 1; ++j) {
+                /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
+                const double s_x_pre = 1e-05 + v_x_step[b];
+                const double s_x = sqrt_f64(s_x_pre);
+                /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
+                const double s_h_pre = 1e-05 + v_h_step[b];
+                const double s_h = sqrt_f64(s_h_pre);
+                s_x_t[b] = s_x;
+                s_h_t[b] = s_h;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
-            const double cse4_0 = 1.0 / s_h_t[b];
-            const double cse4_1 = -mu_h_t[b];
-            const double cse4_2 = 1.0 / s_x_t[b];
-            const double cse4_3 = -mu_x_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n4 = b * 4 * H + j;
+                /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
+                const double cse4_0 = 1.0 / s_h_t[b];
+                const double cse4_1 = -mu_h_t[b];
+                const double cse4_2 = 1.0 / s_x_t[b];
+                const double cse4_3 = -mu_x_t[b];
                 const double f_pre = b_f[j] + cse4_0 * gamma_h_f[j] * (U_f_h_prev[n4] + cse4_1) + cse4_2 * gamma_x_f[j] * (W_f_x[n4] + cse4_3);
                 const double f = sigmoid_f64(f_pre);
                 /* i = sigmoid(gamma_x_i * 1/s_x * (W_i @ x - mu_x) + gamma_h_i * 1/s_h * (U_i @ h_prev - mu_h) + b_i)  (input gate) */
@@ -1145,10 +1147,12 @@ void cellgen_ln_lstm_forward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
-            const double s_c_pre = 1e-05 + v_c_step[b];
-            const double s_c = sqrt_f64(s_c_pre);
-            s_c_t[b] = s_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
+                const double s_c_pre = 1e-05 + v_c_step[b];
+                const double s_c = sqrt_f64(s_c_pre);
+                s_c_t[b] = s_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
@@ -1365,24 +1369,24 @@ void cellgen_ln_lstm_backward_f64(
         const double *const c_t = (saved + 0 * T * BH) + t * BH;
         double *const d_c_prev = t > 0 ? (d_c_next == d_c_next_a ? d_c_next_b : d_c_next_a) : d_c0;
         const double *const mu_x_t = saved + 1 * T * BH + t * B;
-        const double *const s_x_t = saved + T * B + T * B * H + t * B;
-        const double *const mu_h_t = saved + 2 * T * B + T * B * H + t * B;
-        const double *const s_h_t = saved + 3 * T * B + T * B * H + t * B;
-        const double *const f_t = saved + 4 * T * B + T * B * H + t * BH;
-        const double *const i_t = saved + 4 * T * B + 2 * T * B * H + t * BH;
-        const double *const c_tilde_t = saved + 4 * T * B + 3 * T * B * H + t * BH;
-        const double *const o_t = saved + 4 * T * B + 4 * T * B * H + t * BH;
-        const double *const mu_c_t = saved + 4 * T * B + 5 * T * B * H + t * B;
-        const double *const s_c_t = saved + 5 * T * B + 5 * T * B * H + t * B;
-        const double *const tanh_h_pre_t = saved + 6 * T * B + 5 * T * B * H + t * BH;
-        const double *const W_f_x_t = saved + 6 * T * B + 6 * T * B * H + t * BH;
-        const double *const W_i_x_t = saved + 6 * T * B + 7 * T * B * H + t * BH;
-        const double *const W_c_x_t = saved + 6 * T * B + 8 * T * B * H + t * BH;
-        const double *const W_o_x_t = saved + 6 * T * B + 9 * T * B * H + t * BH;
-        const double *const U_f_h_prev_t = saved + 6 * T * B + 10 * T * B * H + t * BH;
-        const double *const U_i_h_prev_t = saved + 6 * T * B + 11 * T * B * H + t * BH;
-        const double *const U_c_h_prev_t = saved + 6 * T * B + 12 * T * B * H + t * BH;
-        const double *const U_o_h_prev_t = saved + 6 * T * B + 13 * T * B * H + t * BH;
+        const double *const s_x_t = saved + 1 * T * BH + 1 * T * B + t * B;
+        const double *const mu_h_t = saved + 1 * T * BH + 2 * T * B + t * B;
+        const double *const s_h_t = saved + 1 * T * BH + 3 * T * B + t * B;
+        const double *const f_t = saved + 1 * T * BH + 4 * T * B + t * BH;
+        const double *const i_t = saved + 2 * T * BH + 4 * T * B + t * BH;
+        const double *const c_tilde_t = saved + 3 * T * BH + 4 * T * B + t * BH;
+        const double *const o_t = saved + 4 * T * BH + 4 * T * B + t * BH;
+        const double *const mu_c_t = saved + 5 * T * BH + 4 * T * B + t * B;
+        const double *const s_c_t = saved + 5 * T * BH + 5 * T * B + t * B;
+        const double *const tanh_h_pre_t = saved + 5 * T * BH + 6 * T * B + t * BH;
+        const double *const W_f_x_t = saved + 6 * T * BH + 6 * T * B + t * BH;
+        const double *const W_i_x_t = saved + 7 * T * BH + 6 * T * B + t * BH;
+        const double *const W_c_x_t = saved + 8 * T * BH + 6 * T * B + t * BH;
+        const double *const W_o_x_t = saved + 9 * T * BH + 6 * T * B + t * BH;
+        const double *const U_f_h_prev_t = saved + 10 * T * BH + 6 * T * B + t * BH;
+        const double *const U_i_h_prev_t = saved + 11 * T * BH + 6 * T * B + t * BH;
+        const double *const U_c_h_prev_t = saved + 12 * T * BH + 6 * T * B + t * BH;
+        const double *const U_o_h_prev_t = saved + 13 * T * BH + 6 * T * B + t * BH;
         double *const d_W_f_x = d_W_f_x_all + t * BH;
         double *const d_W_i_x = d_W_i_x_all + t * BH;
         double *const d_W_c_x = d_W_c_x_all + t * BH;
@@ -1428,12 +1432,14 @@ void cellgen_ln_lstm_backward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_c (its standard deviation) */
-            const double d_s_c = d_s_c_sum_step[b];
-            const double d_s_c_pre = 0.5 * d_s_c / s_c_t[b];
-            /* adjoint of v_c (its variance) */
-            const double d_v_c = d_s_c_pre;
-            d_v_c_step[b] = d_v_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of s_c (its standard deviation) */
+                const double d_s_c = d_s_c_sum_step[b];
+                const double d_s_c_pre = 0.5 * d_s_c / s_c_t[b];
+                /* adjoint of v_c (its variance) */
+                const double d_v_c = d_s_c_pre;
+                d_v_c_step[b] = d_v_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
@@ -1464,22 +1470,16 @@ void cellgen_ln_lstm_backward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of mu_c (mean of the cell state) */
-            const double d_mu_c = d_mu_c_sum_step[b];
-            d_mu_c_step[b] = d_mu_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of mu_c (mean of the cell state) */
+                const double d_mu_c = d_mu_c_sum_step[b];
+                d_mu_c_step[b] = d_mu_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_h (their standard deviation) */
-            const double cse4_0 = 1.0 / (s_h_t[b] * s_h_t[b]);
-            const double cse4_1 = -mu_h_t[b];
-            /* adjoint of s_x (their standard deviation) */
-            const double cse4_6 = 1.0 / (s_x_t[b] * s_x_t[b]);
-            const double cse4_7 = -mu_x_t[b];
-            const double cse4_12 = 1.0 / s_x_t[b];
-            const double cse4_13 = 1.0 / s_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const double d_c_in = d_c_next[n];
@@ -1498,11 +1498,17 @@ void cellgen_ln_lstm_backward_f64(
                 /* adjoint of f (forget gate) */
                 const double d_f = c_prev[n] * d_c;
                 const double d_f_pre = d_f * f_t[n] * (1.0 - f_t[n]);
+                /* adjoint of s_h (their standard deviation) */
+                const double cse4_0 = 1.0 / (s_h_t[b] * s_h_t[b]);
+                const double cse4_1 = -mu_h_t[b];
                 const double cse4_2 = d_c_tilde_pre * (U_c_h_prev_t[n] + cse4_1);
                 const double cse4_3 = d_f_pre * (U_f_h_prev_t[n] + cse4_1);
                 const double cse4_4 = d_i_pre * (U_i_h_prev_t[n] + cse4_1);
                 const double cse4_5 = d_o_pre * (U_o_h_prev_t[n] + cse4_1);
                 const double d_s_h_each = -cse4_0 * cse4_2 * gamma_h_c[j] - cse4_0 * cse4_3 * gamma_h_f[j] - cse4_0 * cse4_4 * gamma_h_i[j] - cse4_0 * cse4_5 * gamma_h_o[j];
+                /* adjoint of s_x (their standard deviation) */
+                const double cse4_6 = 1.0 / (s_x_t[b] * s_x_t[b]);
+                const double cse4_7 = -mu_x_t[b];
                 const double cse4_8 = d_c_tilde_pre * (W_c_x_t[n] + cse4_7);
                 const double cse4_9 = d_f_pre * (W_f_x_t[n] + cse4_7);
                 const double cse4_10 = d_i_pre * (W_i_x_t[n] + cse4_7);
@@ -1512,10 +1518,12 @@ void cellgen_ln_lstm_backward_f64(
                 d_b_i[j] += d_i_pre;
                 d_b_c[j] += d_c_tilde_pre;
                 d_b_o[j] += d_o_pre;
+                const double cse4_12 = 1.0 / s_x_t[b];
                 d_gamma_x_f[j] += cse4_12 * cse4_9;
                 d_gamma_x_i[j] += cse4_10 * cse4_12;
                 d_gamma_x_c[j] += cse4_12 * cse4_8;
                 d_gamma_x_o[j] += cse4_11 * cse4_12;
+                const double cse4_13 = 1.0 / s_h_t[b];
                 d_gamma_h_f[j] += cse4_13 * cse4_3;
                 d_gamma_h_i[j] += cse4_13 * cse4_4;
                 d_gamma_h_c[j] += cse4_13 * cse4_2;
@@ -1557,43 +1565,45 @@ void cellgen_ln_lstm_backward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_h (their standard deviation) */
-            const double d_s_h = d_s_h_sum_step[b];
-            const double d_s_h_pre = 0.5 * d_s_h / s_h_t[b];
-            /* adjoint of v_h (their variance) */
-            const double d_v_h = d_s_h_pre;
-            /* adjoint of s_x (their standard deviation) */
-            const double d_s_x = d_s_x_sum_step[b];
-            const double d_s_x_pre = 0.5 * d_s_x / s_x_t[b];
-            /* adjoint of v_x (their variance) */
-            const double d_v_x = d_s_x_pre;
-            d_v_h_step[b] = d_v_h;
-            d_v_x_step[b] = d_v_x;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of s_h (their standard deviation) */
+                const double d_s_h = d_s_h_sum_step[b];
+                const double d_s_h_pre = 0.5 * d_s_h / s_h_t[b];
+                /* adjoint of v_h (their variance) */
+                const double d_v_h = d_s_h_pre;
+                /* adjoint of s_x (their standard deviation) */
+                const double d_s_x = d_s_x_sum_step[b];
+                const double d_s_x_pre = 0.5 * d_s_x / s_x_t[b];
+                /* adjoint of v_x (their variance) */
+                const double d_v_x = d_s_x_pre;
+                d_v_h_step[b] = d_v_h;
+                d_v_x_step[b] = d_v_x;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            const double cse2_0 = 0.25 / ((double)H);
-            /* adjoint of mu_h (mean of the recurrent products) */
-            const double cse2_2 = -2.0 * mu_h_t[b];
-            const double cse2_3 = 1.0 / s_h_t[b];
-            /* adjoint of mu_x (mean of the input products) */
-            const double cse2_5 = -2.0 * mu_x_t[b];
-            const double cse2_6 = 1.0 / s_x_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
+                const double cse2_0 = 0.25 / ((double)H);
                 const double cse2_1 = cse2_0 * d_v_h_step[b];
                 const double d_v_h_in4 = cse2_1;
                 const double d_v_h_in3 = cse2_1;
                 const double d_v_h_in2 = cse2_1;
                 const double d_v_h_in = cse2_1;
+                /* adjoint of mu_h (mean of the recurrent products) */
+                const double cse2_2 = -2.0 * mu_h_t[b];
+                const double cse2_3 = 1.0 / s_h_t[b];
                 const double d_mu_h_each = d_v_h_in * (-2.0 * U_f_h_prev_t[n] - cse2_2) + d_v_h_in2 * (-2.0 * U_i_h_prev_t[n] - cse2_2) + d_v_h_in3 * (-2.0 * U_c_h_prev_t[n] - cse2_2) + d_v_h_in4 * (-2.0 * U_o_h_prev_t[n] - cse2_2) - cse2_3 * d_c_tilde_pre_step[n] * gamma_h_c[j] - cse2_3 * d_f_pre_step[n] * gamma_h_f[j] - cse2_3 * d_i_pre_step[n] * gamma_h_i[j] - cse2_3 * d_o_pre_step[n] * gamma_h_o[j];
                 const double cse2_4 = cse2_0 * d_v_x_step[b];
                 const double d_v_x_in4 = cse2_4;
                 const double d_v_x_in3 = cse2_4;
                 const double d_v_x_in2 = cse2_4;
                 const double d_v_x_in = cse2_4;
+                /* adjoint of mu_x (mean of the input products) */
+                const double cse2_5 = -2.0 * mu_x_t[b];
+                const double cse2_6 = 1.0 / s_x_t[b];
                 const double d_mu_x_each = d_v_x_in * (-2.0 * W_f_x_t[n] - cse2_5) + d_v_x_in2 * (-2.0 * W_i_x_t[n] - cse2_5) + d_v_x_in3 * (-2.0 * W_c_x_t[n] - cse2_5) + d_v_x_in4 * (-2.0 * W_o_x_t[n] - cse2_5) - cse2_6 * d_c_tilde_pre_step[n] * gamma_x_c[j] - cse2_6 * d_f_pre_step[n] * gamma_x_f[j] - cse2_6 * d_i_pre_step[n] * gamma_x_i[j] - cse2_6 * d_o_pre_step[n] * gamma_x_o[j];
                 d_v_h_in4_step[n] = d_v_h_in4;
                 d_v_h_in3_step[n] = d_v_h_in3;
@@ -1635,30 +1645,32 @@ void cellgen_ln_lstm_backward_f64(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of mu_h (mean of the recurrent products) */
-            const double d_mu_h = d_mu_h_sum_step[b];
-            /* adjoint of mu_x (mean of the input products) */
-            const double d_mu_x = d_mu_x_sum_step[b];
-            d_mu_h_step[b] = d_mu_h;
-            d_mu_x_step[b] = d_mu_x;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of mu_h (mean of the recurrent products) */
+                const double d_mu_h = d_mu_h_sum_step[b];
+                /* adjoint of mu_x (mean of the input products) */
+                const double d_mu_x = d_mu_x_sum_step[b];
+                d_mu_h_step[b] = d_mu_h;
+                d_mu_x_step[b] = d_mu_x;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            const double cse0 = -2.0 * mu_x_t[b];
-            const double cse1 = 0.25 / ((double)H);
-            const double cse3 = 1.0 / s_x_t[b];
-            const double cse4 = -2.0 * mu_h_t[b];
-            const double cse6 = 1.0 / s_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
+                const double cse0 = -2.0 * mu_x_t[b];
+                const double cse1 = 0.25 / ((double)H);
                 const double cse2 = cse1 * d_mu_x_step[b];
+                const double cse3 = 1.0 / s_x_t[b];
                 d_W_f_x[n] = cse2 + d_v_x_in_step[n] * (2.0 * W_f_x_t[n] + cse0) + cse3 * d_f_pre_step[n] * gamma_x_f[j];
                 d_W_i_x[n] = cse2 + d_v_x_in2_step[n] * (2.0 * W_i_x_t[n] + cse0) + cse3 * d_i_pre_step[n] * gamma_x_i[j];
                 d_W_c_x[n] = cse2 + d_v_x_in3_step[n] * (2.0 * W_c_x_t[n] + cse0) + cse3 * d_c_tilde_pre_step[n] * gamma_x_c[j];
                 d_W_o_x[n] = cse2 + d_v_x_in4_step[n] * (2.0 * W_o_x_t[n] + cse0) + cse3 * d_o_pre_step[n] * gamma_x_o[j];
+                const double cse4 = -2.0 * mu_h_t[b];
                 const double cse5 = cse1 * d_mu_h_step[b];
+                const double cse6 = 1.0 / s_h_t[b];
                 d_U_f_h_prev[n] = cse5 + d_v_h_in_step[n] * (2.0 * U_f_h_prev_t[n] + cse4) + cse6 * d_f_pre_step[n] * gamma_h_f[j];
                 d_U_i_h_prev[n] = cse5 + d_v_h_in2_step[n] * (2.0 * U_i_h_prev_t[n] + cse4) + cse6 * d_i_pre_step[n] * gamma_h_i[j];
                 d_U_c_h_prev[n] = cse5 + d_v_h_in3_step[n] * (2.0 * U_c_h_prev_t[n] + cse4) + cse6 * d_c_tilde_pre_step[n] * gamma_h_c[j];
@@ -1946,17 +1958,17 @@ void cellgen_ln_lstm_infer_f64(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
-                const double cse2_0 = -mu_x_step[b];
-                /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
-                const double cse2_1 = -mu_h_step[b];
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n4 = b * 4 * H + j;
+                    /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
+                    const double cse2_0 = -mu_x_step[b];
                     const double v_x_in = (W_f_x[n4] + cse2_0) * (W_f_x[n4] + cse2_0);
                     const double v_x_in2 = (W_i_x[n4] + cse2_0) * (W_i_x[n4] + cse2_0);
                     const double v_x_in3 = (W_c_x[n4] + cse2_0) * (W_c_x[n4] + cse2_0);
                     const double v_x_in4 = (W_o_x[n4] + cse2_0) * (W_o_x[n4] + cse2_0);
+                    /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
+                    const double cse2_1 = -mu_h_step[b];
                     const double v_h_in = (U_f_h_prev[n4] + cse2_1) * (U_f_h_prev[n4] + cse2_1);
                     const double v_h_in2 = (U_i_h_prev[n4] + cse2_1) * (U_i_h_prev[n4] + cse2_1);
                     const double v_h_in3 = (U_c_h_prev[n4] + cse2_1) * (U_c_h_prev[n4] + cse2_1);
@@ -2017,27 +2029,29 @@ void cellgen_ln_lstm_infer_f64(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
-                const double s_x_pre = 1e-05 + v_x_step[b];
-                const double s_x = sqrt_f64(s_x_pre);
-                /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
-                const double s_h_pre = 1e-05 + v_h_step[b];
-                const double s_h = sqrt_f64(s_h_pre);
-                s_x_step[b] = s_x;
-                s_h_step[b] = s_h;
+                for (size_t j = 0; j < 1; ++j) {
+                    /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
+                    const double s_x_pre = 1e-05 + v_x_step[b];
+                    const double s_x = sqrt_f64(s_x_pre);
+                    /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
+                    const double s_h_pre = 1e-05 + v_h_step[b];
+                    const double s_h = sqrt_f64(s_h_pre);
+                    s_x_step[b] = s_x;
+                    s_h_step[b] = s_h;
+                }
             }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
-                const double cse4_0 = 1.0 / s_h_step[b];
-                const double cse4_1 = -mu_h_step[b];
-                const double cse4_2 = 1.0 / s_x_step[b];
-                const double cse4_3 = -mu_x_step[b];
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n4 = b * 4 * H + j;
+                    /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
+                    const double cse4_0 = 1.0 / s_h_step[b];
+                    const double cse4_1 = -mu_h_step[b];
+                    const double cse4_2 = 1.0 / s_x_step[b];
+                    const double cse4_3 = -mu_x_step[b];
                     const double f_pre = b_f[j] + cse4_0 * gamma_h_f[j] * (U_f_h_prev[n4] + cse4_1) + cse4_2 * gamma_x_f[j] * (W_f_x[n4] + cse4_3);
                     const double f = sigmoid_f64(f_pre);
                     /* i = sigmoid(gamma_x_i * 1/s_x * (W_i @ x - mu_x) + gamma_h_i * 1/s_h * (U_i @ h_prev - mu_h) + b_i)  (input gate) */
@@ -2102,10 +2116,12 @@ void cellgen_ln_lstm_infer_f64(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
-                const double s_c_pre = 1e-05 + v_c_step[b];
-                const double s_c = sqrt_f64(s_c_pre);
-                s_c_step[b] = s_c;
+                for (size_t j = 0; j < 1; ++j) {
+                    /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
+                    const double s_c_pre = 1e-05 + v_c_step[b];
+                    const double s_c = sqrt_f64(s_c_pre);
+                    s_c_step[b] = s_c;
+                }
             }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
@@ -2866,46 +2882,46 @@ void cellgen_ln_lstm_forward_f32(
         const float *const c_prev = t > 0 ? (saved + 0 * T * BH) + (t - 1) * BH : c0;
         float *const c_t = (saved + 0 * T * BH) + t * BH;
         float *const mu_x_t = saved + 1 * T * BH + t * B;
-        float *const s_x_t = saved + T * B + T * B * H + t * B;
-        float *const mu_h_t = saved + 2 * T * B + T * B * H + t * B;
-        float *const s_h_t = saved + 3 * T * B + T * B * H + t * B;
-        float *const f_t = saved + 4 * T * B + T * B * H + t * BH;
-        float *const i_t = saved + 4 * T * B + 2 * T * B * H + t * BH;
-        float *const c_tilde_t = saved + 4 * T * B + 3 * T * B * H + t * BH;
-        float *const o_t = saved + 4 * T * B + 4 * T * B * H + t * BH;
-        float *const mu_c_t = saved + 4 * T * B + 5 * T * B * H + t * B;
-        float *const s_c_t = saved + 5 * T * B + 5 * T * B * H + t * B;
-        float *const tanh_h_pre_t = saved + 6 * T * B + 5 * T * B * H + t * BH;
-        float *const W_f_x_t = saved + 6 * T * B + 6 * T * B * H + t * BH;
-        float *const W_i_x_t = saved + 6 * T * B + 7 * T * B * H + t * BH;
-        float *const W_c_x_t = saved + 6 * T * B + 8 * T * B * H + t * BH;
-        float *const W_o_x_t = saved + 6 * T * B + 9 * T * B * H + t * BH;
-        float *const U_f_h_prev_t = saved + 6 * T * B + 10 * T * B * H + t * BH;
-        float *const U_i_h_prev_t = saved + 6 * T * B + 11 * T * B * H + t * BH;
-        float *const U_c_h_prev_t = saved + 6 * T * B + 12 * T * B * H + t * BH;
-        float *const U_o_h_prev_t = saved + 6 * T * B + 13 * T * B * H + t * BH;
+        float *const s_x_t = saved + 1 * T * BH + 1 * T * B + t * B;
+        float *const mu_h_t = saved + 1 * T * BH + 2 * T * B + t * B;
+        float *const s_h_t = saved + 1 * T * BH + 3 * T * B + t * B;
+        float *const f_t = saved + 1 * T * BH + 4 * T * B + t * BH;
+        float *const i_t = saved + 2 * T * BH + 4 * T * B + t * BH;
+        float *const c_tilde_t = saved + 3 * T * BH + 4 * T * B + t * BH;
+        float *const o_t = saved + 4 * T * BH + 4 * T * B + t * BH;
+        float *const mu_c_t = saved + 5 * T * BH + 4 * T * B + t * B;
+        float *const s_c_t = saved + 5 * T * BH + 5 * T * B + t * B;
+        float *const tanh_h_pre_t = saved + 5 * T * BH + 6 * T * B + t * BH;
+        float *const W_f_x_t = saved + 6 * T * BH + 6 * T * B + t * BH;
+        float *const W_i_x_t = saved + 7 * T * BH + 6 * T * B + t * BH;
+        float *const W_c_x_t = saved + 8 * T * BH + 6 * T * B + t * BH;
+        float *const W_o_x_t = saved + 9 * T * BH + 6 * T * B + t * BH;
+        float *const U_f_h_prev_t = saved + 10 * T * BH + 6 * T * B + t * BH;
+        float *const U_i_h_prev_t = saved + 11 * T * BH + 6 * T * B + t * BH;
+        float *const U_c_h_prev_t = saved + 12 * T * BH + 6 * T * B + t * BH;
+        float *const U_o_h_prev_t = saved + 13 * T * BH + 6 * T * B + t * BH;
         for (size_t b = 0; b < B && lengths; ++b) {
             if (!row_active(lengths, t, b)) { /* past its length: zeros in ys and in `saved` */
                 fill_f32(H, 0.0F, (saved + 0 * T * BH) + t * BH + b * H);
-                fill_f32(1, 0.0F, (saved + 1 * T * BH) + t * B + b);
-                fill_f32(1, 0.0F, (saved + T * B + T * B * H) + t * B + b);
-                fill_f32(1, 0.0F, (saved + 2 * T * B + T * B * H) + t * B + b);
-                fill_f32(1, 0.0F, (saved + 3 * T * B + T * B * H) + t * B + b);
-                fill_f32(H, 0.0F, (saved + 4 * T * B + T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 4 * T * B + 2 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 4 * T * B + 3 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 4 * T * B + 4 * T * B * H) + t * BH + b * H);
-                fill_f32(1, 0.0F, (saved + 4 * T * B + 5 * T * B * H) + t * B + b);
-                fill_f32(1, 0.0F, (saved + 5 * T * B + 5 * T * B * H) + t * B + b);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 5 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 6 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 7 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 8 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 9 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 10 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 11 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 12 * T * B * H) + t * BH + b * H);
-                fill_f32(H, 0.0F, (saved + 6 * T * B + 13 * T * B * H) + t * BH + b * H);
+                fill_f32(1, 0.0F, (saved + 1 * T * BH) + t * B + b * 1);
+                fill_f32(1, 0.0F, (saved + 1 * T * BH + 1 * T * B) + t * B + b * 1);
+                fill_f32(1, 0.0F, (saved + 1 * T * BH + 2 * T * B) + t * B + b * 1);
+                fill_f32(1, 0.0F, (saved + 1 * T * BH + 3 * T * B) + t * B + b * 1);
+                fill_f32(H, 0.0F, (saved + 1 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 2 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 3 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 4 * T * BH + 4 * T * B) + t * BH + b * H);
+                fill_f32(1, 0.0F, (saved + 5 * T * BH + 4 * T * B) + t * B + b * 1);
+                fill_f32(1, 0.0F, (saved + 5 * T * BH + 5 * T * B) + t * B + b * 1);
+                fill_f32(H, 0.0F, (saved + 5 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 6 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 7 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 8 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 9 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 10 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 11 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 12 * T * BH + 6 * T * B) + t * BH + b * H);
+                fill_f32(H, 0.0F, (saved + 13 * T * BH + 6 * T * B) + t * BH + b * H);
                 fill_f32(H, 0.0F, ys + t * BH + b * H);
             }
         }
@@ -2975,17 +2991,17 @@ void cellgen_ln_lstm_forward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
-            const float cse2_0 = -mu_x_t[b];
-            /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
-            const float cse2_1 = -mu_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n4 = b * 4 * H + j;
+                /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
+                const float cse2_0 = -mu_x_t[b];
                 const float v_x_in = (W_f_x[n4] + cse2_0) * (W_f_x[n4] + cse2_0);
                 const float v_x_in2 = (W_i_x[n4] + cse2_0) * (W_i_x[n4] + cse2_0);
                 const float v_x_in3 = (W_c_x[n4] + cse2_0) * (W_c_x[n4] + cse2_0);
                 const float v_x_in4 = (W_o_x[n4] + cse2_0) * (W_o_x[n4] + cse2_0);
+                /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
+                const float cse2_1 = -mu_h_t[b];
                 const float v_h_in = (U_f_h_prev[n4] + cse2_1) * (U_f_h_prev[n4] + cse2_1);
                 const float v_h_in2 = (U_i_h_prev[n4] + cse2_1) * (U_i_h_prev[n4] + cse2_1);
                 const float v_h_in3 = (U_c_h_prev[n4] + cse2_1) * (U_c_h_prev[n4] + cse2_1);
@@ -3054,27 +3070,29 @@ void cellgen_ln_lstm_forward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
-            const float s_x_pre = 1e-05F + v_x_step[b];
-            const float s_x = sqrt_f32(s_x_pre);
-            /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
-            const float s_h_pre = 1e-05F + v_h_step[b];
-            const float s_h = sqrt_f32(s_h_pre);
-            s_x_t[b] = s_x;
-            s_h_t[b] = s_h;
+            for (size_t j = 0; j < 1; ++j) {
+                /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
+                const float s_x_pre = 1e-05F + v_x_step[b];
+                const float s_x = sqrt_f32(s_x_pre);
+                /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
+                const float s_h_pre = 1e-05F + v_h_step[b];
+                const float s_h = sqrt_f32(s_h_pre);
+                s_x_t[b] = s_x;
+                s_h_t[b] = s_h;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
-            const float cse4_0 = 1.0F / s_h_t[b];
-            const float cse4_1 = -mu_h_t[b];
-            const float cse4_2 = 1.0F / s_x_t[b];
-            const float cse4_3 = -mu_x_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const size_t n4 = b * 4 * H + j;
+                /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
+                const float cse4_0 = 1.0F / s_h_t[b];
+                const float cse4_1 = -mu_h_t[b];
+                const float cse4_2 = 1.0F / s_x_t[b];
+                const float cse4_3 = -mu_x_t[b];
                 const float f_pre = b_f[j] + cse4_0 * gamma_h_f[j] * (U_f_h_prev[n4] + cse4_1) + cse4_2 * gamma_x_f[j] * (W_f_x[n4] + cse4_3);
                 const float f = sigmoid_f32(f_pre);
                 /* i = sigmoid(gamma_x_i * 1/s_x * (W_i @ x - mu_x) + gamma_h_i * 1/s_h * (U_i @ h_prev - mu_h) + b_i)  (input gate) */
@@ -3142,10 +3160,12 @@ void cellgen_ln_lstm_forward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
-            const float s_c_pre = 1e-05F + v_c_step[b];
-            const float s_c = sqrt_f32(s_c_pre);
-            s_c_t[b] = s_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
+                const float s_c_pre = 1e-05F + v_c_step[b];
+                const float s_c = sqrt_f32(s_c_pre);
+                s_c_t[b] = s_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
@@ -3361,24 +3381,24 @@ void cellgen_ln_lstm_backward_f32(
         const float *const c_t = (saved + 0 * T * BH) + t * BH;
         float *const d_c_prev = t > 0 ? (d_c_next == d_c_next_a ? d_c_next_b : d_c_next_a) : d_c0;
         const float *const mu_x_t = saved + 1 * T * BH + t * B;
-        const float *const s_x_t = saved + T * B + T * B * H + t * B;
-        const float *const mu_h_t = saved + 2 * T * B + T * B * H + t * B;
-        const float *const s_h_t = saved + 3 * T * B + T * B * H + t * B;
-        const float *const f_t = saved + 4 * T * B + T * B * H + t * BH;
-        const float *const i_t = saved + 4 * T * B + 2 * T * B * H + t * BH;
-        const float *const c_tilde_t = saved + 4 * T * B + 3 * T * B * H + t * BH;
-        const float *const o_t = saved + 4 * T * B + 4 * T * B * H + t * BH;
-        const float *const mu_c_t = saved + 4 * T * B + 5 * T * B * H + t * B;
-        const float *const s_c_t = saved + 5 * T * B + 5 * T * B * H + t * B;
-        const float *const tanh_h_pre_t = saved + 6 * T * B + 5 * T * B * H + t * BH;
-        const float *const W_f_x_t = saved + 6 * T * B + 6 * T * B * H + t * BH;
-        const float *const W_i_x_t = saved + 6 * T * B + 7 * T * B * H + t * BH;
-        const float *const W_c_x_t = saved + 6 * T * B + 8 * T * B * H + t * BH;
-        const float *const W_o_x_t = saved + 6 * T * B + 9 * T * B * H + t * BH;
-        const float *const U_f_h_prev_t = saved + 6 * T * B + 10 * T * B * H + t * BH;
-        const float *const U_i_h_prev_t = saved + 6 * T * B + 11 * T * B * H + t * BH;
-        const float *const U_c_h_prev_t = saved + 6 * T * B + 12 * T * B * H + t * BH;
-        const float *const U_o_h_prev_t = saved + 6 * T * B + 13 * T * B * H + t * BH;
+        const float *const s_x_t = saved + 1 * T * BH + 1 * T * B + t * B;
+        const float *const mu_h_t = saved + 1 * T * BH + 2 * T * B + t * B;
+        const float *const s_h_t = saved + 1 * T * BH + 3 * T * B + t * B;
+        const float *const f_t = saved + 1 * T * BH + 4 * T * B + t * BH;
+        const float *const i_t = saved + 2 * T * BH + 4 * T * B + t * BH;
+        const float *const c_tilde_t = saved + 3 * T * BH + 4 * T * B + t * BH;
+        const float *const o_t = saved + 4 * T * BH + 4 * T * B + t * BH;
+        const float *const mu_c_t = saved + 5 * T * BH + 4 * T * B + t * B;
+        const float *const s_c_t = saved + 5 * T * BH + 5 * T * B + t * B;
+        const float *const tanh_h_pre_t = saved + 5 * T * BH + 6 * T * B + t * BH;
+        const float *const W_f_x_t = saved + 6 * T * BH + 6 * T * B + t * BH;
+        const float *const W_i_x_t = saved + 7 * T * BH + 6 * T * B + t * BH;
+        const float *const W_c_x_t = saved + 8 * T * BH + 6 * T * B + t * BH;
+        const float *const W_o_x_t = saved + 9 * T * BH + 6 * T * B + t * BH;
+        const float *const U_f_h_prev_t = saved + 10 * T * BH + 6 * T * B + t * BH;
+        const float *const U_i_h_prev_t = saved + 11 * T * BH + 6 * T * B + t * BH;
+        const float *const U_c_h_prev_t = saved + 12 * T * BH + 6 * T * B + t * BH;
+        const float *const U_o_h_prev_t = saved + 13 * T * BH + 6 * T * B + t * BH;
         float *const d_W_f_x = d_W_f_x_all + t * BH;
         float *const d_W_i_x = d_W_i_x_all + t * BH;
         float *const d_W_c_x = d_W_c_x_all + t * BH;
@@ -3424,12 +3444,14 @@ void cellgen_ln_lstm_backward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_c (its standard deviation) */
-            const float d_s_c = d_s_c_sum_step[b];
-            const float d_s_c_pre = 0.5F * d_s_c / s_c_t[b];
-            /* adjoint of v_c (its variance) */
-            const float d_v_c = d_s_c_pre;
-            d_v_c_step[b] = d_v_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of s_c (its standard deviation) */
+                const float d_s_c = d_s_c_sum_step[b];
+                const float d_s_c_pre = 0.5F * d_s_c / s_c_t[b];
+                /* adjoint of v_c (its variance) */
+                const float d_v_c = d_s_c_pre;
+                d_v_c_step[b] = d_v_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
@@ -3460,22 +3482,16 @@ void cellgen_ln_lstm_backward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of mu_c (mean of the cell state) */
-            const float d_mu_c = d_mu_c_sum_step[b];
-            d_mu_c_step[b] = d_mu_c;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of mu_c (mean of the cell state) */
+                const float d_mu_c = d_mu_c_sum_step[b];
+                d_mu_c_step[b] = d_mu_c;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_h (their standard deviation) */
-            const float cse4_0 = 1.0F / (s_h_t[b] * s_h_t[b]);
-            const float cse4_1 = -mu_h_t[b];
-            /* adjoint of s_x (their standard deviation) */
-            const float cse4_6 = 1.0F / (s_x_t[b] * s_x_t[b]);
-            const float cse4_7 = -mu_x_t[b];
-            const float cse4_12 = 1.0F / s_x_t[b];
-            const float cse4_13 = 1.0F / s_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
                 const float d_c_in = d_c_next[n];
@@ -3494,11 +3510,17 @@ void cellgen_ln_lstm_backward_f32(
                 /* adjoint of f (forget gate) */
                 const float d_f = c_prev[n] * d_c;
                 const float d_f_pre = d_f * f_t[n] * (1.0F - f_t[n]);
+                /* adjoint of s_h (their standard deviation) */
+                const float cse4_0 = 1.0F / (s_h_t[b] * s_h_t[b]);
+                const float cse4_1 = -mu_h_t[b];
                 const float cse4_2 = d_c_tilde_pre * (U_c_h_prev_t[n] + cse4_1);
                 const float cse4_3 = d_f_pre * (U_f_h_prev_t[n] + cse4_1);
                 const float cse4_4 = d_i_pre * (U_i_h_prev_t[n] + cse4_1);
                 const float cse4_5 = d_o_pre * (U_o_h_prev_t[n] + cse4_1);
                 const float d_s_h_each = -cse4_0 * cse4_2 * gamma_h_c[j] - cse4_0 * cse4_3 * gamma_h_f[j] - cse4_0 * cse4_4 * gamma_h_i[j] - cse4_0 * cse4_5 * gamma_h_o[j];
+                /* adjoint of s_x (their standard deviation) */
+                const float cse4_6 = 1.0F / (s_x_t[b] * s_x_t[b]);
+                const float cse4_7 = -mu_x_t[b];
                 const float cse4_8 = d_c_tilde_pre * (W_c_x_t[n] + cse4_7);
                 const float cse4_9 = d_f_pre * (W_f_x_t[n] + cse4_7);
                 const float cse4_10 = d_i_pre * (W_i_x_t[n] + cse4_7);
@@ -3508,10 +3530,12 @@ void cellgen_ln_lstm_backward_f32(
                 d_b_i[j] += d_i_pre;
                 d_b_c[j] += d_c_tilde_pre;
                 d_b_o[j] += d_o_pre;
+                const float cse4_12 = 1.0F / s_x_t[b];
                 d_gamma_x_f[j] += cse4_12 * cse4_9;
                 d_gamma_x_i[j] += cse4_10 * cse4_12;
                 d_gamma_x_c[j] += cse4_12 * cse4_8;
                 d_gamma_x_o[j] += cse4_11 * cse4_12;
+                const float cse4_13 = 1.0F / s_h_t[b];
                 d_gamma_h_f[j] += cse4_13 * cse4_3;
                 d_gamma_h_i[j] += cse4_13 * cse4_4;
                 d_gamma_h_c[j] += cse4_13 * cse4_2;
@@ -3553,43 +3577,45 @@ void cellgen_ln_lstm_backward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of s_h (their standard deviation) */
-            const float d_s_h = d_s_h_sum_step[b];
-            const float d_s_h_pre = 0.5F * d_s_h / s_h_t[b];
-            /* adjoint of v_h (their variance) */
-            const float d_v_h = d_s_h_pre;
-            /* adjoint of s_x (their standard deviation) */
-            const float d_s_x = d_s_x_sum_step[b];
-            const float d_s_x_pre = 0.5F * d_s_x / s_x_t[b];
-            /* adjoint of v_x (their variance) */
-            const float d_v_x = d_s_x_pre;
-            d_v_h_step[b] = d_v_h;
-            d_v_x_step[b] = d_v_x;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of s_h (their standard deviation) */
+                const float d_s_h = d_s_h_sum_step[b];
+                const float d_s_h_pre = 0.5F * d_s_h / s_h_t[b];
+                /* adjoint of v_h (their variance) */
+                const float d_v_h = d_s_h_pre;
+                /* adjoint of s_x (their standard deviation) */
+                const float d_s_x = d_s_x_sum_step[b];
+                const float d_s_x_pre = 0.5F * d_s_x / s_x_t[b];
+                /* adjoint of v_x (their variance) */
+                const float d_v_x = d_s_x_pre;
+                d_v_h_step[b] = d_v_h;
+                d_v_x_step[b] = d_v_x;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            const float cse2_0 = 0.25F / ((float)H);
-            /* adjoint of mu_h (mean of the recurrent products) */
-            const float cse2_2 = -2.0F * mu_h_t[b];
-            const float cse2_3 = 1.0F / s_h_t[b];
-            /* adjoint of mu_x (mean of the input products) */
-            const float cse2_5 = -2.0F * mu_x_t[b];
-            const float cse2_6 = 1.0F / s_x_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
+                const float cse2_0 = 0.25F / ((float)H);
                 const float cse2_1 = cse2_0 * d_v_h_step[b];
                 const float d_v_h_in4 = cse2_1;
                 const float d_v_h_in3 = cse2_1;
                 const float d_v_h_in2 = cse2_1;
                 const float d_v_h_in = cse2_1;
+                /* adjoint of mu_h (mean of the recurrent products) */
+                const float cse2_2 = -2.0F * mu_h_t[b];
+                const float cse2_3 = 1.0F / s_h_t[b];
                 const float d_mu_h_each = d_v_h_in * (-2.0F * U_f_h_prev_t[n] - cse2_2) + d_v_h_in2 * (-2.0F * U_i_h_prev_t[n] - cse2_2) + d_v_h_in3 * (-2.0F * U_c_h_prev_t[n] - cse2_2) + d_v_h_in4 * (-2.0F * U_o_h_prev_t[n] - cse2_2) - cse2_3 * d_c_tilde_pre_step[n] * gamma_h_c[j] - cse2_3 * d_f_pre_step[n] * gamma_h_f[j] - cse2_3 * d_i_pre_step[n] * gamma_h_i[j] - cse2_3 * d_o_pre_step[n] * gamma_h_o[j];
                 const float cse2_4 = cse2_0 * d_v_x_step[b];
                 const float d_v_x_in4 = cse2_4;
                 const float d_v_x_in3 = cse2_4;
                 const float d_v_x_in2 = cse2_4;
                 const float d_v_x_in = cse2_4;
+                /* adjoint of mu_x (mean of the input products) */
+                const float cse2_5 = -2.0F * mu_x_t[b];
+                const float cse2_6 = 1.0F / s_x_t[b];
                 const float d_mu_x_each = d_v_x_in * (-2.0F * W_f_x_t[n] - cse2_5) + d_v_x_in2 * (-2.0F * W_i_x_t[n] - cse2_5) + d_v_x_in3 * (-2.0F * W_c_x_t[n] - cse2_5) + d_v_x_in4 * (-2.0F * W_o_x_t[n] - cse2_5) - cse2_6 * d_c_tilde_pre_step[n] * gamma_x_c[j] - cse2_6 * d_f_pre_step[n] * gamma_x_f[j] - cse2_6 * d_i_pre_step[n] * gamma_x_i[j] - cse2_6 * d_o_pre_step[n] * gamma_x_o[j];
                 d_v_h_in4_step[n] = d_v_h_in4;
                 d_v_h_in3_step[n] = d_v_h_in3;
@@ -3631,30 +3657,32 @@ void cellgen_ln_lstm_backward_f32(
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            /* adjoint of mu_h (mean of the recurrent products) */
-            const float d_mu_h = d_mu_h_sum_step[b];
-            /* adjoint of mu_x (mean of the input products) */
-            const float d_mu_x = d_mu_x_sum_step[b];
-            d_mu_h_step[b] = d_mu_h;
-            d_mu_x_step[b] = d_mu_x;
+            for (size_t j = 0; j < 1; ++j) {
+                /* adjoint of mu_h (mean of the recurrent products) */
+                const float d_mu_h = d_mu_h_sum_step[b];
+                /* adjoint of mu_x (mean of the input products) */
+                const float d_mu_x = d_mu_x_sum_step[b];
+                d_mu_h_step[b] = d_mu_h;
+                d_mu_x_step[b] = d_mu_x;
+            }
         }
         for (size_t b = 0; b < B; ++b) {
             if (!row_active(lengths, t, b)) {
                 continue;
             }
-            const float cse0 = -2.0F * mu_x_t[b];
-            const float cse1 = 0.25F / ((float)H);
-            const float cse3 = 1.0F / s_x_t[b];
-            const float cse4 = -2.0F * mu_h_t[b];
-            const float cse6 = 1.0F / s_h_t[b];
             for (size_t j = 0; j < H; ++j) {
                 const size_t n = b * H + j;
+                const float cse0 = -2.0F * mu_x_t[b];
+                const float cse1 = 0.25F / ((float)H);
                 const float cse2 = cse1 * d_mu_x_step[b];
+                const float cse3 = 1.0F / s_x_t[b];
                 d_W_f_x[n] = cse2 + d_v_x_in_step[n] * (2.0F * W_f_x_t[n] + cse0) + cse3 * d_f_pre_step[n] * gamma_x_f[j];
                 d_W_i_x[n] = cse2 + d_v_x_in2_step[n] * (2.0F * W_i_x_t[n] + cse0) + cse3 * d_i_pre_step[n] * gamma_x_i[j];
                 d_W_c_x[n] = cse2 + d_v_x_in3_step[n] * (2.0F * W_c_x_t[n] + cse0) + cse3 * d_c_tilde_pre_step[n] * gamma_x_c[j];
                 d_W_o_x[n] = cse2 + d_v_x_in4_step[n] * (2.0F * W_o_x_t[n] + cse0) + cse3 * d_o_pre_step[n] * gamma_x_o[j];
+                const float cse4 = -2.0F * mu_h_t[b];
                 const float cse5 = cse1 * d_mu_h_step[b];
+                const float cse6 = 1.0F / s_h_t[b];
                 d_U_f_h_prev[n] = cse5 + d_v_h_in_step[n] * (2.0F * U_f_h_prev_t[n] + cse4) + cse6 * d_f_pre_step[n] * gamma_h_f[j];
                 d_U_i_h_prev[n] = cse5 + d_v_h_in2_step[n] * (2.0F * U_i_h_prev_t[n] + cse4) + cse6 * d_i_pre_step[n] * gamma_h_i[j];
                 d_U_c_h_prev[n] = cse5 + d_v_h_in3_step[n] * (2.0F * U_c_h_prev_t[n] + cse4) + cse6 * d_c_tilde_pre_step[n] * gamma_h_c[j];
@@ -3941,17 +3969,17 @@ void cellgen_ln_lstm_infer_f32(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
-                const float cse2_0 = -mu_x_step[b];
-                /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
-                const float cse2_1 = -mu_h_step[b];
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n4 = b * 4 * H + j;
+                    /* v_x = mean((W_f @ x - mu_x)**2, (W_i @ x - mu_x)**2, (W_c @ x - mu_x)**2, (W_o @ x - mu_x)**2)  (their variance) */
+                    const float cse2_0 = -mu_x_step[b];
                     const float v_x_in = (W_f_x[n4] + cse2_0) * (W_f_x[n4] + cse2_0);
                     const float v_x_in2 = (W_i_x[n4] + cse2_0) * (W_i_x[n4] + cse2_0);
                     const float v_x_in3 = (W_c_x[n4] + cse2_0) * (W_c_x[n4] + cse2_0);
                     const float v_x_in4 = (W_o_x[n4] + cse2_0) * (W_o_x[n4] + cse2_0);
+                    /* v_h = mean((U_f @ h_prev - mu_h)**2, (U_i @ h_prev - mu_h)**2, (U_c @ h_prev - mu_h)**2, (U_o @ h_prev - mu_h)**2)  (their variance) */
+                    const float cse2_1 = -mu_h_step[b];
                     const float v_h_in = (U_f_h_prev[n4] + cse2_1) * (U_f_h_prev[n4] + cse2_1);
                     const float v_h_in2 = (U_i_h_prev[n4] + cse2_1) * (U_i_h_prev[n4] + cse2_1);
                     const float v_h_in3 = (U_c_h_prev[n4] + cse2_1) * (U_c_h_prev[n4] + cse2_1);
@@ -4012,27 +4040,29 @@ void cellgen_ln_lstm_infer_f32(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
-                const float s_x_pre = 1e-05F + v_x_step[b];
-                const float s_x = sqrt_f32(s_x_pre);
-                /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
-                const float s_h_pre = 1e-05F + v_h_step[b];
-                const float s_h = sqrt_f32(s_h_pre);
-                s_x_step[b] = s_x;
-                s_h_step[b] = s_h;
+                for (size_t j = 0; j < 1; ++j) {
+                    /* s_x = sqrt(1.0e-5 + v_x)  (their standard deviation) */
+                    const float s_x_pre = 1e-05F + v_x_step[b];
+                    const float s_x = sqrt_f32(s_x_pre);
+                    /* s_h = sqrt(1.0e-5 + v_h)  (their standard deviation) */
+                    const float s_h_pre = 1e-05F + v_h_step[b];
+                    const float s_h = sqrt_f32(s_h_pre);
+                    s_x_step[b] = s_x;
+                    s_h_step[b] = s_h;
+                }
             }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
-                const float cse4_0 = 1.0F / s_h_step[b];
-                const float cse4_1 = -mu_h_step[b];
-                const float cse4_2 = 1.0F / s_x_step[b];
-                const float cse4_3 = -mu_x_step[b];
                 for (size_t j = 0; j < H; ++j) {
                     const size_t n = b * H + j;
                     const size_t n4 = b * 4 * H + j;
+                    /* f = sigmoid(gamma_x_f * 1/s_x * (W_f @ x - mu_x) + gamma_h_f * 1/s_h * (U_f @ h_prev - mu_h) + b_f)  (forget gate) */
+                    const float cse4_0 = 1.0F / s_h_step[b];
+                    const float cse4_1 = -mu_h_step[b];
+                    const float cse4_2 = 1.0F / s_x_step[b];
+                    const float cse4_3 = -mu_x_step[b];
                     const float f_pre = b_f[j] + cse4_0 * gamma_h_f[j] * (U_f_h_prev[n4] + cse4_1) + cse4_2 * gamma_x_f[j] * (W_f_x[n4] + cse4_3);
                     const float f = sigmoid_f32(f_pre);
                     /* i = sigmoid(gamma_x_i * 1/s_x * (W_i @ x - mu_x) + gamma_h_i * 1/s_h * (U_i @ h_prev - mu_h) + b_i)  (input gate) */
@@ -4097,10 +4127,12 @@ void cellgen_ln_lstm_infer_f32(
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
-                const float s_c_pre = 1e-05F + v_c_step[b];
-                const float s_c = sqrt_f32(s_c_pre);
-                s_c_step[b] = s_c;
+                for (size_t j = 0; j < 1; ++j) {
+                    /* s_c = sqrt(1.0e-5 + v_c)  (its standard deviation) */
+                    const float s_c_pre = 1e-05F + v_c_step[b];
+                    const float s_c = sqrt_f32(s_c_pre);
+                    s_c_step[b] = s_c;
+                }
             }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {

@@ -27,7 +27,7 @@ def load(generated: Path, spec, dtype: str | None):
 
     params = tuple(p.name for p in spec.params)
     c_file = generated_file(generated, f"c/{spec.name}.c")
-    return CFunctions(c_file, spec.name, spec.states, spec.output, params, dtype or "float64")
+    return CFunctions(c_file, spec.name, spec.states, spec.output, params, dtype or "float64", spec)
 
 
 CONFIG = register(

@@ -44,8 +44,14 @@ class CFunctions:
         output: str,
         params: tuple[str, ...],
         dtype: str,
+        spec=None,
     ) -> None:
+        """`spec` (the CellSpec) gives the sizes besides I and H, where a call's arrays have
+        them; without it, every array is of size H."""
         self.cell, self.states, self.output, self.params = cell, states, output, params
+        self.spec = spec
+        self.extra = tuple(spec.sizes) if spec is not None else ()
+        n_sizes = 4 + len(self.extra)  # T, B, I, H and the declared sizes
         self.dtype = np.dtype(dtype)
         self.library_path = build(c_file)
         lib = open_library(self.library_path)
@@ -54,50 +60,59 @@ class CFunctions:
         rows = [ptr, ctypes.c_int]  # lengths (int32, or NULL) and the direction
         prefix = f"cellgen_{cell}"
         self._saved_size = getattr(lib, f"{prefix}_saved_size")
-        self._saved_size.argtypes, self._saved_size.restype = [size_t] * 3, size_t
+        self._saved_size.argtypes, self._saved_size.restype = [size_t] * (n_sizes - 1), size_t
         self._work_size = getattr(lib, f"{prefix}_work_size")
-        self._work_size.argtypes, self._work_size.restype = [size_t] * 4, size_t
+        self._work_size.argtypes, self._work_size.restype = [size_t] * n_sizes, size_t
         n_states, n_params = len(states), len(params)
         self._forward = getattr(lib, f"{prefix}_forward_{suffix}")
         self._forward.argtypes = (
-            [size_t] * 4 + [ptr] + rows + [ptr] * (n_states + n_params + 1 + n_states + 2)
+            [size_t] * n_sizes + [ptr] + rows + [ptr] * (n_states + n_params + 1 + n_states + 2)
         )
         self._forward.restype = None
         self._backward = getattr(lib, f"{prefix}_backward_{suffix}")
         self._backward.argtypes = (
-            [size_t] * 4
+            [size_t] * n_sizes
             + [ptr]
             + rows
             + [ptr] * (n_states + n_params + 3 + n_states + 1 + n_states + n_params + 1)
         )
         self._backward.restype = None
         self._packed_size = getattr(lib, f"{prefix}_packed_size")
-        self._packed_size.argtypes, self._packed_size.restype = [size_t] * 2, size_t
+        self._packed_size.argtypes = [size_t] * (n_sizes - 2)
+        self._packed_size.restype = size_t
         self._infer_work_size = getattr(lib, f"{prefix}_infer_work_size")
-        self._infer_work_size.argtypes, self._infer_work_size.restype = [size_t] * 3, size_t
+        self._infer_work_size.argtypes = [size_t] * (n_sizes - 1)
+        self._infer_work_size.restype = size_t
         self._pack = getattr(lib, f"{prefix}_pack_{suffix}")
-        self._pack.argtypes, self._pack.restype = [size_t] * 2 + [ptr] * (n_params + 1), None
+        self._pack.argtypes = [size_t] * (n_sizes - 2) + [ptr] * (n_params + 1)
+        self._pack.restype = None
         self._infer = getattr(lib, f"{prefix}_infer_{suffix}")
-        self._infer.argtypes = [size_t] * 4 + [ptr] * 2 + rows + [ptr] * (n_states + 2)
+        self._infer.argtypes = [size_t] * n_sizes + [ptr] * 2 + rows + [ptr] * (n_states + 2)
         self._infer.restype = None
         self._lib = lib  # keep the library loaded as long as the functions live
         self._local = threading.local()  # one workspace per thread: calls may run in parallel
         self.work_limit = WORK_KEPT
 
-    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int | None:
+    def numbers(self, what: str, T: int, B: int, I: int, H: int, *extra: int) -> int | None:
         """Numbers a call allocates besides its results (saved, work), from the C size
         functions; None when one of them says the count does not fit in size_t."""
         if what == "infer":
-            sizes = [self._infer_work_size(B, I, H)]
+            sizes = [self._infer_work_size(B, I, H, *extra)]
         else:
-            sizes = [self._work_size(T, B, I, H)]
-            sizes += [self._saved_size(T, B, H)] if what == "forward" else []
+            sizes = [self._work_size(T, B, I, H, *extra)]
+            sizes += [self._saved_size(T, B, H, *extra)] if what == "forward" else []
         return None if SIZE_MAX in sizes else sum(sizes)
 
-    def _work(self, T: int, B: int, I: int, H: int) -> np.ndarray:
+    def _sizes(self, I: int, state0: dict, params: dict | None) -> dict[str, int]:
+        """I, H and the declared sizes, from the call's arrays (validated by codegen.load)."""
+        if self.spec is None:
+            return {"I": I, "H": state0[self.output].shape[1]}
+        return self.spec.read_sizes(I, state0, params)
+
+    def _work(self, T: int, B: int, I: int, H: int, *extra: int) -> np.ndarray:
         """A workspace of work_size numbers: this thread's, reused, when it fits the limit.
         The caller holds the array for the duration of the call."""
-        size = max(self._work_size(T, B, I, H), 1)
+        size = max(self._work_size(T, B, I, H, *extra), 1)
         work = getattr(self._local, "work", None)
         if work is not None and work.nbytes > self.work_limit:  # the limit was lowered
             work = self._local.work = None
@@ -106,17 +121,24 @@ class CFunctions:
             self._local.work = work if work.nbytes <= self.work_limit else None
         return work
 
+    def _size_of(self, symbol: str, sizes: dict[str, int]) -> int:
+        """The number of units of a state or of the output."""
+        if self.spec is None:
+            return sizes["H"]
+        return sizes[dict(self.spec.symbol_sizes)[symbol]]
+
     def forward(self, xs: np.ndarray, state0: dict, params: dict, lengths=None, reverse=False):
         """lengths: None or int32 (B,), checked by codegen.load."""
         T, B, I = xs.shape
-        H = state0[self.output].shape[1]
+        z = self._sizes(I, state0, params)
+        H, extra = z["H"], [z[n] for n in self.extra]
         dtype = self.dtype
-        ys = np.empty((T, B, H), dtype)
-        final = {s: np.empty((B, H), dtype) for s in self.states}
-        saved = np.empty(self._saved_size(T, B, H), dtype)
-        work = self._work(T, B, I, H)
+        ys = np.empty((T, B, self._size_of(self.output, z)), dtype)
+        final = {s: np.empty((B, self._size_of(s, z)), dtype) for s in self.states}
+        saved = np.empty(self._saved_size(T, B, H, *extra), dtype)
+        work = self._work(T, B, I, H, *extra)
         self._forward(
-            T, B, I, H,
+            T, B, I, H, *extra,
             address(xs),
             None if lengths is None else address(lengths),
             int(reverse),
@@ -134,16 +156,17 @@ class CFunctions:
     def backward(self, dys: np.ndarray, cache: dict, dfinal: dict):
         xs, state0, params, ys = cache["xs"], cache["state0"], cache["params"], cache["ys"]
         T, B, I = xs.shape
-        H = ys.shape[2]
+        z = self._sizes(I, state0, params)
+        H, extra = z["H"], [z[n] for n in self.extra]
         dtype = self.dtype
         dxs = np.empty((T, B, I), dtype)
-        dstate0 = {s: np.empty((B, H), dtype) for s in self.states}
+        dstate0 = {s: np.empty(state0[s].shape, dtype) for s in self.states}
         dparams = {p: np.empty(params[p].shape, dtype) for p in self.params}
         saved = cache["saved"]
-        work = self._work(T, B, I, H)
+        work = self._work(T, B, I, H, *extra)
         lengths, reverse = cache["rows"]
         self._backward(
-            T, B, I, H,
+            T, B, I, H, *extra,
             address(xs),
             None if lengths is None else address(lengths),
             int(reverse),
@@ -160,23 +183,42 @@ class CFunctions:
         )  # fmt: skip
         return dxs, dstate0, dparams
 
-    def pack(self, params: dict, input_size: int, hidden_size: int) -> np.ndarray:
-        """The parameters in the C kernels' packed layout, for infer."""
-        packed = np.empty(max(self._packed_size(input_size, hidden_size), 1), self.dtype)
+    def pack(
+        self, params: dict, input_size: int, hidden_size: int, sizes: dict | None = None
+    ) -> np.ndarray:
+        """The parameters in the C kernels' packed layout, for infer; `sizes`, the declared
+        sizes by name, when the cell has any."""
+        extra = [(sizes or {})[n] for n in self.extra]
+        n = self._packed_size(input_size, hidden_size, *extra)
+        packed = np.empty(max(n, 1), self.dtype)
         self._pack(
-            input_size, hidden_size, *[address(params[p]) for p in self.params], address(packed)
+            input_size,
+            hidden_size,
+            *extra,
+            *[address(params[p]) for p in self.params],
+            address(packed),
         )
         return packed
 
-    def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray, lengths=None, reverse=False):
-        """ys and the final states from packed weights; the states are copied, not changed."""
+    def infer(
+        self,
+        xs: np.ndarray,
+        state0: dict,
+        packed: np.ndarray,
+        lengths=None,
+        reverse=False,
+        sizes: dict | None = None,
+    ):
+        """ys and the final states from packed weights; the states are copied, not changed.
+        `sizes`: I, H and the declared sizes (from pack), when the cell declares sizes."""
         T, B, I = xs.shape
-        H = state0[self.output].shape[1]
-        ys = np.empty((T, B, H), self.dtype)
+        z = dict(sizes) if sizes else {"I": I, "H": state0[self.output].shape[1]}
+        H, extra = z["H"], [z[n] for n in self.extra]
+        ys = np.empty((T, B, self._size_of(self.output, z)), self.dtype)
         final = {s: np.array(state0[s], self.dtype, order="C") for s in self.states}
-        work = np.empty(max(self._infer_work_size(B, I, H), 1), self.dtype)
+        work = np.empty(max(self._infer_work_size(B, I, H, *extra), 1), self.dtype)
         self._infer(
-            T, B, I, H, address(packed), address(xs),
+            T, B, I, H, *extra, address(packed), address(xs),
             None if lengths is None else address(lengths), int(reverse),
             *[address(final[s]) for s in self.states],
             address(ys), address(work),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ...activations import helpers
-from ...cell import prev_name
+from ...cell import prev_name, size_symbol
 from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Reduce, Role
 from ...names import Identifiers
 from ...reductions import units_size
@@ -71,7 +71,9 @@ class CNames:
         symbols = set(kernel.roles) | {p.name for p in kernel.cell.params}
         symbols |= {a.name for s in kernel.forward + kernel.backward if isinstance(s, Block)
                     for a in s.assignments}  # fmt: skip
-        self.ids = Identifiers(symbols, RESERVED, RESERVED_PATTERN)
+        sizes = kernel.cell.sizes  # size_t arguments, and the row strides B * size
+        reserved = RESERVED | set(sizes) | {row_stride(size_symbol(z)) for z in sizes}
+        self.ids = Identifiers(symbols, reserved, RESERVED_PATTERN)
         self.kernel = kernel
 
     def __call__(self, symbol: str) -> str:
@@ -110,7 +112,7 @@ class CNames:
         return self.ids.derived(self.kernel.names.of(state), "_next")
 
     def index(self, width: int) -> str:
-        """The loop index into a buffer whose rows are width H apart."""
+        """The loop index into a buffer whose rows are `width` products apart."""
         return "n" if width == 1 else self.ids.local(f"n{width}")
 
     def buffer(self, buf: Buffer) -> str:
@@ -151,7 +153,17 @@ class CPrinter(InfixPrinter):
         return f"{type(expr).__name__}_{self.real.suffix}({args})"
 
 
-T, B = SIZES["T"], SIZES["B"]
+def _factor_order(factor: sympy.Expr, order: list) -> tuple[int, str]:
+    """Compound factors first, then T, B, I, H, then declared sizes by name."""
+    if factor in order:
+        return (order.index(factor), "")
+    return (len(order), str(factor)) if factor.is_Symbol else (-1, "")
+
+
+def row_stride(size: sympy.Expr) -> str:
+    """The local holding B * size, the numbers of one step of a (T, B, size) sequence: BH, BP
+    (B for a size-1 value)."""
+    return "B" if size == 1 else f"B{size}"
 
 
 def size_text(expr: sympy.Expr) -> str:
@@ -170,7 +182,7 @@ def size_text(expr: sympy.Expr) -> str:
         for f in factors:
             base, exp = f.as_base_exp()
             expanded += [base] * int(exp)
-        expanded.sort(key=lambda f: order.index(f) if f in order else -1)
+        expanded.sort(key=lambda f: _factor_order(f, order))
         parts = [f"({size_text(f)})" if f.is_Add else size_text(f) for f in expanded]
         return " * ".join(([str(coeff)] if coeff != 1 else []) + parts)
     if isinstance(expr, sympy.Pow):
@@ -215,9 +227,8 @@ def _block(
     keep: list[str] = []
 
     def index(group: Group | None) -> str:
-        width = group.width if group else 1
         name = group.index if group else "n"
-        indices[name] = "H" if width == 1 else f"{width} * H"
+        indices[name] = size_text(group.gemm.width if group else block.size)
         return name
 
     def at(sym: str) -> str:
@@ -252,7 +263,6 @@ def _block(
 
     printer = CPrinter(real, read)
     lines: list[str] = []
-    row_lines: list[str] = []  # per-row scalars, computed once per row before the units
     incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
         r = incoming.get(sym)
@@ -261,9 +271,8 @@ def _block(
             if r.from_output:
                 terms.insert(0, f"{used.use('dys_t')}[n]")
             lines.append(f"const {real.c} {names(sym)} = {' + '.join(terms)};")
+    out = lines
     for a in block.assignments:
-        scalar = kernel.is_scalar(a)
-        out = row_lines if scalar else lines
         if a.comment:
             out.append(f"/* {a.comment} */")
         role = kernel.role(a.name)
@@ -284,10 +293,7 @@ def _block(
     handed_on = set(kernel.infer_step_values) if infer else set()
 
     def write(buffer: str, sym: str) -> None:
-        scalar = kernel.size(sym) == 1
-        (row_lines if scalar else lines).append(
-            f"{used.use(buffer)}[{'b' if scalar else index(None)}] = {names(sym)};"
-        )
+        lines.append(f"{used.use(buffer)}[{at(sym)}] = {names(sym)};")
 
     for sym in block.writes if not infer else ():
         role = kernel.role(sym)
@@ -306,8 +312,9 @@ def _block(
         index(None)
     ordered = sorted(indices.items(), key=lambda kv: (len(kv[0]), kv[0]))
     loop_indices = [{"name": k, "row": v} for k, v in ordered]
-    body = {"gemm": None, "reduce": None, "row_lines": row_lines, "lines": lines}
-    return {**body, "indices": loop_indices}, list(used.names)
+    body = {"gemm": None, "reduce": None, "lines": lines, "indices": loop_indices}
+    body["size"] = size_text(block.size)
+    return body, list(used.names)
 
 
 def _reduce(names: CNames, r: Reduce, real: RealType, group_of: dict, infer: bool = False):
@@ -327,14 +334,16 @@ def _reduce(names: CNames, r: Reduce, real: RealType, group_of: dict, infer: boo
             return used.use(names.at_t(sym))
         return used.use(names.step(sym))
 
-    def row(sym: str) -> str:
-        width = group_of[sym].width if sym in group_of else 1
-        return "H" if width == 1 else f"{width} * H"
+    def operand(sym: str) -> dict:
+        """Its buffer, its units, and the numbers between its rows (G H in a product's)."""
+        row = group_of[sym].gemm.width if sym in group_of else kernel.size(sym)
+        units = size_text(kernel.size(sym))
+        return {"name": buffer(sym), "units": units, "row": size_text(row)}
 
     count = "" if r.kind == "sum" else f" / ({real.c})({size_text(r.count)})"
     body = {
         "result": buffer(r.result),
-        "operands": [{"name": buffer(o), "row": row(o)} for o in r.operands],
+        "operands": [operand(o) for o in r.operands],
         "scale": count,
         "comment": f"{r.result} = {r.kind} over the units of {', '.join(r.operands)}",
     }
@@ -360,7 +369,8 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
     """The parameter lists of forward and backward, in the order the ctypes wrapper passes."""
     cell, r = names.kernel.cell, real.c
     d = names.kernel.names.of
-    dims = ["size_t T", "size_t B", "size_t I", "size_t H"]
+    extra = [f"size_t {z}" for z in cell.sizes]  # declared sizes, after H
+    dims = ["size_t T", "size_t B", "size_t I", "size_t H", *extra]
     states0 = [f"const {r} *{names.state0(s)}" for s in cell.states]
     params = [f"const {r} *{names(p.name)}" for p in cell.params]
     rows = ["const int32_t *lengths", "int reverse"]
@@ -385,7 +395,7 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
         [f"{r} *{names(d(p.name))}" for p in cell.params],
         [f"{r} *work"],
     ]
-    pack = [["size_t I", "size_t H"], params, [f"{r} *packed"]]
+    pack = [["size_t I", "size_t H", *extra], params, [f"{r} *packed"]]
     infer = [
         dims,
         [f"const {r} *packed", f"const {r} *xs"],
@@ -423,20 +433,21 @@ class _Context:
         """The (T, B, size) array of a state or saved value."""
         if name == self.cell.output:
             return "ys_seq"  # ys in loop order
-        return f"({self.series_offset(name)})"
+        return f"(saved + {self.series_offset(name)})"
 
     def series_offset(self, name: str) -> str:
-        """`saved + 2 * T * BH`: where a series starts in `saved`."""
-        series = self.kernel.series
-        before = series[: series.index(name)]
-        if all(self.kernel.size(s) != 1 for s in before):
-            return f"saved + {len(before)} * T * BH"
-        offset = sum((T * B * self.kernel.size(s) for s in before), sympy.S.Zero)
-        return f"saved + {size_text(offset)}"
+        """Where a sequence starts in `saved`: `2 * T * BH + T * BP`, `0 * T * BH` for the
+        first (as many T * B * size before it)."""
+        kernel = self.kernel
+        counts: dict[sympy.Expr, int] = {kernel.size(self.cell.output): 0}
+        for v in kernel.series[: kernel.series.index(name)]:
+            counts[kernel.size(v)] = counts.get(kernel.size(v), 0) + 1
+        terms = [f"{n} * T * {row_stride(z)}" for z, n in counts.items() if n or len(counts) == 1]
+        return " + ".join(terms) or "0"
 
-    def series_stride(self, name: str) -> str:
-        """Numbers of one step of a series: BH, or B for a per-row scalar."""
-        return "B" if self.kernel.size(name) == 1 else "BH"
+    def stride(self, name: str) -> str:
+        """B * the symbol's size: one step of its (T, B, size) sequence."""
+        return row_stride(self.kernel.size(name))
 
     def operand(self, g: Gemm) -> str:
         """The pointer to a product's operand at step t."""
@@ -463,10 +474,13 @@ class _Context:
         d_operand = names(kernel.names.through_products(g.operand))
         if g.operand_role is Role.STATE_PREV:
             d_operand = names(d(g.operand))
+        unit = str(g.size)
         return {
             "hoisted": g.hoisted,
-            "size": "I" if g.hoisted else "H",
-            "width": "H" if gr.width == 1 else f"{gr.width} * H",
+            "size": "I" if g.hoisted else str(g.operand_size),
+            "operand_stride": "BI" if g.hoisted else row_stride(g.operand_size),
+            "unit": unit,
+            "width": size_text(g.width),
             "operand": self.operand(g),
             "packed": self.buffer_of[("packed", g.operand)],
             "products": self.buffer_of[("products", g.operand)],
@@ -478,7 +492,7 @@ class _Context:
                 {
                     "matrix": names(m),
                     "product": names(p),
-                    "offset": f"{k} * H",
+                    "offset": f"{k} * {unit}",
                     "d_product": names(kernel.adjoint_buffer[d(p)]),
                     "d_product_all": names.buffer(
                         Buffer("adjoints", kernel.adjoint_buffer[d(p)], 0)
@@ -500,10 +514,18 @@ class _Context:
             else:
                 pointer = self.series_base(seg.symbol)
             adjoint = names.buffer(Buffer("adjoints", w.adjoint, 0))
+            stride = row_stride(size_symbol(w.rows))
             if seg.first_step:
-                adjoint += f" + {seg.first_step} * BH" if seg.first_step != 1 else " + BH"
+                adjoint += (
+                    f" + {seg.first_step} * {stride}" if seg.first_step != 1 else f" + {stride}"
+                )
             operands.append({"rows": size_text(seg.rows), "operand": pointer, "adjoint": adjoint})
-        return {"d_matrix": names(self.d(w.matrix)), "size": w.size, "operands": operands}
+        return {
+            "d_matrix": names(self.d(w.matrix)),
+            "size": w.size,
+            "rows": w.rows,
+            "operands": operands,
+        }
 
     def passes(self, real: RealType) -> dict:
         """The forward, backward and inference steps of one real type, as the template loops
@@ -559,11 +581,7 @@ class _Context:
         names, cell, kernel = self.names, self.cell, self.kernel
         used_f, used_b = self.forward_used, self.backward_used
         saved_pointers = [
-            {
-                "pointer": names.at_t(v),
-                "base": self.series_offset(v),
-                "stride": self.series_stride(v),
-            }
+            {"pointer": names.at_t(v), "offset": self.series_offset(v), "stride": self.stride(v)}
             for v in kernel.series
             if v not in cell.states
         ]
@@ -600,6 +618,7 @@ class _Context:
                 "kind": b.kind,
                 "doc": b.doc,
                 "symbol_name": self.names(b.symbol) if b.kind == "adjoints" else "",
+                "stride": self.stride(b.symbol) if b.symbol in self.kernel.sizes else "",
             }
             for b in bufs
         ]
@@ -625,6 +644,8 @@ class _Context:
                 "forward_prev": names(prev_name(s)) in self.forward_used,
                 "backward_prev": names(prev_name(s)) in self.backward_used,
                 "backward_new": names.at_t(s) in self.backward_used,
+                "size": str(self.kernel.size(s)),
+                "stride": self.stride(s),
             }
             for s in self.cell.states
         ]
@@ -633,22 +654,39 @@ class _Context:
         """What lengths and direction mean, as the plan states it, spelled in C."""
         seq, names, cell = self.kernel.sequencing, self.names, self.cell
         at_row = {seq.length: sympy.Symbol("(size_t)lengths[b]")}
-        inputs = [p["d_product_all"] for g in self.gemms if g["hoisted"] for p in g["pairs"]]
+        inputs = {p["d_product_all"]: g["unit"] for g in self.gemms if g["hoisted"]
+                  for p in g["pairs"]}  # fmt: skip
         return {
             "active": f"{seq.loop} < L",
             "active_c": sympy.ccode(seq.active.subs(at_row)),
             "reverse_step": sympy.ccode(seq.reverse_step),
             "sequences": [
-                {"base": self.series_base(v), "units": "1" if self.kernel.size(v) == 1 else "H"}
+                {
+                    "base": self.series_base(v),
+                    "size": str(self.kernel.size(v)),
+                    "stride": self.stride(v),
+                }
                 for v in self.kernel.series
             ]
-            + [{"base": "ys", "units": "H"}],
+            + [
+                {
+                    "base": "ys",
+                    "size": str(self.kernel.size(cell.output)),
+                    "stride": self.stride(cell.output),
+                }
+            ],
             "ys_loop": names.buffer(Buffer("loop_order", cell.output, 0)),
             "dys_loop": names.buffer(Buffer("loop_order_step", cell.output, 0)),
             "adjoint_sequences": [
-                names.buffer(b) for b in self.kernel.backward_buffers if b.kind == "adjoints"
+                {
+                    "name": names.buffer(b),
+                    "size": str(self.kernel.size(b.symbol)),
+                    "stride": self.stride(b.symbol),
+                }
+                for b in self.kernel.backward_buffers
+                if b.kind == "adjoints"
             ],
-            "input_adjoints": list(dict.fromkeys(inputs)),
+            "input_adjoints": [{"name": a, "size": z} for a, z in inputs.items()],
         }
 
 
@@ -666,6 +704,17 @@ def context(kernel: Kernel) -> dict:
         "param_shapes": _shapes_text(cell),
         "states": c.states(),
         "dys_in_backward": "dys_t" in c.backward_used,
+        "extra_sizes": list(cell.sizes),
+        # the declared sizes as the size functions take them, after H
+        "extra_args": "".join(f", size_t {z}" for z in cell.sizes),
+        "extra_dargs": "".join(f", double {z}" for z in cell.sizes),
+        "extra_names": "".join(f", {z}" for z in cell.sizes),
+        "extra_casts": "".join(f", (double){z}" for z in cell.sizes),
+        "extra_voids": "".join(f", (void){z}" for z in cell.sizes),
+        "strides": [{"name": row_stride(size_symbol(z)), "size": z} for z in cell.sizes],
+        "output_size": str(kernel.size(cell.output)),
+        "state_shapes": _state_shapes_text(kernel),
+        "output_stride": c.stride(cell.output),
         "params": [
             {"name": names(p.name), "d_name": names(c.d(p.name)), "size": " * ".join(p.shape)}
             for p in cell.params
@@ -701,27 +750,41 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
     for part in kernel.packed:
         if part.kind == "matrices":
             g = next(g for g in kernel.gemms if g.operand == part.symbol)
-            width = len(part.matrices)
             name = names.buffer(Buffer("packed", part.symbol, 0))
-            width_text = "H" if width == 1 else f"{width} * H"
+            width_text, unit = size_text(g.width), str(g.size)
+            K = "I" if g.hoisted else str(g.operand_size)
             entry = {
                 "kind": "matrices",
                 "name": name,
                 "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
-                "padded_size": f"infer_group_size({'I' if g.hoisted else 'H'}, {width_text})",
-                "size_dim": "I" if g.hoisted else "H",
-                "width": "H" if width == 1 else f"{width} * H",
+                "padded_size": f"infer_group_size({K}, {width_text})",
+                "size_dim": K,
+                "rows": unit,
+                "width": width_text,
                 "matrices": [
-                    {"name": names(m), "offset": f"{k} * H"} for k, m in enumerate(part.matrices)
+                    {"name": names(m), "offset": f"{k} * {unit}"}
+                    for k, m in enumerate(part.matrices)
                 ],
             }
         else:
-            entry = {"kind": "vector", "name": names(part.symbol), "padded_size": "H"}
+            entry = {
+                "kind": "vector",
+                "name": names(part.symbol),
+                "padded_size": size_text(part.size),
+            }
         entry["offset"] = size_text(offset) if offset != 0 else "0"
         entry["size"] = size_text(part.size)
         out.append(entry)
         offset += part.size
     return out
+
+
+def _state_shapes_text(kernel: Kernel) -> str:
+    """`each state (B, H)`, or each state's own when their sizes differ: `h (B, P), c (B, H)`."""
+    sizes = [str(kernel.size(s)) for s in kernel.cell.states]
+    if len(set(sizes)) == 1:
+        return f"each state (B, {sizes[0]})"
+    return ", ".join(f"{s} (B, {z})" for s, z in zip(kernel.cell.states, sizes, strict=True))
 
 
 def _shapes_text(cell) -> str:

@@ -26,7 +26,7 @@ class NumpyFunctions:
             work = self._local.work = self.module.Work(self.work_limit)
         return work
 
-    def numbers(self, what: str, T: int, B: int, I: int, H: int) -> int:
+    def numbers(self, what: str, T: int, B: int, I: int, H: int, *_sizes: int) -> int:
         """Numbers a call allocates besides its results, at least: forward saves a series
         of each SAVED value and of each state besides the output (ys)."""
         module = self.module
@@ -38,8 +38,9 @@ class NumpyFunctions:
     def backward(self, dys, cache: dict, dfinal: dict):
         return self.module.backward(dys, cache, dfinal, work=self._work())
 
-    def pack(self, params: dict, input_size: int, hidden_size: int):
+    def pack(self, params: dict, input_size: int, hidden_size: int, sizes=None):
         return self.module.pack(params, input_size, hidden_size)
 
-    def infer(self, xs, state0: dict, packed, lengths=None, reverse=False):
+    def infer(self, xs, state0: dict, packed, lengths=None, reverse=False, sizes=None):
+        """`sizes` (declared sizes, when the cell has any) are read from the arrays here."""
         return self.module.infer(xs, state0, packed, lengths, reverse, work=self._work())

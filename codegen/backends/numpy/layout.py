@@ -35,12 +35,14 @@ class Gate:
 
 @dataclass
 class Stack:
-    """Values of one step side by side: (B, len(members) H); `series` keeps every step."""
+    """Values of one step side by side: (B, len(members) unit); `series` keeps every step.
+    Every member has `unit` numbers per row (the size of each, H or a declared size)."""
 
     name: str
     members: list[str]
     series: bool
     comment: str = ""
+    unit: str = "H"
 
     @property
     def width(self) -> int:
@@ -64,8 +66,13 @@ class GroupLayout:
 
     @property
     def size(self) -> str:
-        """The operand's length: I for the input, H otherwise."""
-        return "I" if self.gemm.hoisted else "H"
+        """The operand's length (K): I for the input, H or a declared size otherwise."""
+        return str(self.gemm.operand_size)
+
+    @property
+    def unit(self) -> str:
+        """The length of each product."""
+        return str(self.gemm.size)
 
 
 @dataclass
@@ -115,6 +122,8 @@ def find_gates(kernel: Kernel) -> list[Gate]:
             continue
         if kernel.size(name) == 1:  # a per-row scalar has no slot among vectors
             continue
+        if name == kernel.cell.output or (gates and kernel.size(name) != gates[0][1]):
+            continue  # ys holds the output; the gates side by side have one size
         (arg,) = expr.args
         pre = arg.name if isinstance(arg, sympy.Symbol) else ""
         if pre not in forward or kernel.role(pre) is not Role.TEMP or readers.get(pre) != 1:
@@ -129,8 +138,10 @@ def find_gates(kernel: Kernel) -> list[Gate]:
         if sympy.Symbol(d_g) not in backward[d_pre].free_symbols:
             continue
         taken.add(x[0])
-        gates.append(Gate(name, pre, type(expr).__name__, level[name], x[0]))
-    return sorted(gates, key=lambda g: (g.level, g.activation, forward_index(kernel, g.name)))
+        gates.append((Gate(name, pre, type(expr).__name__, level[name], x[0]), kernel.size(name)))
+    return sorted(
+        (g for g, _ in gates), key=lambda g: (g.level, g.activation, forward_index(kernel, g.name))
+    )
 
 
 def forward_index(kernel: Kernel, name: str) -> int:
@@ -167,8 +178,15 @@ def build_layout(kernel: Kernel, names: NumpyNames) -> Layout:
     saved = any(kernel.role(g.name) is Role.SAVED for g in gates)
     if gates:
         gate_names = ", ".join(g.name for g in gates)
+        unit = str(kernel.size(gates[0].name))
         layout.add(
-            Stack(layout.gates_stack, [g.name for g in gates], saved, f"{gate_names} side by side")
+            Stack(
+                layout.gates_stack,
+                [g.name for g in gates],
+                saved,
+                f"{gate_names} side by side",
+                unit,
+            )
         )
         for gate in gates:
             layout.slot[gate.pre] = layout.slot[gate.name]  # activated in place
@@ -178,13 +196,14 @@ def build_layout(kernel: Kernel, names: NumpyNames) -> Layout:
                 [adjoint(g.name) for g in gates],
                 True,
                 f"adjoints of {gate_names}",
+                unit,
             )
         )
         for gate in gates:
             layout.slot[adjoint(gate.pre)] = layout.slot[adjoint(gate.name)]
     for group in groups:
         stack = names.derived(group.name, "_products")
-        layout.add(Stack(stack, list(group.products), group.gemm.hoisted))
+        layout.add(Stack(stack, list(group.products), group.gemm.hoisted, unit=group.unit))
     _fold_biases(kernel, layout, forward)
     _place_adjoints(kernel, layout)
     return layout
@@ -217,7 +236,8 @@ def _place_adjoints(kernel: Kernel, layout: Layout) -> None:
                 continue
         name = layout.names.derived(group.name, "_products", prefix="d_")
         group.adjoint = name
-        layout.add(Stack(name, [kernel.names.of(p) for p in group.products], True))
+        members = [kernel.names.of(p) for p in group.products]
+        layout.add(Stack(name, members, True, unit=group.unit))
 
 
 def state_of_prev(kernel: Kernel) -> dict[str, str]:

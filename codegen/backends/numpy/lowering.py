@@ -43,19 +43,19 @@ class Statement:
     comments: list[str]
     index: int  # position in the block, to keep the original order among equals
     key: tuple | None = None  # statements with one key on neighbouring slots merge
-    scalar: bool = False  # a per-row scalar (B, 1): its subexpressions need (B, 1) scratch
 
 
 @dataclass
 class Scratch:
-    """Arrays for subexpressions, reused by every statement: (B, width H) each."""
+    """Arrays for subexpressions, reused by every statement: (B, width unit) each, unit the
+    size of the values (H or a declared size)."""
 
     namer: Callable[[str], str] = str  # makes a scratch array's name unique
-    names: dict[int, list[str]] = field(default_factory=dict)  # width -> names
+    names: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # (unit, width) ->
     busy: set[str] = field(default_factory=set)
 
-    def take(self, width: int) -> str:
-        names = self.names.setdefault(width, [])
+    def take(self, width: int, unit: str = "H") -> str:
+        names = self.names.setdefault((unit, width), [])
         for name in names:
             if name not in self.busy:
                 self.busy.add(name)
@@ -69,11 +69,12 @@ class Scratch:
         self.busy.discard(name)
 
 
-def slice_text(stack: str, first: int, width: int, stack_width: int) -> str:
-    """The columns of slots first .. first + width - 1 of a per-step stacked array."""
+def slice_text(stack: str, first: int, width: int, stack_width: int, unit: str = "H") -> str:
+    """The columns of slots first .. first + width - 1 of a per-step stacked array whose slots
+    are `unit` numbers wide."""
     if width == stack_width:
         return stack
-    return f"{stack}[:, {first} * H : {first + width} * H]"
+    return f"{stack}[:, {first} * {unit} : {first + width} * {unit}]"
 
 
 class Lowering:
@@ -94,6 +95,7 @@ class Lowering:
         self.functions = functions
         self.number = number
         self.scratch = scratch
+        self.unit = "H"  # the size of the values of the block being lowered
         self.bound: set[str] = set()  # symbols whose name the step must bind to their place
         self.stacks_used: set[str] = set()  # stacked arrays the step reads or writes whole
 
@@ -167,7 +169,7 @@ class Lowering:
             out = self.text(first.target)
         else:
             stack = self.layout.stacks[target.stack]
-            out = slice_text(target.stack, target.slot, width, stack.width)
+            out = slice_text(target.stack, target.slot, width, stack.width, stack.unit)
             self.stacks_used.add(target.stack)
 
         def leaf(sym: sympy.Symbol) -> str:
@@ -176,13 +178,12 @@ class Lowering:
             p = self.place(sym.name)
             stack = self.layout.stacks[p.stack]
             self.stacks_used.add(p.stack)
-            return slice_text(p.stack, p.slot, width, stack.width)
+            return slice_text(p.stack, p.slot, width, stack.width, stack.unit)
 
         def same_place(sym: sympy.Symbol) -> bool:
             return self.place(sym.name).key == target.key
 
-        scratch_width = 0 if first.scalar else width
-        body = _Writer(self, leaf, same_place, width, scratch_width).write(first.expr, out)
+        body = _Writer(self, leaf, same_place, width).write(first.expr, out)
         names = ", ".join(st.target for st in run)
         if width > 1 and body:
             body[-1] += f"  # {names}"
@@ -199,12 +200,11 @@ class Lowering:
 class _Writer:
     """NumPy calls that compute an expression into an array (`out`)."""
 
-    def __init__(self, lowering: Lowering, leaf, same_place, width: int, scratch: int) -> None:
+    def __init__(self, lowering: Lowering, leaf, same_place, width: int) -> None:
         self.lo = lowering
         self.leaf = leaf
         self.same_place = same_place
         self.width = width
-        self.scratch_width = scratch  # slots of a scratch array; 0 for a per-row scalar
 
     def write(self, expr: sympy.Expr, out: str) -> list[str]:
         if isinstance(expr, sympy.Symbol):
@@ -240,7 +240,7 @@ class _Writer:
             elif k == carrier:
                 texts.append(out)
             else:
-                name = self.lo.scratch.take(self.scratch_width)
+                name = self.lo.scratch.take(self.width, self.lo.unit)
                 taken.append(name)
                 lines += self.write(e, name)
                 texts.append(name)

@@ -19,14 +19,8 @@ from .lowering import Lowering, Place, Scratch, Statement, slice_text
 from .names import NumpyNames, function, number
 
 
-def _cols(width: int) -> str:
-    """Columns of `width` slots of H; width 0 is a per-row scalar's one column."""
-    return "1" if width == 0 else "H" if width == 1 else f"{width} * H"
-
-
-def _units(kernel: Kernel, name: str) -> str:
-    """The columns of a symbol: H, or 1 for a per-row scalar."""
-    return "1" if kernel.size(name) == 1 else "H"
+def _cols(width: int, unit: str = "H") -> str:
+    return unit if width == 1 else f"{width} * {unit}"
 
 
 def _work(name: str, shape: str) -> str:
@@ -74,12 +68,11 @@ class Pass:
     def block(self, block: Block, exprs: dict[str, sympy.Expr], read_after=()) -> list[str]:
         """The lines of a block's statements, in a merged schedule."""
         statements, lines = [], []
+        self.lowering.unit = str(block.size)
         read = {s.name for a in block.assignments for s in a.expr.free_symbols} | set(read_after)
         for k, a in enumerate(block.assignments):
             comments = [a.comment] if a.comment else []
-            statement = Statement(a.name, exprs.get(a.name, a.expr), comments, k)
-            statement.scalar = self.kernel.size(a.name) == 1
-            statements.append(statement)
+            statements.append(Statement(a.name, exprs.get(a.name, a.expr), comments, k))
         for run in self.lowering.schedule(statements):
             st = run[0]
             if len(run) == 1 and self._alias(st):
@@ -116,6 +109,7 @@ class Pass:
 
     def buffers(self) -> list[tuple[str, str]]:
         """Arrays of one step for the values that live nowhere else: (name, columns), B rows."""
+        size = self.kernel.size
         out = []
         for sym in sorted(self.bound()):
             if sym in self.aliases or self.owns_place(sym) or self.place(sym).stack:
@@ -124,10 +118,10 @@ class Pass:
             if role in (Role.TEMP, Role.ADJ, Role.ADJ_MM, Role.ADJ_PARAM) or (
                 role is Role.ADJ_IN and sym == self.kernel.names.incoming(self.kernel.cell.output)
             ):
-                out.append((self.names(sym), _units(self.kernel, sym)))
+                out.append((self.names(sym), str(size(sym))))
         return out + [
-            (name, _cols(width))
-            for width, names in sorted(self.scratch.names.items())
+            (name, _cols(width, unit))
+            for (unit, width), names in sorted(self.scratch.names.items())
             for name in names
         ]
 
@@ -140,6 +134,7 @@ def context(kernel: Kernel) -> dict:
     prevs = state_of_prev(kernel)
     d = kernel.names.of
     gates, d_gates = layout.gates_stack, layout.d_gates_stack
+    size = kernel.size
 
     def series(name: str) -> str:
         """The (T, B, H) array of a state or saved value."""
@@ -183,7 +178,7 @@ def context(kernel: Kernel) -> dict:
             body.append(f"np.matmul({operand}, {op_name(g, '', 'MT_')}, out={products})")
             for k, p in enumerate(g.products):
                 if p in saved_products:
-                    value = slice_text(products, k, 1, g.width)
+                    value = slice_text(products, k, 1, g.width, g.unit)
                     body.append(f"{series(p)}[t, : len({products})] = {value}")
             continue
         if isinstance(step, Reduce):
@@ -196,7 +191,7 @@ def context(kernel: Kernel) -> dict:
         setup.append(_stack(g, names))
         if not g.gemm.hoisted:  # transposed: h_prev @ MT_h_prev runs with unit stride
             MT, M = op_name(g, "", "MT_"), op_name(g, "", "M_")
-            setup.append(f"{MT} = {_work(MT, f'(H, {_cols(g.width)})')}")
+            setup.append(f"{MT} = {_work(MT, f'({g.size}, {_cols(g.width, g.unit)})')}")
             setup.append(f"np.copyto({MT}, {M}.T)")
     for g in groups:
         if not g.gemm.hoisted:
@@ -204,26 +199,29 @@ def context(kernel: Kernel) -> dict:
         M, seq = op_name(g, "", "M_"), names.local(f"{op_name(g, '_products')}_seq")
         products = ", ".join(f"{m} @ {g.name}" for m in g.matrices)
         setup.append(f"# the input products of all steps at once: {products}")
-        setup.append(f"{seq} = {_work(seq, f'(T, B, {_cols(g.width)})')}")
+        setup.append(f"{seq} = {_work(seq, f'(T, B, {_cols(g.width, g.unit)})')}")
         setup.append(f"np.matmul(xs.reshape(T * B, I), {M}.T, out={seq}.reshape(T * B, -1))")
+        u = g.unit
         for k, p in enumerate(g.products):
             if p in hoisted_saved:
-                setup.append(f"{series(p)} = {seq}[:, :, {k} * H : {k + 1} * H].copy()")
+                setup.append(f"{series(p)} = {seq}[:, :, {k} * {u} : {k + 1} * {u}].copy()")
         biases = [layout.folded.get(p) for p in g.products]
         if any(biases):
-            terms = [names(b) if b else "np.zeros(H, dtype)" for b in biases]
+            terms = [names(b) if b else f"np.zeros({u}, dtype)" for b in biases]
             stacked = terms[0] if len(terms) == 1 else f"np.concatenate([{', '.join(terms)}])"
             setup.append(f"{seq} += {stacked}  # and the biases added to them")
     for s in cell.states:
-        setup.append(f"{series(s)} = np.empty((T, B, H), dtype)")
+        setup.append(f"{series(s)} = np.empty((T, B, {size(s)}), dtype)")
     gates_seq = names.local(f"{gates}_seq")
     if gate_stack:
-        shape = f"(T, B, {_cols(gate_stack.width)})"
+        shape = f"(T, B, {_cols(gate_stack.width, gate_stack.unit)})"
         setup.append(f"{gates_seq} = np.empty({shape}, dtype)  # {gate_stack.comment}")
     for v in kernel.saved:
         if v not in in_gates and v not in hoisted_saved:
-            setup.append(f"{series(v)} = np.empty((T, B, {_units(kernel, v)}), dtype)")
-    forward_work = [(op_name(g, "_products"), _cols(g.width)) for g in groups if not g.gemm.hoisted]
+            setup.append(f"{series(v)} = np.empty((T, B, {size(v)}), dtype)")
+    forward_work = [
+        (op_name(g, "_products"), _cols(g.width, g.unit)) for g in groups if not g.gemm.hoisted
+    ]
     forward_work += fwd.buffers()
     setup += _work_lines(forward_work)
     forward_bindings = _bindings(kernel, layout, fwd, prevs, series, prev_line)
@@ -295,7 +293,7 @@ def context(kernel: Kernel) -> dict:
     setup_b = [_stack(g, names) for g in groups]
     adjoint_seqs = []
     for name in [d_gates] * (d_gates in stacks) + sorted({g.adjoint for g in groups} - {d_gates}):
-        shape = f"(T, B, {_cols(stacks[name].width)})"
+        shape = f"(T, B, {_cols(stacks[name].width, stacks[name].unit)})"
         comment = f"  # {stacks[name].comment}" if stacks[name].comment else ""
         seq = names.local(f"{name}_seq")
         adjoint_seqs.append(seq)
@@ -306,43 +304,47 @@ def context(kernel: Kernel) -> dict:
     setup_b.append("dfinal = dfinal or {}")
     for s in cell.states:
         given = f'np.array(dfinal["{s}"], dtype)'
-        setup_b.append(f'{carried[s]} = {given} if "{s}" in dfinal else np.zeros((B, H), dtype)')
-        setup_b.append(f"{spare[s]} = np.empty((B, H), dtype)")
+        zeros = f"np.zeros((B, {size(s)}), dtype)"
+        setup_b.append(f'{carried[s]} = {given} if "{s}" in dfinal else {zeros}')
+        setup_b.append(f"{spare[s]} = np.empty((B, {size(s)}), dtype)")
     backward_work = bwd.buffers()
     setup_b += _work_lines(backward_work)
 
     end = ["# after the loop: the input gradient and the weight gradients, one product each"]
     for g in groups:
         adjoint = names.local(f"{g.adjoint}_seq")
+        u, K = g.unit, g.size
         if g.width != stacks[g.adjoint].width:
             first = g.adjoint_offset
-            adjoint += f"[:, :, {first} * H : {first + g.width} * H]"
+            adjoint += f"[:, :, {first} * {u} : {first + g.width} * {u}]"
         d_all, d_M, M = op_name(g, "_all", "d_"), op_name(g, "", "d_M_"), op_name(g, "", "M_")
         end.append(f"{d_all} = {adjoint}.reshape(T * B, -1)")
-        work = _work(d_M, f"({_cols(g.width)}, {g.size})")
+        work = _work(d_M, f"({_cols(g.width, u)}, {K})")
         if g.gemm.hoisted:
             end.append(f"dxs = ({d_all} @ {M}).reshape(T, B, I)")
             end.append(f"{d_M} = np.matmul({d_all}.T, xs.reshape(T * B, I), out={work})")
         elif g.name in prevs:
             s = prevs[g.name]
-            rest = _work(f"{d_M}_rest", f"({_cols(g.width)}, H)")
+            rest = _work(f"{d_M}_rest", f"({_cols(g.width, u)}, {K})")
             before = names.derived(s, "_before")
             end.append(f'{d_M} = np.matmul({d_all}[:B].T, state0["{s}"], out={work})')
-            end.append(f"{before} = {series(s)}[:-1].reshape((T - 1) * B, H)")
+            end.append(f"{before} = {series(s)}[:-1].reshape((T - 1) * B, {K})")
             end.append(f"{d_M} += np.matmul({d_all}[B:].T, {before}, out={rest})")
         else:
             operand = series(g.name)
             if g.name in in_gates:  # a gate multiplied by a matrix: its slot of the gates
                 slot = layout.slot[g.name][1]
-                operand = f"{gates_seq}[:, :, {slot} * H : {slot + 1} * H]"
-            end.append(f"{d_M} = np.matmul({d_all}.T, {operand}.reshape(T * B, H), out={work})")
+                gu = gate_stack.unit
+                operand = f"{gates_seq}[:, :, {slot} * {gu} : {slot + 1} * {gu}]"
+            end.append(f"{d_M} = np.matmul({d_all}.T, {operand}.reshape(T * B, {K}), out={work})")
         for k, m in enumerate(g.matrices):
-            end.append(f'dparams["{m}"] += {d_M}[{k} * H : {k + 1} * H]')
+            end.append(f'dparams["{m}"] += {d_M}[{k} * {u} : {k + 1} * {u}]')
     if bias_sums:
         total = names.local(f"{d_gates}_sum")
         end.append(f"{total} = {names.local(f'{d_gates}_seq')}.reshape(T * B, -1).sum(axis=0)")
+        du = stacks[d_gates].unit
         for param, k in bias_sums:
-            end.append(f'dparams["{param}"] += {total}[{k} * H : {k + 1} * H]')
+            end.append(f'dparams["{param}"] += {total}[{k} * {du} : {k + 1} * {du}]')
 
     states = [
         {
@@ -351,6 +353,7 @@ def context(kernel: Kernel) -> dict:
             "key": "ys" if s == cell.output else s,
             "d_next": carried[s],
             "d_spare": spare[s],
+            "size": str(size(s)),
         }
         for s in cell.states
     ]
@@ -363,6 +366,10 @@ def context(kernel: Kernel) -> dict:
         "reverse_step": sympy.pycode(kernel.sequencing.reverse_step),
         "states": states,
         "output": cell.output,
+        "output_size": str(size(cell.output)),
+        "forward_sizes": _size_lines(kernel, "state0", "params"),
+        "backward_sizes": _size_lines(kernel, "state0", "params", from_ys=True),
+        "infer_sizes": _size_lines(kernel, "state0", "packed"),
         "params": [
             {"name": p.name, "var": names(p.name), "shape": _tuple(p.shape)} for p in cell.params
         ],
@@ -396,19 +403,38 @@ def _count(count: sympy.Expr) -> str:
     return sympy.pycode(count)
 
 
+def _size_lines(kernel: Kernel, states: str, params: str, from_ys: bool = False) -> list[str]:
+    """`H = state0["h"].shape[1]`, ...: each size (besides I, from xs) read from the arrays
+    of the call, the output's state first (with from_ys, the output's size from ys)."""
+    cell = kernel.cell
+    sources = cell.size_sources()
+    output_size = str(kernel.size(cell.output))
+    if cell.output in cell.states:
+        sources[output_size] = ("state", cell.output, 1)
+    lines = []
+    for size, (kind, name, axis) in sources.items():
+        if from_ys and size == output_size:
+            lines.append(f"{size} = ys.shape[2]")
+        elif kind == "state":
+            lines.append(f'{size} = {states}["{name}"].shape[{axis}]')
+        else:
+            lines.append(f'{size} = {params}["{name}"].shape[{axis}]')
+    return lines
+
+
 def _stack(g: GroupLayout, names: NumpyNames) -> str:
     """M_<operand>: the matrices of a fused product stacked in slot order, (G H, K)."""
     M = names.derived(g.name, "", "M_")
     matrices = [names(m) for m in g.matrices]
     if len(matrices) == 1:
         return f"{M} = {matrices[0]}"
-    out = _work(M, f"({_cols(g.width)}, {g.size})")
+    out = _work(M, f"({_cols(g.width, g.unit)}, {g.size})")
     return f"{M} = np.concatenate([{', '.join(matrices)}], out={out})"
 
 
 def _backward_product(g: GroupLayout, stacks, prevs, written, bwd: Pass, M: str) -> list[str]:
     """The operand's adjoint through a fused product of one step: d(products) @ M."""
-    adjoint = slice_text(g.adjoint, g.adjoint_offset, g.width, stacks[g.adjoint].width)
+    adjoint = slice_text(g.adjoint, g.adjoint_offset, g.width, stacks[g.adjoint].width, g.unit)
     bwd.lowering.stacks_used.add(g.adjoint)
     names = bwd.kernel.names
     if g.name not in prevs:
@@ -416,7 +442,7 @@ def _backward_product(g: GroupLayout, stacks, prevs, written, bwd: Pass, M: str)
     target = bwd.use(names.of(g.name))
     if names.of(g.name) not in written:
         return [f"np.matmul({adjoint}, {M}, out={target})"]
-    tmp = bwd.scratch.take(1)
+    tmp = bwd.scratch.take(1, g.size)
     bwd.scratch.release(tmp)
     return [f"np.matmul({adjoint}, {M}, out={tmp})", f"np.add({target}, {tmp}, out={target})"]
 
@@ -455,7 +481,8 @@ def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, rows: str = "")
         role = kernel.roles.get(sym)
         if where and where[0] in stacks:
             stack = layout.stacks[where[0]]
-            out.append(f"{p.names(sym)} = {slice_text(where[0], where[1], 1, stack.width)}")
+            text = slice_text(where[0], where[1], 1, stack.width, stack.unit)
+            out.append(f"{p.names(sym)} = {text}")
         elif role in (Role.STATE, Role.SAVED) or (role is Role.PRODUCT and sym in kernel.saved):
             out.append(f"{p.names(sym)} = {series(sym)}[t{rows}]")
     return out
