@@ -121,16 +121,18 @@ def test_cse_names_each_repeated_subexpression_once_before_its_first_use():
         (),
     )
     roles: dict = {}
-    out = _cse(block, roles, taken=set())
+    sizes: dict = {}
+    out = _cse(block, roles, taken=set(), sizes=sizes)
     names = [x.name for x in out.assignments]
     assert names == ["cse0", "p", "q", "cse1", "r"]
     # a name the cell already uses is never given to a temporary
-    again = _cse(block, {}, taken={"cse0", "cse2"})
+    again = _cse(block, {}, taken={"cse0", "cse2"}, sizes={})
     assert [x.name for x in again.assignments] == ["cse1", "p", "q", "cse3", "r"]
     values = {x.name: x.expr for x in out.assignments}
     assert values["cse0"] == 1 - b and values["cse1"] == a + c
     assert out.assignments[0].comment == "first"  # the equation's comment leads its block
     assert roles == {"cse0": Role.TEMP, "cse1": Role.TEMP}
+    assert sizes == {"cse0": block.size, "cse1": block.size}  # a temporary has its block's size
     # same values as before
     env = {a: 0.3, b: -1.1, c: 2.0}
     for x in out.assignments:
