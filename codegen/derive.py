@@ -117,7 +117,7 @@ class Derivation:
     level: dict[str, int]  # primitive or matmul name -> pointwise stage
     backward: tuple[Adjoint, ...]
     names: AdjointNames
-    sizes: dict[str, str] | None = None  # size names of the forward's symbols (see unit_sizes)
+    sizes: dict[str, str]  # size names of the forward's symbols (see unit_sizes)
 
     @property
     def max_level(self) -> int:
@@ -126,7 +126,7 @@ class Derivation:
     @property
     def scalars(self) -> frozenset[str]:
         """The forward's per-row scalars (size 1): reductions and arithmetic on them only."""
-        return frozenset(n for n, size in (self.sizes or {}).items() if size == "1")
+        return frozenset(n for n, size in self.sizes.items() if size == "1")
 
     def size(self, name: str) -> sympy.Expr:
         """Units per batch row of a forward or backward symbol: that of what an adjoint is the
@@ -140,7 +140,7 @@ class Derivation:
                 (each,) = (a for a in self.backward if a.name == name)
                 return size_symbol(self.expr_size(each.expr))
             name = symbol
-        return size_symbol((self.sizes or {}).get(name, "H"))
+        return size_symbol(self.sizes.get(name, "H"))
 
     def expr_size(self, expr: sympy.Expr) -> str:
         """The size name of an expression of the step's symbols (a per-row scalar broadcasts)."""

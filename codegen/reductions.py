@@ -20,7 +20,6 @@ expressions answer np.mean, np.sum, np.var, np.std and np.sqrt with an error nam
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -119,4 +118,3 @@ for _method, _fix in _FIXES.items():  # numpy calls these methods on objects it 
         setattr(sympy.Expr, _method, _numpy_refusal(_method, _fix))
 
 __all__ = ["REDUCTIONS", "Reduction", "mean", "sum", "units", "units_size"]
-_ = builtins  # the builtin sum stays reachable as builtins.sum in this module
