@@ -175,6 +175,10 @@ class CellSpec:
             arrays = state0 if kind == "state" else params
             if arrays is not None and name in arrays:
                 out[size] = int(arrays[name].shape[axis])
+        sized = dict(self.symbol_sizes)
+        for s in self.states:  # without params: every size a state has
+            if s in state0:
+                out.setdefault(sized[s], int(state0[s].shape[1]))
         for size in self.all_sizes:
             out.setdefault(size, 0)
         return out

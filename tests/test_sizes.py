@@ -62,6 +62,25 @@ def projected_reference(xs, state0, p):
     return np.array(ys), {"h": h, "c": c}
 
 
+def assert_gradients(k, reference, xs, state0, params, cache):
+    """backward's gradients of sum(ys) against central differences of the reference, at a
+    few entries of every tensor."""
+    dxs, dstate0, dparams = k.backward(np.ones(cache["ys"].shape), cache)
+    analytic = {"xs": dxs, **{f"state0[{s}]": v for s, v in dstate0.items()}, **dparams}
+    arrays = {"xs": xs, **{f"state0[{s}]": v for s, v in state0.items()}, **params}
+    rng = np.random.default_rng(3)
+    for name, array in arrays.items():
+        assert analytic[name].shape == array.shape, name
+        for _ in range(3):
+            index = tuple(int(rng.integers(n)) for n in array.shape)
+            value, sums = array[index], []
+            for x in (value + 1e-6, value - 1e-6):
+                array[index] = x
+                sums.append(reference(xs, state0, params)[0].sum())
+            array[index] = value
+            assert abs(analytic[name][index] - (sums[0] - sums[1]) / 2e-6) < 1e-7, name
+
+
 def test_declared_sizes_give_shapes(tmp_path):
     spec = load_cell(write(tmp_path, "projected", PROJECTED))
     assert spec.sizes == ("P",)
@@ -100,23 +119,7 @@ def test_a_projected_cell_computes_its_equations(tmp_path, backend):
     np.testing.assert_allclose(ys, want_ys, rtol=0, atol=1e-12)
     for s in ("h", "c"):
         np.testing.assert_allclose(final[s], want_final[s], rtol=0, atol=1e-12)
-    dxs, dstate0, dparams = k.backward(np.ones_like(ys), cache)
-    assert dstate0["h"].shape == (B, P) and dparams["W_p"].shape == (P, H)
-    loss = {"xs": xs, "h": state0["h"], "c": state0["c"], **params}
-
-    def difference(name, index, step=1e-6):  # d sum(ys) / d loss[name][index], centrally
-        value = loss[name][index]
-        sums = []
-        for x in (value + step, value - step):
-            loss[name][index] = x
-            sums.append(projected_reference(xs, state0, params)[0].sum())
-        loss[name][index] = value
-        return (sums[0] - sums[1]) / (2 * step)
-
-    analytic = {"xs": dxs, "h": dstate0["h"], "c": dstate0["c"], **dparams}
-    for name, index in [("xs", (1, 0, 2)), ("h", (2, 1)), ("c", (0, 3)), ("W_p", (1, 2)),
-                        ("U", (4, 1)), ("g", (0,)), ("b", (5,))]:  # fmt: skip
-        assert abs(analytic[name][index] - difference(name, index)) < 1e-8, name
+    assert_gradients(k, projected_reference, xs, state0, params, cache)
     ys_i, final_i = k.infer(xs, state0, k.pack(params))
     np.testing.assert_allclose(ys_i, ys, rtol=0, atol=1e-13)
     np.testing.assert_allclose(final_i["c"], final["c"], rtol=0, atol=1e-13)
@@ -275,3 +278,47 @@ def test_a_size_mistake_is_one_line_naming_the_fix(tmp_path, case):
     assert caught.value.equation == equation
     for phrase in phrases:
         assert phrase in message, message
+
+
+# hidden-sized inputs and outputs that are not states ---------------------------------------
+
+HIGHWAY = """\
+x = cell.input("x", size="H")
+(c_prev,) = cell.states("c")
+W, V = cell.matrices("W V")
+(b,) = cell.vectors("b")
+c = cell.update("c", tanh(W @ x + b) * c_prev + x)
+y = cell.eq("y", sigmoid(V @ (x * c)) + x * c_prev)
+"""
+
+
+def highway_reference(xs, state0, p):
+    c, ys = state0["c"], []
+    for x in xs:
+        c_prev = c
+        c = np.tanh(x @ p["W"].T + p["b"]) * c_prev + x
+        ys.append(1 / (1 + np.exp(-((x * c) @ p["V"].T))) + x * c_prev)
+    return np.array(ys), {"c": c}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hidden_sized_input_and_an_output_equation(tmp_path, backend):
+    k = codegen.load(write(tmp_path, "highway", HIGHWAY, output="y"), backend)
+    assert k.output == "y" and k.states == ("c",)
+    T, B, H = 4, 3, 5
+    rng = np.random.default_rng(2)
+    params = {n: rng.uniform(-0.5, 0.5, s) for n, s in k.param_shapes(H, H).items()}
+    state0 = {"c": rng.uniform(-0.5, 0.5, (B, H))}
+    xs = rng.normal(size=(T, B, H))
+    ys, final, cache = k.forward(xs, state0, params)
+    want_ys, want_final = highway_reference(xs, state0, params)
+    np.testing.assert_allclose(ys, want_ys, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(final["c"], want_final["c"], rtol=0, atol=1e-12)
+    assert_gradients(k, highway_reference, xs, state0, params, cache)
+    lengths = np.array([4, 1, 3], np.int32)
+    ys_r, final_r, _ = k.forward(xs, state0, params, lengths=lengths, reverse=True)
+    ys_i, final_i = k.infer(xs, state0, params, lengths=lengths, reverse=True)
+    np.testing.assert_allclose(ys_i, ys_r, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(final_i["c"], final_r["c"], rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match=r"hidden-sized \(I = H\)"):
+        k.forward(rng.normal(size=(T, B, H + 1)), state0, params)
