@@ -18,7 +18,6 @@ import sympy
 
 from .cell import CellSpec, prev_name, size_symbol
 from .derive import Adjoint, AdjointNames, Derivation, derive
-from .errors import EquationError
 from .text import equation_text
 
 _HIDDEN = size_symbol("H")  # the size of a block or product unless the plan says otherwise
@@ -554,16 +553,9 @@ def _group_products(cell: CellSpec, d: Derivation, sizes: dict) -> list[Gemm]:
     groups: dict[tuple[int, str, sympy.Expr], list] = {}
     for m in cell.matmuls:
         groups.setdefault((d.level[m.name], m.operand, sizes[m.name]), []).append(m)
-    out, seen = [], {}
+    out = []
     for (level, operand, size), ms in groups.items():
-        if operand in seen:
-            raise EquationError(
-                f"not supported: the products of {operand} have different sizes "
-                f"({seen[operand]} and {size}); multiply {operand} by matrices of one row size, "
-                "or bring it to another vector first (cell.eq) and multiply that",
-                equation=ms[0].name,
-            )
-        seen[operand] = size
+        assert sum(key[1] == operand for key in groups) == 1, operand  # cell.py refuses it
         kind = cell.kind(operand)
         role = {"input": Role.INPUT, "state_prev": Role.STATE_PREV}.get(kind, Role.SAVED)
         out.append(

@@ -30,6 +30,22 @@ cell = Cell("{name}", description="a cell with sizes", reference="a test"{output
 """
 
 
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch):
+    """Run the equation files here, not in a child Python each (tests of that: elsewhere)."""
+    monkeypatch.setenv("CELLGEN_EQUATION_TIMEOUT", "0")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The projected and the highway cell, written once: their kernels are built once."""
+    root = tmp_path_factory.mktemp("cells")
+    return {
+        "projected": write(root, "projected", PROJECTED),
+        "highway": write(root, "highway", HIGHWAY, output="y"),
+    }
+
+
 def write(tmp_path, name: str, body: str, output: str | None = None) -> str:
     text = HEAD.format(name=name, output=f", output={output!r}" if output else "")
     path = tmp_path / f"{name}.py"
@@ -81,8 +97,8 @@ def assert_gradients(k, reference, xs, state0, params, cache):
             assert abs(analytic[name][index] - (sums[0] - sums[1]) / 2e-6) < 1e-7, name
 
 
-def test_declared_sizes_give_shapes(tmp_path):
-    spec = load_cell(write(tmp_path, "projected", PROJECTED))
+def test_declared_sizes_give_shapes(files):
+    spec = load_cell(files["projected"])
     assert spec.sizes == ("P",)
     assert [str(spec.size(n)) for n in ("x", "h", "h_prev", "c", "c_prev", "g")] == [
         "I", "P", "P", "H", "H", "P",
@@ -105,8 +121,8 @@ def sympy_symbol(name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_projected_cell_computes_its_equations(tmp_path, backend):
-    k = codegen.load(write(tmp_path, "projected", PROJECTED), backend)
+def test_a_projected_cell_computes_its_equations(files, backend):
+    k = codegen.load(files["projected"], backend)
     assert k.sizes == ("P",)
     T, B, I, H, P = 4, 3, 5, 6, 2
     rng = np.random.default_rng(1)
@@ -126,8 +142,8 @@ def test_a_projected_cell_computes_its_equations(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sizes_that_disagree_are_refused_by_name(tmp_path, backend):
-    k = codegen.load(write(tmp_path, "projected", PROJECTED), backend)
+def test_sizes_that_disagree_are_refused_by_name(files, backend):
+    k = codegen.load(files["projected"], backend)
     T, B, I, H, P = 2, 2, 3, 4, 2
     params = {n: np.zeros(s) for n, s in k.param_shapes(I, H, P=P).items()}
     state0 = {s: np.zeros(shape) for s, shape in k.state_shapes(B, H, P=P).items()}
@@ -193,6 +209,20 @@ MISTAKES = {
         """,
         "h",
         ["state 'h' is of size P, but its new value is of size H"],
+    ),
+    "one_operand_two_row_sizes": (
+        """\
+        (P,) = cell.sizes("P")
+        x = cell.input("x")
+        h_prev, c_prev = cell.states("h", "c", sizes=("P", "H"))
+        (W,) = cell.matrices("W")
+        (A,) = cell.matrices("A", shape=("H", "P"))
+        (R,) = cell.matrices("R", shape=("P", "P"))
+        c = cell.update("c", W @ x + A @ h_prev + c_prev)
+        h = cell.update("h", R @ h_prev)
+        """,
+        "h",
+        ["not supported: h_prev is multiplied by matrices of H rows (A) and of P rows (R)"],
     ),
     "undeclared_size": (
         """\
@@ -264,6 +294,35 @@ MISTAKES = {
         ["x is input-sized (I)", "cell.input('x', size='H')"],
     ),
 }
+# what the language cannot say: each named as unsupported, with what to write instead
+SIMPLE = """\
+x = cell.input("x")
+(h_prev,) = cell.states("h")
+(W,) = cell.matrices("W")
+"""
+UNSUPPORTED = {
+    "numpy_mean": ('h = cell.update("h", np.mean(W @ x) + h_prev)', ["np.mean()", "mean(v)"]),
+    "numpy_sum": ('h = cell.update("h", np.sum(W @ x) * h_prev)', ["np.sum()", "sum(v)"]),
+    "numpy_var": ('h = cell.update("h", np.var(h_prev) + W @ x)', ["mean((v - mean(v))**2)"]),
+    "numpy_tanh": (
+        'h = cell.update("h", np.tanh(W @ x) + h_prev)',
+        ["np.tanh()", "from codegen.activations import tanh"],
+    ),
+    "python_sum": (
+        'h = cell.update("h", sum(W @ x) + h_prev)',
+        ["iterating over a vector", "codegen's sum(v)"],
+    ),
+    "python_max": ('h = cell.update("h", max(W @ x, h_prev))', ["use relu(v)"]),
+    "index": ('h = cell.update("h", (W @ x)[0] + h_prev)', ["indexing a vector"]),
+    "matrix_on_the_right": ('h = cell.update("h", x @ W + h_prev)', ["write the matrix first"]),
+    "transposed_matrix": (
+        'h = cell.update("h", W.T @ x + h_prev)',
+        ["W.T: a transposed matrix is not supported", "shape="],
+    ),
+}
+MISTAKES.update(
+    {name: (SIMPLE + line + "\n", "h", phrases) for name, (line, phrases) in UNSUPPORTED.items()}
+)
 OUTPUTS = {"output_that_is_nothing": "y"}
 
 
@@ -302,8 +361,8 @@ def highway_reference(xs, state0, p):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_hidden_sized_input_and_an_output_equation(tmp_path, backend):
-    k = codegen.load(write(tmp_path, "highway", HIGHWAY, output="y"), backend)
+def test_a_hidden_sized_input_and_an_output_equation(files, backend):
+    k = codegen.load(files["highway"], backend)
     assert k.output == "y" and k.states == ("c",)
     T, B, H = 4, 3, 5
     rng = np.random.default_rng(2)
