@@ -132,10 +132,11 @@ size_t cellgen_indrnn_infer_work_size(size_t B, size_t I, size_t H)
 
 /* ---- double ---- */
 
-/* 1 where y > 0, else 0: relu's derivative from its output. */
+/* 1 where y > 0, else 0: relu's derivative from its output; NaN for a NaN (carried on, as
+ * every other derivative carries it, rather than turned into a zero gradient). */
 static inline double positive_f64(double y)
 {
-    return y > 0.0 ? 1.0 : 0.0;
+    return y > 0.0 ? 1.0 : (y == y ? 0.0 : y);
 }
 
 /* max(x, 0), keeping NaN. */
@@ -966,10 +967,11 @@ void cellgen_indrnn_infer_f64(
 
 /* ---- float ---- */
 
-/* 1 where y > 0, else 0: relu's derivative from its output. */
+/* 1 where y > 0, else 0: relu's derivative from its output; NaN for a NaN (carried on, as
+ * every other derivative carries it, rather than turned into a zero gradient). */
 static inline float positive_f32(float y)
 {
-    return y > 0.0F ? 1.0F : 0.0F;
+    return y > 0.0F ? 1.0F : (y == y ? 0.0F : y);
 }
 
 /* max(x, 0), keeping NaN. */

@@ -55,8 +55,10 @@ def _fresh(name, shape, dtype):
 
 
 def positive(y, out):
-    """out = 1 where y > 0, else 0: the derivative of relu from its output."""
+    """out = 1 where y > 0, else 0: the derivative of relu from its output (NaN for a NaN:
+    carried on, not turned into a zero gradient)."""
     np.copyto(out, np.real(y) > 0)
+    np.copyto(out, y, where=np.isnan(y))
 
 
 def relu(x, out):
