@@ -7,11 +7,10 @@
  *
  * Arrays are row-major and contiguous, and must not overlap: xs (T, B, I); ys and dys (T, B, P);
  * h (B, P), c (B, H); W_f W_i W_c W_o (H, I); U_f U_i U_c U_o (H, P); b_f b_i b_c b_o (H); W_p (P, H).
- * Sizes besides I and H: P. Every function below takes them, in this
- * order, right after H (the size functions and pack too).
+ * Sizes besides I and H: P; every function below takes them right after H.
  * The caller provides all memory; nothing is allocated and nothing global is kept:
- *   saved: cellgen_lstmp_saved_size(T, B, H) numbers that forward keeps for backward;
- *   work:  cellgen_lstmp_work_size(T, B, I, H) numbers of scratch space, for either call.
+ *   saved: cellgen_lstmp_saved_size(T, B, H, P) numbers that forward keeps for backward;
+ *   work:  cellgen_lstmp_work_size(T, B, I, H, P) numbers of scratch space, for either call.
  * A size function returns SIZE_MAX when the count would reach SIZE_MAX / 16 (memory no machine
  * has): check for it before allocating. Any other count, times sizeof(double), fits in size_t.
  * In backward, a NULL d_<state>_final means a zero adjoint for that final state.
@@ -35,9 +34,9 @@ size_t cellgen_lstmp_work_size(size_t T, size_t B, size_t I, size_t H, size_t P)
 
 /* Inference: pack rearranges the parameters once into `packed` (cellgen_lstmp_packed_size
  * numbers; the layout is cellgen's own); infer runs T steps from the states given, leaves the
- * final states in the same arrays, and writes ys (T, B, H) unless ys is NULL. Calling infer
+ * final states in the same arrays, and writes ys (T, B, P) unless ys is NULL. Calling infer
  * with T = 1 again and again streams a sequence and gives the same numbers, bit for bit, as
- * one call over it. `work` holds cellgen_lstmp_infer_work_size(B, I, H) numbers, whatever T. */
+ * one call over it. `work` holds cellgen_lstmp_infer_work_size(B, I, H, P) numbers, whatever T. */
 size_t cellgen_lstmp_packed_size(size_t I, size_t H, size_t P);
 size_t cellgen_lstmp_infer_work_size(size_t B, size_t I, size_t H, size_t P);
 
