@@ -828,11 +828,15 @@ def refusing_numpy() -> Iterator[None]:
     def refuse(self, func, types, args, kwargs):
         raise EquationError(unsupported_numpy(func.__name__), line=_caller_line())
 
+    previous = sympy.Basic.__dict__.get("__array_function__")  # a file that loads another
     sympy.Basic.__array_function__ = refuse
     try:
         yield
     finally:
-        del sympy.Basic.__array_function__
+        if previous is None:
+            del sympy.Basic.__array_function__
+        else:
+            sympy.Basic.__array_function__ = previous
 
 
 def _size_words(size: str) -> str:
