@@ -176,6 +176,11 @@ def sources(cell: str | Path) -> Sources:
 
     spec = load_cell(cell)
     name = spec.name
+    if spec.sizes or spec.input_hidden or spec.output not in spec.states:
+        raise BenchError(
+            f"bench --infer does not take {name} yet (its driver knows I and H only, a state "
+            f"as output and an input of size I); time it with `cellgen bench {name}`"
+        )
     generated = kernel_files(build_kernel(spec))
     files = {f"{name}.c": generated[f"c/{name}.c"], f"{name}.h": generated[f"c/{name}.h"]}
     render = _render()

@@ -145,8 +145,15 @@ def _tasks(cell: str | Path, shape: Shape, backends: Sequence[str]) -> dict[str,
     """The training steps to time on one problem, by implementation."""
     import torch
 
+    from .registry import load_cell
     from .torch import RNN
 
+    spec = load_cell(cell)
+    if spec.sizes or spec.input_hidden or spec.output not in spec.states:
+        raise BenchError(
+            f"bench --torch-train does not take {spec.name} yet (its torch loop knows I and H "
+            f"only, and a state as output); time it with `cellgen bench {spec.name}`"
+        )
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     torch.manual_seed(0)
     x = torch.randn(T, B, I)

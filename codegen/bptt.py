@@ -105,6 +105,9 @@ class _Arranger:
         self.user = {e.name for e in cell.equations if not e.auto}
         self.leaves = {m.name for m in cell.matmuls}
         self.leaves |= {p.name for p in cell.params} | {prev_name(s) for s in cell.states}
+        self.leaves.add(cell.input)  # used elementwise too when hidden-sized
+        # what a gradient reaches from outside the step: the states, and an output equation
+        self.outside = [*cell.states] + [cell.output] * (cell.output not in cell.states)
 
     def adj(self, name: str) -> sympy.Symbol:
         """The symbol of name's adjoint in the derivation."""
@@ -134,7 +137,8 @@ class _Arranger:
             if t not in self.leaves and adj[t] != 0
         ]
         products = [(m.name, adj[m.name]) for m in self.cell.matmuls]
-        passed = [(self.cell.input, self.carried(self.cell.input))]
+        x = self.cell.input
+        passed = [(x, sympy.Add(self.carried(x), adj.get(x, sympy.S.Zero)))]
         for s in self.cell.states:
             p = prev_name(s)
             passed.append((p, sympy.Add(self.carried(p) if p in self.by_operand else 0, adj[p])))
@@ -142,8 +146,8 @@ class _Arranger:
 
         # fold renamings and products into their uses; inline what is used once
         subs: dict[sympy.Symbol, sympy.Expr] = {}
-        incoming: dict[str, bool] = {s: True for s in self.cell.states}
-        state_in = {sympy.Symbol(self.d.names.incoming(s)): s for s in self.cell.states}
+        incoming: dict[str, bool] = {s: True for s in self.outside}
+        state_in = {sympy.Symbol(self.d.names.incoming(s)): s for s in self.outside}
         kept: list[tuple[str, sympy.Expr]] = []
         for target, expr in step:
             expr = expr.xreplace(subs)
@@ -242,6 +246,22 @@ class _Arranger:
                 parts += [", as ", Math("y_t = "), sympy.Symbol(s), ") plus "]
             parts += ["what step ", step_after, " passes back as its ", self.adj(prev_name(s))]
             parts += [" (at ", Math("t = T"), ", the gradient of the final state)."]
+            notes.append(Note(tuple(parts)))
+        output = self.cell.output
+        if output not in self.cell.states:  # an equation: the loss alone reaches it
+            name = (
+                sympy.Symbol(self.d.names.incoming(output))
+                if incoming[output]
+                else self.adj(output)
+            )
+            parts = [
+                name,
+                " is the gradient that reaches ",
+                sympy.Symbol(output),
+                " from the loss ",
+            ]
+            parts += ["at step ", t, ", ", Math(r"\partial L / \partial y_t"), ", as "]
+            parts += [Math("y_t = "), sympy.Symbol(output), "."]
             notes.append(Note(tuple(parts)))
         pres = [
             sympy.Eq(sympy.Symbol(p.name), p.expr, evaluate=False)

@@ -22,11 +22,12 @@ equation and its line; `Cell.spec()` checks the whole and freezes it into a `Cel
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import keyword
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -183,6 +184,10 @@ class CellSpec:
             arrays = state0 if kind == "state" else params
             if arrays is not None and name in arrays:
                 out[size] = int(arrays[name].shape[axis])
+        sized = dict(self.symbol_sizes)
+        for s in self.states:  # without params: every size a state has
+            if s in state0:
+                out.setdefault(sized[s], int(state0[s].shape[1]))
         for size in self.all_sizes:
             out.setdefault(size, 0)
         return out
@@ -211,6 +216,15 @@ class Matrix:
 
     __mul__ = __rmul__ = __add__ = __radd__ = __sub__ = __rsub__ = _misuse
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = _misuse
+
+    @property
+    def T(self) -> Matrix:
+        raise EquationError(
+            f"{self.name}.T: a transposed matrix is not supported; declare {self.name} in the "
+            f"shape you multiply with (cell.matrices('{self.name}', shape=(rows, columns))) "
+            f"and write {self.name} @ v",
+            line=_caller_line(),
+        )
 
     def __rmatmul__(self, operand: object) -> sympy.Expr:
         shown = self.cell._show(operand) if isinstance(operand, sympy.Basic) else repr(operand)
@@ -785,6 +799,13 @@ class Cell:
                 f"({sized.get(size, 'of size ' + size)} {self._show(operand)}); use a separate "
                 "matrix for each"
             )
+        other = next((m for m in self._matmuls.values() if m.operand == operand_name), None)
+        if other is not None and self._size[other.name] != rows:  # one fused product each
+            self._fail(
+                f"not supported: {self._show(operand)} is multiplied by matrices of "
+                f"{self._size[other.name]} rows ({other.matrix}) and of {rows} rows "
+                f"({matrix.name}); multiply a copy of it (cell.eq) by one of them"
+            )
         product = f"{matrix.name}_{operand_name}"
         if product not in self._matmuls:
             if product in self._kinds:
@@ -822,6 +843,53 @@ class Cell:
             if m.name in used:
                 used.add(m.operand)
         return used
+
+
+# Python and NumPy constructs an equation cannot use: what each is and what to write instead
+# NumPy's reductions, by what codegen.reductions calls them
+NUMPY_REDUCTIONS = {
+    "mean": "mean", "average": "mean", "sum": "sum", "nansum": "sum", "nanmean": "mean"
+}  # fmt: skip
+
+
+def unsupported_numpy(name: str) -> str:
+    """The message for np.<name>(...) on a symbol: what to use instead, where there is one."""
+    head = (
+        f"unsupported function np.{name}(): NumPy and math functions cannot take cellgen's symbols"
+    )
+    if name in ELEMENTWISE:
+        return f"{head}; use {name}, imported with `from codegen.activations import {name}`"
+    if name in NUMPY_REDUCTIONS:
+        fn = NUMPY_REDUCTIONS[name]
+        return f"{head}; use codegen's {fn}(v) for a {fn} over the units of a vector"
+    if name in ("var", "std", "linalg.norm", "norm"):
+        return (
+            f"{head}; a variance over the units of a vector is built from codegen's mean(v): "
+            "mean((v - mean(v))**2)"
+        )
+    return (
+        f"{head}; use one of {', '.join(sorted(ELEMENTWISE))}, imported with "
+        "`from codegen.activations import ...`, or mean, sum from codegen.reductions"
+    )
+
+
+@contextlib.contextmanager
+def refusing_numpy() -> Iterator[None]:
+    """While an equation file runs, a NumPy function given a symbol raises one clear line
+    (np.mean(v) would return v itself, np.var(v) 0: wrong, and silently)."""
+
+    def refuse(self, func, types, args, kwargs):
+        raise EquationError(unsupported_numpy(func.__name__), line=_caller_line())
+
+    previous = sympy.Basic.__dict__.get("__array_function__")  # a file that loads another
+    sympy.Basic.__array_function__ = refuse
+    try:
+        yield
+    finally:
+        if previous is None:
+            del sympy.Basic.__array_function__
+        else:
+            sympy.Basic.__array_function__ = previous
 
 
 def _size_words(size: str) -> str:

@@ -75,6 +75,8 @@ class AdjointNames:
             self._make("adjoint", name, f"d_{name}")
         for state in cell.states:
             self._make("incoming", state, f"d_{state}_in")
+        if cell.output not in cell.states:  # an equation: its adjoint arrives from dys alone
+            self._make("incoming", cell.output, f"d_{cell.output}_in")
         for operand in sorted({m.operand for m in cell.matmuls}):
             self._make("products", operand, f"d_{operand}_mm")
         for scalar in sorted(scalars):
@@ -338,8 +340,8 @@ def adjoints(
 
     for prim in reversed(forward):
         terms = list(contributions.pop(prim.name, []))
-        if prim.state:
-            terms.insert(0, sympy.Symbol(names.incoming(prim.state)))
+        if prim.state or prim.name == cell.output:
+            terms.insert(0, sympy.Symbol(names.incoming(prim.state or prim.name)))
         if prim.name in operands:
             terms.insert(0, sympy.Symbol(names.through_products(prim.name)))
         if prim.name in scalars and any(is_vector(t) for t in terms):
@@ -362,6 +364,7 @@ def adjoints(
     leaves = [m.name for m in cell.matmuls]
     leaves += [p.name for p in cell.params if p.kind == "vector"]
     leaves += [prev_name(s) for s in cell.states]
+    leaves += [cell.input] if cell.input in contributions else []  # used elementwise (I = H)
     for leaf in leaves:
         out.append(Adjoint(leaf, names.of(leaf), sympy.Add(*contributions.pop(leaf, []))))
     assert not contributions, f"adjoints left over: {sorted(contributions)}"

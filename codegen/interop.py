@@ -42,6 +42,7 @@ ONNX_GRU_GATES = ("z", "r", "h")
 
 # each cell's parameters in its declaration order (equations/<cell>.py)
 LSTM_PARAMS = tuple(f"{m}_{g}" for m in "WUb" for g in "fico")
+LSTMP_PARAMS = (*LSTM_PARAMS, "W_p")  # torch.nn.LSTM(proj_size=P): W_p is weight_hr
 LSTM_PEEPHOLE_PARAMS = (*LSTM_PARAMS, "p_i", "p_f", "p_o")
 LSTM_CIFG_PARAMS = tuple(f"{m}_{g}" for m in "WUb" for g in "ico")
 GRU_PARAMS = tuple(f"{m}_{g}" for m in "WUb" for g in "zrh")
@@ -77,21 +78,28 @@ class Converted(_CellAndParams):
 def from_torch_lstm(module: torch.nn.Module) -> Params:
     """Parameters of `lstm` from a torch.nn.LSTM or LSTMCell: for one layer and one direction
     the cell's (W_f, ...); for more layers or two directions codegen.RNN's (l0.W_f,
-    l0_reverse.W_f, l1.W_f, ...).
+    l0_reverse.W_f, l1.W_f, ...). With proj_size = P those of `lstmp`: the same twelve (U_* of
+    shape (H, P)) and W_p = weight_hr (P, H); run them with P as lstmp's size.
 
     The arrays are copies in the module's dtype; b_g = bias_ih_g + bias_hh_g.
     """
     return _from_torch(module, "LSTM", 4, _lstm_from_torch)
 
 
-def _lstm_from_torch(w_ih, w_hh, b_ih, b_hh) -> Params:
-    return _ordered(_split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_LSTM_GATES), LSTM_PARAMS)
+def _lstm_from_torch(w_ih, w_hh, b_ih, b_hh, w_hr=None) -> Params:
+    p = _split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_LSTM_GATES)
+    if w_hr is None:
+        return _ordered(p, LSTM_PARAMS)
+    p["W_p"] = w_hr.copy()
+    return _ordered(p, LSTMP_PARAMS)
 
 
 def to_torch_lstm(
     params: Mapping[str, np.ndarray], module: torch.nn.Module | None = None
 ) -> torch.nn.Module:
-    """Write `lstm` parameters into a torch.nn.LSTM or LSTMCell (a new float64 LSTM if None).
+    """Write `lstm` parameters into a torch.nn.LSTM or LSTMCell (a new float64 LSTM if None),
+    or `lstmp` parameters (with W_p) into a torch.nn.LSTM with proj_size (a new one with
+    proj_size = W_p's rows if None).
 
     bias_ih takes b and bias_hh is zeroed: torch uses only their sum. Returns the module.
     """
@@ -99,10 +107,14 @@ def to_torch_lstm(
 
 
 def _lstm_to_torch(params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    p = _check_params(params, LSTM_PARAMS, "lstm")
+    projected = "W_p" in params
+    if projected:
+        p = _check_params(params, LSTMP_PARAMS, "lstmp")
+    else:
+        p = _check_params(params, LSTM_PARAMS, "lstm")
     b = _stack(p, "b", TORCH_LSTM_GATES)
     w_ih, w_hh = _stack(p, "W", TORCH_LSTM_GATES), _stack(p, "U", TORCH_LSTM_GATES)
-    return w_ih, w_hh, b, np.zeros_like(b)
+    return (w_ih, w_hh, b, np.zeros_like(b)) + ((p["W_p"],) if projected else ())
 
 
 def from_torch_gru(module: torch.nn.Module) -> Params:
@@ -146,11 +158,6 @@ def _torch_units(module: Any, kind: str) -> list[tuple[str, str]]:
     [("", "_l0")] for one layer and direction, [("", "")] for a cell."""
     layer, cell = _torch_classes(kind)
     if isinstance(module, layer):
-        if getattr(module, "proj_size", 0):
-            raise InteropError(
-                f"torch.nn.LSTM has proj_size={module.proj_size}: a projected LSTM is not "
-                "the lstm cell"
-            )
         if module.num_layers == 1 and not module.bidirectional:
             return [("", "_l0")]
         directions = ("", "_reverse") if module.bidirectional else ("",)
@@ -182,9 +189,11 @@ def _to_torch(params: Mapping[str, Any], module: Any, kind: str, gates: int, con
     if module is None:
         layers = 1 + max((int(p[1:].split("_")[0]) for p in prefixes), default=0)
         two = any(p.endswith("_reverse") for p in prefixes)
-        H, I = next(iter(arrays.values()))[1].shape[1], _input_size(arrays)
+        first = next(iter(arrays.values()))
+        H, I = first[0].shape[0] // gates, _input_size(arrays)
+        projection = {"proj_size": first[4].shape[0]} if len(first) > 4 else {}
         module = getattr(torch.nn, kind)(
-            I, H, num_layers=layers, bidirectional=two, dtype=torch.float64
+            I, H, num_layers=layers, bidirectional=two, dtype=torch.float64, **projection
         )
     units = _torch_units(module, kind)
     wanted = sorted(prefix for prefix, _ in units)
@@ -216,6 +225,9 @@ def _torch_weights(module: Any, kind: str, gates: int, suffix: str) -> tuple[np.
         )
     else:
         b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
+    if getattr(module, "proj_size", 0):  # weight_hr (P, H) projects h; weight_hh is (4H, P)
+        w_hr = getattr(module, f"weight_hr{suffix}").detach().cpu().numpy().copy()
+        return w_ih, w_hh, b_ih, b_hh, w_hr
     assert w_ih.shape[0] == gates * w_hh.shape[1]
     return w_ih, w_hh, b_ih, b_hh
 
@@ -224,15 +236,23 @@ def _write_torch(module: Any, kind: str, gates: int, suffix: str, *arrays: np.nd
     """Copy weight_ih, weight_hh, bias_ih, bias_hh into one layer and direction of a module."""
     import torch
 
-    w_ih, w_hh, b_ih, b_hh = arrays
+    w_ih, w_hh, b_ih, b_hh, *w_hr = arrays
     current = _torch_weights(module, kind, gates, suffix)
-    for name, new, old in zip(("weight_ih", "weight_hh"), (w_ih, w_hh), current[:2], strict=True):
+    if len(w_hr) != len(current) - 4:
+        have = f"proj_size={getattr(module, 'proj_size', 0)}"
+        raise InteropError(
+            f"the torch.nn.{kind} has {have} but the parameters are "
+            f"{'lstmp' if w_hr else 'lstm'}'s: pass W_p exactly when the module projects"
+        )
+    names = ("weight_ih", "weight_hh", "weight_hr")[: 2 + len(w_hr)]
+    pairs = zip(names, (w_ih, w_hh, *w_hr), (*current[:2], *current[4:]), strict=True)
+    for name, new, old in pairs:
         if new.shape != old.shape:
             raise InteropError(
                 f"{name}: the parameters give shape {new.shape}, the module has {old.shape} "
-                "(input_size and hidden_size must match)"
+                "(input_size and hidden_size must match, and proj_size for lstmp)"
             )
-    targets = [("weight_ih", w_ih), ("weight_hh", w_hh)]
+    targets = [("weight_ih", w_ih), ("weight_hh", w_hh), *(("weight_hr", w) for w in w_hr)]
     if module.bias:
         targets += [("bias_ih", b_ih), ("bias_hh", b_hh)]
     elif np.any(b_ih) or np.any(b_hh):
@@ -275,10 +295,10 @@ def from_torch_layers(module: torch.nn.Module) -> list[Converted]:
                 f"torch.nn.{kind} is bidirectional: cellgen runs one direction; export a "
                 "unidirectional model"
             )
-        if getattr(module, "proj_size", 0):
+        if getattr(module, "proj_size", 0):  # export has no projected layers (yet)
             raise InteropError(
-                f"torch.nn.LSTM has proj_size={module.proj_size}: a projected LSTM is not "
-                "the lstm cell"
+                f"torch.nn.LSTM has proj_size={module.proj_size}: layers are converted for "
+                "export, which takes no projected LSTM; from_torch_lstm converts it to lstmp"
             )
         suffixes = [f"_l{k}" for k in range(module.num_layers)]
     else:
@@ -298,11 +318,9 @@ def _torch_layer(module: Any, kind: str, gates: int, suffix: str) -> Converted:
     else:
         b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
     assert w_ih.shape[0] == gates * w_hh.shape[1]
-    p = _split_gates(
-        w_ih, w_hh, b_ih + b_hh, TORCH_LSTM_GATES if kind == "LSTM" else TORCH_GRU_GATES
-    )
     if kind == "LSTM":
-        return Converted("lstm", _ordered(p, LSTM_PARAMS))
+        return Converted("lstm", _lstm_from_torch(w_ih, w_hh, b_ih, b_hh))
+    p = _split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_GRU_GATES)
     H = w_hh.shape[1]
     del p["b_n"]
     p["b_in"], p["b_hn"] = b_ih[2 * H :].copy(), b_hh[2 * H :].copy()
@@ -573,7 +591,7 @@ def _split_gates(
     w_x: np.ndarray, w_h: np.ndarray, b: np.ndarray, gates: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Stacked (G*H, ...) weights and a (G*H,) bias -> W_g, U_g, b_g for each gate g."""
-    H = w_h.shape[1]
+    H = w_x.shape[0] // len(gates)
     out: dict[str, np.ndarray] = {}
     for k, g in enumerate(gates):
         rows = slice(k * H, (k + 1) * H)
@@ -601,8 +619,10 @@ def _check_params(params: Mapping[str, Any], names: Sequence[str], cell: str) ->
         raise InteropError(f"params: {problem}; {cell} has {', '.join(names)}")
     p = {n: np.asarray(params[n]) for n in names}
     H, I = p[names[0]].shape
+    P = p["W_p"].shape[0] if "W_p" in p and p["W_p"].ndim == 2 else H  # lstmp's projection
     for n, v in p.items():
-        expected = (H, I) if n.startswith("W_") else (H, H) if n.startswith("U_") else (H,)
+        expected = (H, I) if n.startswith("W_") else (H, P) if n.startswith("U_") else (H,)
+        expected = (P, H) if n == "W_p" else expected
         if v.shape != expected:
             raise InteropError(f"params['{n}']: expected shape {expected}, got {v.shape}")
     return p

@@ -20,7 +20,6 @@ import sympy
 
 from .cell import CellSpec, prev_name, size_symbol
 from .derive import Adjoint, AdjointNames, Derivation, derive
-from .errors import EquationError
 from .reductions import Reduction
 from .text import equation_text
 
@@ -41,6 +40,7 @@ class Role(Enum):
     ADJ_PRODUCT = "adj_product"  # adjoint of a product: feeds the backward matrix products
     ADJ_PARAM = "adj_param"  # adjoint of a vector parameter at one step: summed over batch and time
     ADJ_STATE_PREV = "adj_state_prev"  # adjoint of a previous state: carried to step t-1
+    ADJ_INPUT = "adj_input"  # adjoint of a hidden-sized input used elementwise: into dxs[t]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,8 @@ class Buffer:
     "adjoints" (a product's adjoint at every step), "through_products" (an intermediate's
     adjoint through the products that multiply it, one step), "carried" (a state's adjoint
     carried between steps; two each, swapped), "loop_order" and "loop_order_step" (the
-    output's sequence and one step of its adjoint in loop order, for the reverse direction).
+    output's sequence and one step of its adjoint in loop order, for the reverse direction),
+    "input_adjoints" (the adjoint of an input used elementwise, at every step).
     """
 
     kind: str
@@ -262,6 +263,23 @@ class Kernel:
     def names(self) -> AdjointNames:
         return self.derivation.names
 
+    @property
+    def output_incoming(self) -> str | None:
+        """The adjoint arriving at an output that is an equation, not a state: dys[t] alone
+        (a state's arrives through `recurrences`)."""
+        output = self.cell.output
+        return None if output in self.cell.states else self.names.incoming(output)
+
+    @property
+    def input_elementwise(self) -> bool:
+        """Whether a pointwise stage reads the input (hidden-sized, I = H): each pass then
+        gathers the rows of x_t, and the backward adds the input's adjoint into dxs."""
+        return any(
+            self.cell.input in {s.name for a in step.assignments for s in a.expr.free_symbols}
+            for step in self.forward
+            if isinstance(step, Block)
+        )
+
     def role(self, name: str) -> Role:
         return self.roles[name]
 
@@ -323,7 +341,8 @@ class Kernel:
             out += [
                 a.name
                 for a in step.assignments
-                if a.name in later and self.role(a.name) in (Role.SAVED, Role.TEMP)
+                if (a.name in later or a.name == self.cell.output)  # ys copies the output
+                and self.role(a.name) in (Role.SAVED, Role.TEMP)
             ]
         for k, step in enumerate(self.forward):  # the reductions' results a later stage reads
             if isinstance(step, Reduce) and any(
@@ -392,7 +411,8 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     adjoint_buffer = _adjoint_buffers(gemms, d.names, _adjoint_copies(backward, roles))
     plan = Kernel(
         cell, d, tuple(gemms), forward, backward, saved, roles,
-        series=tuple(s for s in cell.states if s != cell.output) + saved,
+        series=tuple(s for s in cell.states if s != cell.output)
+        + tuple(v for v in saved if v != cell.output),
         recurrences=tuple(
             StateRecurrence(s, d.names.incoming(s), d.names.of(prev_name(s)), s == cell.output)
             for s in cell.states
@@ -493,7 +513,8 @@ def _weight_gradients(
             assert g.operand in saved or role is Role.STATE, g.operand
             segments = (Segment(T * B, role, g.operand, 0),)
         for m, p in zip(g.matrices, g.products, strict=True):
-            size, rows = str(g.operand_size), str(g.size)
+            size = "I" if g.hoisted else str(g.operand_size)  # xs's rows, also when I = H
+            rows = str(g.size)
             out.append(WeightGradient(m, p, adjoint_buffer[names.of(p)], size, segments, rows))
     return tuple(out)
 
@@ -516,7 +537,15 @@ def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
         Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.forward)
     ]
-    return tuple(out)
+    return tuple(out + _input_step(plan))
+
+
+def _input_step(plan: Kernel) -> list[Buffer]:
+    """The rows of x_t, gathered at each step for the pointwise stages that read the input."""
+    x = plan.cell.input
+    if not plan.input_elementwise:
+        return []
+    return [Buffer("step", x, B * plan.size(x), doc=f"{x} of one step, each row's")]
 
 
 def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
@@ -541,6 +570,11 @@ def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
         Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
         for v in plan.step_values(plan.backward)
     ]
+    out += _input_step(plan)
+    d_x = plan.names.of(plan.cell.input)
+    if plan.input_elementwise:
+        doc = f"{d_x} (elementwise) at every step, added to dxs"
+        out.append(Buffer("input_adjoints", d_x, T * B * plan.size(d_x), doc=doc))
     for r in plan.recurrences:
         for part in "ab":
             doc = f"the adjoint of {r.state} carried from step to step ({part})"
@@ -553,16 +587,9 @@ def _group_products(cell: CellSpec, d: Derivation, sizes: dict) -> list[Gemm]:
     groups: dict[tuple[int, str, sympy.Expr], list] = {}
     for m in cell.matmuls:
         groups.setdefault((d.level[m.name], m.operand, sizes[m.name]), []).append(m)
-    out, seen = [], {}
+    out = []
     for (level, operand, size), ms in groups.items():
-        if operand in seen:
-            raise EquationError(
-                f"not supported: the products of {operand} have different sizes "
-                f"({seen[operand]} and {size}); multiply {operand} by matrices of one row size, "
-                "or bring it to another vector first (cell.eq) and multiply that",
-                equation=ms[0].name,
-            )
-        seen[operand] = size
+        assert sum(key[1] == operand for key in groups) == 1, operand  # cell.py refuses it
         kind = cell.kind(operand)
         role = {"input": Role.INPUT, "state_prev": Role.STATE_PREV}.get(kind, Role.SAVED)
         out.append(
@@ -585,6 +612,7 @@ def _saved(cell: CellSpec, d: Derivation, gemms: list[Gemm]) -> tuple[str, ...]:
     for adj in d.backward:
         needed |= {s.name for s in adj.expr.free_symbols}
     needed |= {g.operand for g in gemms}  # weight gradients multiply by the operand
+    needed.add(cell.output)  # an output equation is kept in ys
     keep = [p.name for p in d.forward if p.state is None and p.name in needed]
     keep += [m.name for m in cell.matmuls if m.name in needed]
     return tuple(keep)
@@ -603,6 +631,9 @@ def _roles(cell: CellSpec, d: Derivation, saved: tuple[str, ...]) -> dict[str, R
         roles[d.names.incoming(s)] = Role.ADJ_IN
         roles[adjoint(s)] = Role.ADJ
         roles[adjoint(prev_name(s))] = Role.ADJ_STATE_PREV
+    if cell.output not in cell.states:
+        roles[d.names.incoming(cell.output)] = Role.ADJ_IN
+    roles[adjoint(cell.input)] = Role.ADJ_INPUT
     for m in cell.matmuls:
         roles[m.name] = Role.PRODUCT
         roles[adjoint(m.name)] = Role.ADJ_PRODUCT
@@ -744,7 +775,7 @@ def _adjoint_comment(adj: Adjoint, sources: dict[str, str], docs: dict[str, str]
 def _with_reads_and_writes(steps: list[Step], roles: dict[str, Role]) -> tuple:
     """Fill in each block's reads (defined elsewhere) and writes (used elsewhere or kept)."""
     kept = {Role.SAVED, Role.STATE, Role.PRODUCT, Role.ADJ_PRODUCT, Role.ADJ_PARAM}
-    kept |= {Role.ADJ_STATE_PREV}
+    kept |= {Role.ADJ_STATE_PREV, Role.ADJ_INPUT}
     out: list[Step] = []
     for k, step in enumerate(steps):
         if not isinstance(step, Block):
@@ -791,4 +822,4 @@ def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
         Buffer("new_state", s, B * plan.size(s), doc=f"the new {s} of one step")
         for s in plan.cell.states
     ]
-    return tuple(out)
+    return tuple(out + _input_step(plan))

@@ -230,6 +230,10 @@ class CellKernel:
         declared sizes by name (`k.sizes`), e.g. param_shapes(3, 4, P=2)."""
         return self.spec.param_shapes(input_size, hidden_size, **sizes)
 
+    def output_size(self, hidden_size: int, **sizes: int) -> int:
+        """The number of units of ys, for the sizes as param_shapes takes them."""
+        return self.spec.size_values(0, hidden_size, **sizes)[self._size_of[self.output]]
+
     def state_shapes(self, batch: int, hidden_size: int, **sizes: int) -> dict[str, tuple]:
         """Every state's shape (B, its size), for the sizes as param_shapes takes them."""
         values = self.spec.size_values(0, hidden_size, **sizes)

@@ -14,8 +14,8 @@ vectors receives the sum over the units of its contributions.
 `sum` is spelled as Python's builtin: `from codegen.reductions import sum` shadows the builtin
 in the equation file, which is what an equation means by sum there; given a list it says so.
 
-NumPy's reductions cannot see cellgen's symbols (np.mean(v) would quietly return v): cellgen's
-expressions answer np.mean, np.sum, np.var, np.std and np.sqrt with an error naming the fix.
+NumPy's reductions cannot see cellgen's symbols (np.mean(v) would quietly return v): while an
+equation file runs, they raise an error naming these (cell.refusing_numpy).
 """
 
 from __future__ import annotations
@@ -98,23 +98,5 @@ def units_size(symbol: sympy.Symbol) -> str | None:
         return name[1:]
     return None
 
-
-def _numpy_refusal(method: str, fix: str):
-    def refuse(self: sympy.Expr, *args: object, **kwargs: object) -> sympy.Expr:
-        raise EquationError(f"np.{method}() cannot see the units of cellgen's vectors; {fix}")
-
-    return refuse
-
-
-_FIXES = {
-    "mean": "use mean(v) from codegen.reductions",
-    "sum": "use sum(v) from codegen.reductions (the sum over the units)",
-    "var": "write mean((v - mu)**2) with mean from codegen.reductions",
-    "std": "write sqrt(mean((v - mu)**2)), sqrt from codegen.activations",
-    "sqrt": "use sqrt or rsqrt from codegen.activations",
-}
-for _method, _fix in _FIXES.items():  # numpy calls these methods on objects it cannot reduce
-    if not hasattr(sympy.Expr, _method):
-        setattr(sympy.Expr, _method, _numpy_refusal(_method, _fix))
 
 __all__ = ["REDUCTIONS", "Reduction", "mean", "sum", "units", "units_size"]

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from .activations import ELEMENTWISE
-from .cell import Cell, CellSpec, _is_name, did_you_mean
+from .cell import Cell, CellSpec, _is_name, did_you_mean, refusing_numpy, unsupported_numpy
 from .errors import CellgenError, EquationError, UnknownCellError
 from .paths import PACKAGE_DIR, builtin_equations_dir
 from .reductions import REDUCTIONS
@@ -203,7 +203,8 @@ def run_equation_file(path: Path, isolated: bool = False) -> CellSpec:
         ) from None
     namespace: dict[str, object] = {"__name__": f"cellgen_equations_{path.stem}"}
     try:
-        exec(code, namespace)
+        with refusing_numpy():
+            exec(code, namespace)
     except EquationError as err:
         raise _placed(err, shown, source, _line_in(err, path)) from None
     except NameError as err:
@@ -269,6 +270,24 @@ def _placed(err: EquationError, shown: str, source: str, line: int | None) -> Eq
 def _user_error(err: Exception) -> EquationError:
     """An exception of the file's own Python, said as plainly as we can."""
     text = " ".join(str(err).split())
+    ufunc = re.search(r"no callable (\w+) method", text)
+    if isinstance(err, TypeError) and ufunc:  # np.tanh(v), np.sqrt(v), ...
+        return EquationError(unsupported_numpy(ufunc.group(1)))
+    if isinstance(err, TypeError) and "is not iterable" in text:  # sum(v), for u in v
+        return EquationError(
+            "unsupported: iterating over a vector (Python's sum(v), a for loop, a list of its "
+            "units); a vector is one symbol for all its units: use codegen's sum(v) for a sum "
+            "over units (`from codegen.reductions import sum`), and a + b to add vectors"
+        )
+    if isinstance(err, TypeError) and "not subscriptable" in text:  # v[0]
+        return EquationError(
+            "unsupported: indexing a vector (v[0]); an equation acts on all units at once"
+        )
+    if isinstance(err, TypeError) and "truth value of Relational" in text:  # max(a, b), if
+        return EquationError(
+            "unsupported: comparing vectors (max, min, if, <); for max(v, 0) use relu(v), for "
+            "a clipped ramp hard_sigmoid(v)"
+        )
     if isinstance(err, TypeError) and (
         "ufunc" in text or "convert expression to" in text or "to float" in text
     ):
@@ -276,12 +295,6 @@ def _user_error(err: Exception) -> EquationError:
             "unsupported function: NumPy and math functions cannot take cellgen's symbols; "
             f"use one of {', '.join(sorted(ELEMENTWISE))}, imported with "
             "`from codegen.activations import ...`, or mean, sum from codegen.reductions"
-        )
-    if isinstance(err, TypeError) and "object is not iterable" in text:
-        return EquationError(
-            "a vector is not a Python iterable (Python's builtin sum adds up the items of a "
-            "list): for the sum or mean over its units use sum(v) or mean(v), imported with "
-            "`from codegen.reductions import mean, sum`"
         )
     if isinstance(err, TypeError) and "operand type(s) for @" in text:
         return EquationError(

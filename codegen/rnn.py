@@ -32,7 +32,9 @@ class RNN:
         bidirectional: bool = False,
         backend: str = "numpy",
         dtype: str | None = None,
+        **sizes: int,
     ) -> None:
+        """`sizes`: the cell's declared sizes by name (k.sizes), e.g. P=8 for lstmp."""
         for name, value, least in (
             ("input_size", input_size, 1),
             ("hidden_size", hidden_size, 1),
@@ -45,10 +47,20 @@ class RNN:
         self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
         self.directions = 2 if bidirectional else 1
         self.states = self.kernel.states
+        self.sizes = {n: int(v) for n, v in sizes.items()}
+        self.output_size = self.kernel.output_size(self.hidden_size, **self.sizes)  # checks them
+        if self.kernel.spec.input_hidden:  # I = H: every layer's input is hidden-sized
+            for layer, size in enumerate((self.input_size, self.directions * self.output_size)):
+                if size != self.hidden_size and (layer == 0 or self.num_layers > 1):
+                    raise ValueError(
+                        f"{self.kernel.name} uses its input elementwise (I = H): layer "
+                        f"{layer}'s input size {size} must equal hidden_size {self.hidden_size}"
+                    )
 
     def __repr__(self) -> str:
+        named = "".join(f" {n}={v}" for n, v in self.sizes.items())
         return (
-            f"<cellgen RNN {self.kernel.name} I={self.input_size} H={self.hidden_size} "
+            f"<cellgen RNN {self.kernel.name} I={self.input_size} H={self.hidden_size}{named} "
             f"layers={self.num_layers} bidirectional={self.bidirectional} "
             f"backend={self.kernel.backend}>"
         )
@@ -66,11 +78,13 @@ class RNN:
         ]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter's shape: layer 0 reads the input, later layers D * H numbers."""
+        """Every parameter's shape: layer 0 reads the input, later layers D * the output's
+        size (H, or the size the cell gives its output)."""
         out = {}
         for layer, _, prefix, _ in self._units():
-            size = self.input_size if layer == 0 else self.directions * self.hidden_size
-            for name, shape in self.kernel.param_shapes(size, self.hidden_size).items():
+            size = self.input_size if layer == 0 else self.directions * self.output_size
+            shapes = self.kernel.param_shapes(size, self.hidden_size, **self.sizes)
+            for name, shape in shapes.items():
                 out[f"{prefix}.{name}"] = shape
         return out
 
@@ -88,18 +102,21 @@ class RNN:
             raise ValueError(f"params: {problem}; see RNN.param_shapes()")
 
     def _states(self, given: Arrays | None, what: str, B: int, dtype) -> Arrays:
-        """States as (L*D, B, H) arrays, zeros where not given."""
-        shape = (self.num_layers * self.directions, B, self.hidden_size)
+        """States as (L*D, B, size) arrays, zeros where not given."""
+        units = self.num_layers * self.directions
+        sized = self.kernel.state_shapes(B, self.hidden_size, **self.sizes)
         given = dict(given or {})
         unknown = sorted(set(given) - set(self.states))
         if unknown:
             raise ValueError(f"{what}: unknown state '{unknown[0]}'; states are {self.states}")
         out = {}
         for s in self.states:
+            shape = (units, *sized[s])
             value = np.asarray(given[s], dtype) if s in given else np.zeros(shape, dtype)
             if value.shape != shape:
+                size = dict(self.kernel.spec.symbol_sizes)[s]
                 raise ValueError(
-                    f"{what}['{s}']: expected shape (L*D, B, H) = {shape}, got {value.shape}"
+                    f"{what}['{s}']: expected shape (L*D, B, {size}) = {shape}, got {value.shape}"
                 )
             out[s] = np.ascontiguousarray(value)
         return out
@@ -152,13 +169,13 @@ class RNN:
         dfinal = self._states(dfinal, "dfinal", ys.shape[1], ys.dtype)
         dstate0 = {s: np.empty_like(v) for s, v in dfinal.items()}
         dparams: Arrays = {}
-        H = self.hidden_size
+        Y = self.output_size
         units = self._units()
         d_outputs = dys
         for layer in reversed(range(self.num_layers)):
             d_inputs = None
             for _, d, prefix, k in [u for u in units if u[0] == layer]:
-                d_ys = np.ascontiguousarray(d_outputs[:, :, d * H : (d + 1) * H])
+                d_ys = np.ascontiguousarray(d_outputs[:, :, d * Y : (d + 1) * Y])
                 d_fin = {s: dfinal[s][k] for s in self.states}
                 dxs, ds0, dp = self.kernel.backward(d_ys, cache["caches"][k], d_fin)
                 d_inputs = dxs if d_inputs is None else d_inputs + dxs

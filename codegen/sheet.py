@@ -82,9 +82,23 @@ def _names(eq) -> set[str]:
     return {s.name for s in eq.expr.free_symbols}
 
 
-def _states(cell: CellSpec) -> str:
-    printer = CellLatexPrinter(cell)
-    return ", ".join(printer.name(s) for s in cell.states)
+def _sizes_sentence(cell: CellSpec) -> str:
+    """`Input $x_{t}$ of size $I$; states $h, c$ of size $H$.`, with each state's own size
+    when they differ, an input used elementwise (I = H) and an output that is no state."""
+    name = CellLatexPrinter(cell).name
+    size = dict(cell.symbol_sizes)
+    x = f"Input ${name(cell.input)}$ of size ${size[cell.input]}$"
+    if cell.input_hidden:
+        x += " (used elementwise: $I = H$)"
+    if len({size[s] for s in cell.states}) == 1:
+        states = (
+            f"states ${', '.join(name(s) for s in cell.states)}$ of size ${size[cell.states[0]]}$"
+        )
+    else:
+        states = "states " + " and ".join(f"${name(s)}$ of size ${size[s]}$" for s in cell.states)
+    output = "" if cell.output in cell.states else f"; output ${name(cell.output)}$"
+    output += f" of size ${size[cell.output]}$" if output else ""
+    return f"{x}; {states}{output}."
 
 
 # HTML ------------------------------------------------------------------------------------
@@ -139,8 +153,7 @@ def html(sheet: Sheet) -> str:
 <p>{escape(cell.description)}</p>
 <p>Reference: {escape(cell.reference)}. Equations: <code>{escape(cell.source)}</code>.</p>
 <h2>Parameters</h2>
-<p>Input {mathml.inline("x_{t}")} of size {mathml.inline("I")}; states
-{_html_text(f"${_states(cell)}$")} of size {mathml.inline("H")}.</p>
+<p>{_html_text(_sizes_sentence(cell))}</p>
 <table><tr><th>parameter</th><th>shape</th><th>used in</th></tr>
 {rows}
 </table>
@@ -186,7 +199,7 @@ def markdown(sheet: Sheet, svg_name: str | None) -> str:
     return (
         f"# {cell.name}\n\n{cell.description}\n\nReference: {cell.reference}. "
         f"Equations: `{cell.source}`.\n\n"
-        f"## Parameters\n\nInput $x_{{t}}$ of size $I$; states ${_states(cell)}$ of size $H$.\n\n"
+        f"## Parameters\n\n{_sizes_sentence(cell)}\n\n"
         f"| parameter | shape | used in |\n| --- | --- | --- |\n{rows}\n\n"
         f"{picture}"
         f"## Forward\n\n{_md_blocks(sheet.forward)}\n\n"
@@ -217,7 +230,7 @@ def tex(sheet: Sheet) -> str:
         f"\\noindent Reference: {tex_escape(cell.reference)}.\n\n"
         f"\\noindent Equations: \\texttt{{{tex_escape(cell.source)}}}.\n"
         "\\subsection*{Parameters}\n"
-        f"Input $x_{{t}}$ of size $I$; states ${_states(cell)}$ of size $H$.\n\n"
+        f"{_sizes_sentence(cell)}\n\n"
         "\\begin{tabular}{lll}\nparameter & shape & used in \\\\ \\hline\n"
         f"{rows}\n\\end{{tabular}}\n"
         "\\subsection*{One step of the cell}\n"

@@ -44,13 +44,16 @@ class RNN(torch.nn.Module):
         bidirectional: bool = False,
         backend: str = "c",
         dtype: torch.dtype = torch.float32,
+        **sizes: int,
     ) -> None:
+        """`sizes`: the cell's declared sizes by name, e.g. P=8 for lstmp."""
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype}: codegen.torch.RNN runs float32 or float64")
         self.cell, self.backend = cell, backend
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
+        self.sizes = dict(sizes)
         self._stacks: dict[str, Any] = {}
         reference = self.stack(dtype)  # checks the sizes and the cell
         self.states: tuple[str, ...] = reference.states
@@ -66,7 +69,7 @@ class RNN(torch.nn.Module):
         if name not in self._stacks:
             self._stacks[name] = _RNN(
                 self.cell, self.input_size, self.hidden_size, self.num_layers,
-                self.bidirectional, backend=self.backend, dtype=name,
+                self.bidirectional, backend=self.backend, dtype=name, **self.sizes,
             )  # fmt: skip
         return self._stacks[name]
 
@@ -109,16 +112,23 @@ class RNN(torch.nn.Module):
         dtype = next(iter(params.values())).dtype
         _check_tensor("x", x, dtype, 3)
         B = x.shape[1]
-        shape = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
+        stack = self.stack(dtype)
+        units = self.num_layers * (2 if self.bidirectional else 1)
+        shapes = {
+            s: (units, *v)
+            for s, v in stack.kernel.state_shapes(B, self.hidden_size, **self.sizes).items()
+        }
         if state0 is None:
-            state0 = {s: x.new_zeros(shape) for s in self.states}
+            state0 = {s: x.new_zeros(shapes[s]) for s in self.states}
         for s in self.states:
             if s not in state0:
-                raise ValueError(f"state0: missing state '{s}' of shape (L*D, B, H) = {shape}")
+                raise ValueError(
+                    f"state0: missing state '{s}' of shape (L*D, B, "
+                    f"{dict(stack.kernel.spec.symbol_sizes)[s]}) = {shapes[s]}"
+                )
             _check_tensor(f"state0['{s}']", state0[s], dtype, 3)
         if isinstance(lengths, torch.Tensor):
             lengths = lengths.cpu().numpy()
-        stack = self.stack(dtype)
         states = [state0[s] for s in self.states]
         ys, *final = _Stack.apply(stack, lengths, x, *states, *params.values())
         if packed:

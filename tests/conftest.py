@@ -12,6 +12,7 @@ import codegen.backends
 from codegen.load import CellKernel
 from codegen.registry import builtin_cells
 from codegen.verify import Problem, Row, judge, locate
+from codegen.verify.problems import declared_sizes
 
 CELLS = builtin_cells()
 BACKENDS = codegen.backends.names()  # every registered backend, the built-ins first
@@ -20,14 +21,17 @@ BACKENDS = codegen.backends.names()  # every registered backend, the built-ins f
 def make_problem(kernel, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):
     """Random inputs at a moderate scale, where every gate is away from saturation."""
     rng = np.random.default_rng(seed)
+    I = H if kernel.spec.input_hidden else I  # an input used elementwise: I = H
+    declared = declared_sizes(kernel, H)
     params = {
         k: (rng.uniform(-1, 1, v) / np.sqrt(H)).astype(dtype)
-        for k, v in kernel.param_shapes(I, H).items()
+        for k, v in kernel.param_shapes(I, H, **declared).items()
     }
     xs = rng.normal(size=(T, B, I)).astype(dtype)
-    state0 = {s: rng.uniform(-0.8, 0.8, (B, H)).astype(dtype) for s in kernel.states}
-    dys = rng.normal(size=(T, B, H)).astype(dtype)
-    dfinal = {s: rng.normal(size=(B, H)).astype(dtype) for s in kernel.states}
+    shapes = kernel.state_shapes(B, H, **declared)
+    state0 = {s: rng.uniform(-0.8, 0.8, shape).astype(dtype) for s, shape in shapes.items()}
+    dys = rng.normal(size=(T, B, kernel.output_size(H, **declared))).astype(dtype)
+    dfinal = {s: rng.normal(size=shape).astype(dtype) for s, shape in shapes.items()}
     return xs, state0, params, dys, dfinal
 
 

@@ -90,7 +90,7 @@ def reference_forward(cell: str, xs, state0, params):
                     env[m.name] = env[m.operand] @ p[m.matrix].T
             env[eq.name] = _evaluate(eq.expr, env)
         state = {s: env[s] for s in spec.states}
-        ys.append(state[spec.output])
+        ys.append(env[spec.output])
     as_float = np.vectorize(float, otypes=[np.float64])
     return as_float(np.stack(ys)), {s: as_float(v) for s, v in state.items()}
 
@@ -161,8 +161,14 @@ def test_saturated_lstm_gates_are_exactly_zero_or_one():
         assert np.all(np.isfinite(dstate0["c"])) and np.abs(dstate0["c"]).max() > 0
 
 
+# relu does not saturate: at +-800 indrnn's outputs are ~800, and no difference formula resolves
+# a 1e-10 relative gradient error on them (its noise is ~1e-9: INCONCLUSIVE, not a verdict).
+# Its forward at +-800 is checked above, its gradients by verify at ordinary points.
+SATURATING = [c for c in CELLS if c != "indrnn"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", SATURATING)
 def test_gradients_at_saturation_match_the_forward(cell, backend):
     """float64 at +-800 against Richardson differences of the forward (exp() overflows inside
     the differences too); float32 at +-100 against the float64 kernel's derivative. Only the

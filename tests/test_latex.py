@@ -158,7 +158,8 @@ def test_the_gru_backward_defines_the_reset_product_before_using_it():
 def test_every_adjoint_is_defined_before_it_is_used_and_none_is_a_renaming(name):
     cell = load_cell(name)
     view = bptt(cell)
-    given = {f"d_{s}_in" for s in cell.states} | {f"d_{s}" for s in cell.states}
+    outside = {*cell.states, cell.output}  # an output equation's gradient comes from the loss
+    given = {f"d_{s}_in" for s in outside} | {f"d_{s}" for s in outside}
     defined = set(given)
     seen = []
     for row in view.rows:
@@ -247,8 +248,10 @@ def test_the_printed_backward_computes_the_kernels_gradients(name):
     for m in cell.matmuls:
         env[m.name] = env[m.matrix] @ env[m.operand]
     view = bptt(cell, derivation)
-    for s in cell.states:
-        incoming = dfinal[s][0] + (dys[0, 0] if s == cell.output else 0)
+    for s in view.incoming:  # the states, and an output equation (dys alone)
+        incoming = (dfinal[s][0] if s in cell.states else 0) + (
+            dys[0, 0] if s == cell.output else 0
+        )
         env[f"d_{s}_in" if view.incoming[s] else f"d_{s}"] = incoming
     for row in view.rows:
         env[row.lhs.name] = evaluate(row.rhs, env)

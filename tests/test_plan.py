@@ -10,6 +10,7 @@ import codegen
 from codegen.backends.c.ffi import address
 from codegen.kernel import SIZES, Role, build_kernel
 from codegen.registry import load_cell
+from codegen.verify.problems import declared_sizes
 
 from conftest import CELLS, make_problem
 
@@ -35,13 +36,15 @@ def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
     c = k._functions  # the CFunctions of the C backend
     T, B, I, H = 3, 2, 5, 4
     xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H, dtype=np.dtype(dtype))
-    work_size = c._work_size(T, B, I, H)
-    saved_size = c._saved_size(T, B, H)
+    I = xs.shape[2]  # H for an input used elementwise
+    sizes = list(declared_sizes(k, H).values())  # the cell's own sizes, after H
+    work_size = c._work_size(T, B, I, H, *sizes)
+    saved_size = c._saved_size(T, B, H, *sizes)
     work, saved = _guarded(work_size, dtype), _guarded(saved_size, dtype)
-    ys = np.empty((T, B, H), dtype)
-    final = {s: np.empty((B, H), dtype) for s in k.states}
+    ys = np.empty(dys.shape, dtype)
+    final = {s: np.empty_like(state0[s]) for s in k.states}
     c._forward(
-        T, B, I, H, address(xs), None, 0, *[address(state0[s]) for s in k.states],
+        T, B, I, H, *sizes, address(xs), None, 0, *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys),
         *[address(final[s]) for s in k.states], address(saved), address(work),
     )  # fmt: skip
@@ -49,10 +52,10 @@ def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
     assert _extent(saved) == saved_size, "the forward writes all of `saved` and no more"
     work[:] = SENTINEL
     dxs = np.empty_like(xs)
-    dstate0 = {s: np.empty((B, H), dtype) for s in k.states}
+    dstate0 = {s: np.empty_like(state0[s]) for s in k.states}
     dparams = {p: np.empty_like(v) for p, v in params.items()}
     c._backward(
-        T, B, I, H, address(xs), None, 0, *[address(state0[s]) for s in k.states],
+        T, B, I, H, *sizes, address(xs), None, 0, *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys), address(saved), address(dys),
         *[address(dfinal[s]) for s in k.states], address(dxs),
         *[address(dstate0[s]) for s in k.states], *[address(dparams[p]) for p in k.params],
@@ -67,11 +70,11 @@ def test_work_and_saved_sizes_are_exactly_what_the_c_kernels_touch(cell, dtype):
 def test_the_plans_sizes_are_its_buffers(cell):
     plan = build_kernel(load_cell(cell))
     at = {v: 3 if k == "T" else 7 for k, v in SIZES.items()}
+    at |= {plan.cell.size(n): 7 for n, _ in plan.cell.symbol_sizes}  # declared sizes too
     total = sum(int(b.size.subs(at)) for b in plan.forward_buffers)
     assert int(plan.forward_work_size.subs(at)) == total
     T, B = SIZES["T"], SIZES["B"]
-    units = {name: SIZES["H"] for name in plan.series} | {s: 1 for s in plan.derivation.scalars}
-    assert plan.saved_size == sum(T * B * units[name] for name in plan.series)
+    assert plan.saved_size == sum(T * B * plan.size(name) for name in plan.series)
     # one carried adjoint per state, double-buffered; one adjoint sequence per owned buffer
     carried = [b for b in plan.backward_buffers if b.kind == "carried"]
     assert len(carried) == 2 * len(plan.cell.states)

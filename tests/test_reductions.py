@@ -120,16 +120,17 @@ ERRORS = {
     "builtin_sum": (
         """s = cell.eq("s", __builtins__["sum"](h_prev) if isinstance(__builtins__, dict)
                       else __builtins__.sum(h_prev))""",
-        "sum(v) or mean(v), imported with `from codegen.reductions import mean, sum`",
+        "use codegen's sum(v) for a sum over units (`from codegen.reductions import sum`)",
     ),
     "sum_of_list": ('s = cell.eq("s", sum([h_prev, W @ x]))', "pass the vectors themselves"),
     "np_mean": (
         'import numpy as np\nm = cell.eq("m", np.mean(h_prev))',
-        "np.mean() cannot see the units of cellgen's vectors; use mean(v) from codegen",
+        "unsupported function np.mean(): NumPy and math functions cannot take cellgen's "
+        "symbols; use codegen's mean(v) for a mean over the units of a vector",
     ),
     "np_sqrt": (
         'import numpy as np\nm = cell.eq("m", np.sqrt(h_prev * h_prev))',
-        "use sqrt or rsqrt from codegen.activations",
+        "use sqrt, imported with `from codegen.activations import sqrt`",
     ),
     "nested": (
         'm = cell.eq("m", tanh(mean(W @ x)))',

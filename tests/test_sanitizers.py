@@ -27,6 +27,7 @@ import pytest
 import codegen
 from codegen.load import import_generated
 from codegen.paths import builtin_generated_dir
+from codegen.registry import load_cell
 
 from conftest import BACKENDS, CELLS, make_problem
 
@@ -126,23 +127,25 @@ RUN = r"""
 static void run_@S@(size_t T, size_t B, size_t I, size_t H)
 {
     typedef @REAL@ real;
-    const size_t BH = B * H;
-    const size_t saved_n = cellgen_@CELL@_saved_size(T, B, H);
-    const size_t work_n = cellgen_@CELL@_work_size(T, B, I, H);
+@SIZES@
+    const size_t BH = B * H, BY = B * @OUTPUT_SIZE@; /* ys has the output's size */
+    (void)BH;
+    const size_t saved_n = cellgen_@CELL@_saved_size(T, B, H@EXTRA@);
+    const size_t work_n = cellgen_@CELL@_work_size(T, B, I, H@EXTRA@);
     /* inputs, and a copy of each to compare with afterwards */
 @INPUTS@
     /* outputs */
-    real *ys = alloc(T * BH * sizeof(real), "ys");
+    real *ys = alloc(T * BY * sizeof(real), "ys");
     real *saved = alloc(saved_n * sizeof(real) + 1, "saved");
     real *work = alloc(work_n * sizeof(real) + 1, "work");
 @OUTPUTS@
-    for (size_t k = 0; k < T * BH; ++k) ys[k] = (real)NAN;
+    for (size_t k = 0; k < T * BY; ++k) ys[k] = (real)NAN;
     for (size_t k = 0; k < work_n; ++k) work[k] = (real)NAN;
 @FILL_FINAL@
-    cellgen_@CELL@_forward_@S@(T, B, I, H, @FORWARD_ARGS@);
+    cellgen_@CELL@_forward_@S@(T, B, I, H@EXTRA@, @FORWARD_ARGS@);
     check_guards("forward");
 @CHECK_INPUTS@
-    for (size_t k = 0; k < T * BH; ++k) CHECK(isfinite(ys[k]), "forward: ys[%zu] not written", k);
+    for (size_t k = 0; k < T * BY; ++k) CHECK(isfinite(ys[k]), "forward: ys[%zu] not written", k);
 @CHECK_FINAL@
     /* backward twice, the second time over other garbage: the same bits */
 @SNAPSHOT_SAVED@
@@ -150,7 +153,7 @@ static void run_@S@(size_t T, size_t B, size_t I, size_t H)
         const real garbage = pass == 0 ? (real)NAN : (real)1e30;
         for (size_t k = 0; k < work_n; ++k) work[k] = garbage;
 @FILL_GRADS@
-        cellgen_@CELL@_backward_@S@(T, B, I, H, @BACKWARD_ARGS@);
+        cellgen_@CELL@_backward_@S@(T, B, I, H@EXTRA@, @BACKWARD_ARGS@);
         check_guards("backward");
 @CHECK_INPUTS@
 @CHECK_SAVED@
@@ -159,9 +162,9 @@ static void run_@S@(size_t T, size_t B, size_t I, size_t H)
     /* a NULL final-state adjoint is a zero one */
 @ZERO_DFINAL@
     for (size_t k = 0; k < work_n; ++k) work[k] = (real)NAN;
-    cellgen_@CELL@_backward_@S@(T, B, I, H, @BACKWARD_NULL_ARGS@);
+    cellgen_@CELL@_backward_@S@(T, B, I, H@EXTRA@, @BACKWARD_NULL_ARGS@);
 @COMPARE_NULL@
-    cellgen_@CELL@_backward_@S@(T, B, I, H, @BACKWARD_ZERO_ARGS@);
+    cellgen_@CELL@_backward_@S@(T, B, I, H@EXTRA@, @BACKWARD_ZERO_ARGS@);
 @COMPARE_ZERO@
     check_guards("backward with NULL adjoints");
     free_all();
@@ -182,9 +185,14 @@ def driver_source(cell: str, shapes=SHAPES, short: int = 0) -> str:
 
 
 def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> str:
+    spec = load_cell(cell)
+    # a declared size is H / 2 + 1 (as verify's); an input used elementwise has I = H
+    declared = [f"    const size_t {z} = H / 2 + 1;" for z in spec.sizes]
+    declared += ["    I = H;"] if spec.input_hidden else []
+    rows = {s: f"(B * {dict(spec.symbol_sizes)[s]})" for s in states}  # a state's numbers
     size = {p: " * ".join(shape) for p, shape in params.items()}
-    inputs = {"xs": "T * B * I", **{f"{s}0": "BH" for s in states}, **size, "dys": "T * BH"}
-    inputs.update({f"d_{s}_final": "BH" for s in states})
+    inputs = {"xs": "T * B * I", **{f"{s}0": rows[s] for s in states}, **size, "dys": "T * BY"}
+    inputs.update({f"d_{s}_final": rows[s] for s in states})
     lines, checks = [], []
     for name, n in inputs.items():
         lines.append(f'    real *{name} = alloc(({n}) * sizeof(real), "{name}");')
@@ -195,18 +203,19 @@ def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> 
             f'    CHECK(memcmp({name}, {name}_copy, ({n}) * sizeof(real)) == 0, '
             f'"an input changed: {name}");'
         )  # fmt: skip
-    grads = {"dxs": "T * B * I", **{f"d_{s}0": "BH" for s in states}}
+    grads = {"dxs": "T * B * I", **{f"d_{s}0": rows[s] for s in states}}
     grads.update({f"d_{p}": size[p] for p in params})
     last = f"d_{list(params)[-1]}"
     grads[last] = f"{grads[last]} - SHORT"  # the driver's own loops stay within a short buffer
-    outputs = [f'    real *{s}_final = alloc(BH * sizeof(real), "{s}_final");' for s in states]
+    outputs = [f'    real *{s}_final = alloc({rows[s]} * sizeof(real), "{s}_final");'
+               for s in states]  # fmt: skip
     for name, n in grads.items():
         for copy in ("", "_first", "_null", "_zero"):
             outputs.append(f'    real *{name}{copy} = alloc(({n}) * sizeof(real), "{name}{copy}");')
-    fill_final = "\n".join(f"    for (size_t k = 0; k < BH; ++k) {s}_final[k] = (real)NAN;"
+    fill_final = "\n".join(f"    for (size_t k = 0; k < {rows[s]}; ++k) {s}_final[k] = (real)NAN;"
                            for s in states)  # fmt: skip
     check_final = "\n".join(
-        f'    for (size_t k = 0; k < BH; ++k) CHECK(isfinite({s}_final[k]), '
+        f'    for (size_t k = 0; k < {rows[s]}; ++k) CHECK(isfinite({s}_final[k]), '
         f'"forward: {s}_final[%zu] not written", k);'
         for s in states
     )  # fmt: skip
@@ -228,13 +237,13 @@ def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> 
     saved_snapshot = (
         "    real *saved_copy = malloc(saved_n * sizeof(real) + 1);\n"
         "    memcpy(saved_copy, saved, saved_n * sizeof(real));\n"
-        "    real *ys_copy = malloc(T * BH * sizeof(real) + 1);\n"
-        "    memcpy(ys_copy, ys, T * BH * sizeof(real));"
+        "    real *ys_copy = malloc(T * BY * sizeof(real) + 1);\n"
+        "    memcpy(ys_copy, ys, T * BY * sizeof(real));"
     )
     check_saved = (
         '        CHECK(memcmp(saved, saved_copy, saved_n * sizeof(real)) == 0, '
         '"backward changed saved");\n'
-        '        CHECK(memcmp(ys, ys_copy, T * BH * sizeof(real)) == 0, "backward changed ys");'
+        '        CHECK(memcmp(ys, ys_copy, T * BY * sizeof(real)) == 0, "backward changed ys");'
     )  # fmt: skip
     fwd_args = ", ".join(["xs", "NULL", "0", *(f"{s}0" for s in states), *params, "ys",
                           *(f"{s}_final" for s in states), "saved", "work"])  # fmt: skip
@@ -244,8 +253,8 @@ def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> 
                           "dys", *dfinal, *(f"{g}{copy}" for g in grads), "work"])  # fmt: skip
 
     zero_dfinal = "\n".join(
-        f'    real *zero_{s} = alloc(BH * sizeof(real), "zero_{s}");\n'
-        f"    for (size_t k = 0; k < BH; ++k) zero_{s}[k] = (real)0;"
+        f'    real *zero_{s} = alloc({rows[s]} * sizeof(real), "zero_{s}");\n'
+        f"    for (size_t k = 0; k < {rows[s]}; ++k) zero_{s}[k] = (real)0;"
         for s in states
     )
     compare_null = "\n".join(
@@ -278,6 +287,9 @@ def _run(cell: str, states: list[str], params: dict, suffix: str, real: str) -> 
         "BACKWARD_ZERO_ARGS": bwd_args([f"zero_{s}" for s in states], "_zero"),
         "S": suffix,
         "REAL": real,
+        "SIZES": "\n".join(declared),
+        "EXTRA": "".join(f", {z}" for z in spec.sizes),
+        "OUTPUT_SIZE": dict(spec.symbol_sizes)[spec.output],
     }.items():
         text = text.replace(f"@{key}@", value)
     # the copies of the inputs are plain mallocs: free them too

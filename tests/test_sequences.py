@@ -10,6 +10,7 @@ import pytest
 
 import codegen
 from codegen.verify import verify_kernel
+from codegen.verify.problems import declared_sizes
 
 from conftest import BACKENDS, CELLS, make_problem, rel_err
 
@@ -25,7 +26,7 @@ def _kernel(cell: str, backend: str, dtype: str):
 
 def row_by_row(k, xs, state0, params, dys, dfinal, lengths, reverse):
     """The reference: each row alone, over its own steps in its order, without lengths."""
-    ys, dxs = np.zeros((T, B, H), xs.dtype), np.zeros_like(xs)
+    ys, dxs = np.zeros_like(dys), np.zeros_like(xs)
     final = {s: state0[s].copy() for s in k.states}
     dstate0 = {s: dfinal[s].copy() for s in k.states}
     dparams = {p: np.zeros_like(v) for p, v in params.items()}
@@ -66,7 +67,8 @@ def test_lengths_and_reverse_equal_each_row_run_alone(cell, backend, reverse, dt
     past = np.arange(T)[:, None] >= lengths[None, :]  # (T, B): steps past each row's length
     assert np.all(ys[past] == 0) and np.all(dxs[past] == 0)
     last = np.where(lengths > 0, 0 if reverse else lengths - 1, 0)
-    for b, n in enumerate(lengths):  # the state is carried bit for bit from its last step
+    carried = lengths if k.output in k.states else []  # an output equation is no state
+    for b, n in enumerate(carried):  # the state is carried bit for bit from its last step
         expected = ys[last[b], b] if n else state0[k.output][b]
         assert np.array_equal(final[k.output][b], expected)
     empty = lengths == 0  # a row without steps: its adjoints pass straight through
@@ -176,20 +178,24 @@ def test_c_kernels_with_lengths_stay_inside_their_buffers(cell):
     c = k._functions
     xs, state0, params, dys, dfinal = make_problem(k, T, B, I, H)
     lengths = SHORT.astype(np.int32)
-    work_size, saved_size = c._work_size(T, B, I, H), c._saved_size(T, B, H)
+    K = xs.shape[2]  # I, or H for an input used elementwise
+    sizes = list(declared_sizes(k, H).values())  # the cell's own sizes, after H
+    work_size, saved_size = c._work_size(T, B, K, H, *sizes), c._saved_size(T, B, H, *sizes)
     work, saved = np.full(work_size + 64, 7.0), np.full(saved_size + 64, 7.0)
-    ys = np.empty((T, B, H))
-    final = {s: np.empty((B, H)) for s in k.states}
+    ys = np.empty(dys.shape)
+    final = {s: np.empty_like(state0[s]) for s in k.states}
     c._forward(
-        T, B, I, H, address(xs), address(lengths), 1, *[address(state0[s]) for s in k.states],
+        T, B, K, H, *sizes, address(xs), address(lengths), 1,
+        *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys),
         *[address(final[s]) for s in k.states], address(saved), address(work),
     )  # fmt: skip
     dxs = np.empty_like(xs)
-    dstate0 = {s: np.empty((B, H)) for s in k.states}
+    dstate0 = {s: np.empty_like(state0[s]) for s in k.states}
     dparams = {p: np.empty_like(v) for p, v in params.items()}
     c._backward(
-        T, B, I, H, address(xs), address(lengths), 1, *[address(state0[s]) for s in k.states],
+        T, B, K, H, *sizes, address(xs), address(lengths), 1,
+        *[address(state0[s]) for s in k.states],
         *[address(params[p]) for p in k.params], address(ys), address(saved), address(dys),
         *[address(dfinal[s]) for s in k.states], address(dxs),
         *[address(dstate0[s]) for s in k.states], *[address(dparams[p]) for p in k.params],

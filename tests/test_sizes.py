@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import sympy
 
 import codegen
 from codegen.errors import EquationError
@@ -28,6 +29,22 @@ from codegen.cell import Cell
 
 cell = Cell("{name}", description="a cell with sizes", reference="a test"{output})
 """
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch):
+    """Run the equation files here, not in a child Python each (tests of that: elsewhere)."""
+    monkeypatch.setenv("CELLGEN_EQUATION_TIMEOUT", "0")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The projected and the highway cell, written once: their kernels are built once."""
+    root = tmp_path_factory.mktemp("cells")
+    return {
+        "projected": write(root, "projected", PROJECTED),
+        "highway": write(root, "highway", HIGHWAY, output="y"),
+    }
 
 
 def write(tmp_path, name: str, body: str, output: str | None = None) -> str:
@@ -62,8 +79,27 @@ def projected_reference(xs, state0, p):
     return np.array(ys), {"h": h, "c": c}
 
 
-def test_declared_sizes_give_shapes(tmp_path):
-    spec = load_cell(write(tmp_path, "projected", PROJECTED))
+def assert_gradients(k, reference, xs, state0, params, cache):
+    """backward's gradients of sum(ys) against central differences of the reference, at a
+    few entries of every tensor."""
+    dxs, dstate0, dparams = k.backward(np.ones(cache["ys"].shape), cache)
+    analytic = {"xs": dxs, **{f"state0[{s}]": v for s, v in dstate0.items()}, **dparams}
+    arrays = {"xs": xs, **{f"state0[{s}]": v for s, v in state0.items()}, **params}
+    rng = np.random.default_rng(3)
+    for name, array in arrays.items():
+        assert analytic[name].shape == array.shape, name
+        for _ in range(3):
+            index = tuple(int(rng.integers(n)) for n in array.shape)
+            value, sums = array[index], []
+            for x in (value + 1e-6, value - 1e-6):
+                array[index] = x
+                sums.append(reference(xs, state0, params)[0].sum())
+            array[index] = value
+            assert abs(analytic[name][index] - (sums[0] - sums[1]) / 2e-6) < 1e-7, name
+
+
+def test_declared_sizes_give_shapes(files):
+    spec = load_cell(files["projected"])
     assert spec.sizes == ("P",)
     assert [str(spec.size(n)) for n in ("x", "h", "h_prev", "c", "c_prev", "g")] == [
         "I", "P", "P", "H", "H", "P",
@@ -80,14 +116,12 @@ def test_declared_sizes_give_shapes(tmp_path):
 
 
 def sympy_symbol(name):
-    import sympy
-
     return sympy.Symbol(name, integer=True, positive=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_projected_cell_computes_its_equations(tmp_path, backend):
-    k = codegen.load(write(tmp_path, "projected", PROJECTED), backend)
+def test_a_projected_cell_computes_its_equations(files, backend):
+    k = codegen.load(files["projected"], backend)
     assert k.sizes == ("P",)
     T, B, I, H, P = 4, 3, 5, 6, 2
     rng = np.random.default_rng(1)
@@ -100,31 +134,15 @@ def test_a_projected_cell_computes_its_equations(tmp_path, backend):
     np.testing.assert_allclose(ys, want_ys, rtol=0, atol=1e-12)
     for s in ("h", "c"):
         np.testing.assert_allclose(final[s], want_final[s], rtol=0, atol=1e-12)
-    dxs, dstate0, dparams = k.backward(np.ones_like(ys), cache)
-    assert dstate0["h"].shape == (B, P) and dparams["W_p"].shape == (P, H)
-    loss = {"xs": xs, "h": state0["h"], "c": state0["c"], **params}
-
-    def difference(name, index, step=1e-6):  # d sum(ys) / d loss[name][index], centrally
-        value = loss[name][index]
-        sums = []
-        for x in (value + step, value - step):
-            loss[name][index] = x
-            sums.append(projected_reference(xs, state0, params)[0].sum())
-        loss[name][index] = value
-        return (sums[0] - sums[1]) / (2 * step)
-
-    analytic = {"xs": dxs, "h": dstate0["h"], "c": dstate0["c"], **dparams}
-    for name, index in [("xs", (1, 0, 2)), ("h", (2, 1)), ("c", (0, 3)), ("W_p", (1, 2)),
-                        ("U", (4, 1)), ("g", (0,)), ("b", (5,))]:  # fmt: skip
-        assert abs(analytic[name][index] - difference(name, index)) < 1e-8, name
+    assert_gradients(k, projected_reference, xs, state0, params, cache)
     ys_i, final_i = k.infer(xs, state0, k.pack(params))
     np.testing.assert_allclose(ys_i, ys, rtol=0, atol=1e-13)
     np.testing.assert_allclose(final_i["c"], final["c"], rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sizes_that_disagree_are_refused_by_name(tmp_path, backend):
-    k = codegen.load(write(tmp_path, "projected", PROJECTED), backend)
+def test_sizes_that_disagree_are_refused_by_name(files, backend):
+    k = codegen.load(files["projected"], backend)
     T, B, I, H, P = 2, 2, 3, 4, 2
     params = {n: np.zeros(s) for n, s in k.param_shapes(I, H, P=P).items()}
     state0 = {s: np.zeros(shape) for s, shape in k.state_shapes(B, H, P=P).items()}
@@ -190,6 +208,20 @@ MISTAKES = {
         """,
         "h",
         ["state 'h' is of size P, but its new value is of size H"],
+    ),
+    "one_operand_two_row_sizes": (
+        """\
+        (P,) = cell.sizes("P")
+        x = cell.input("x")
+        h_prev, c_prev = cell.states("h", "c", sizes=("P", "H"))
+        (W,) = cell.matrices("W")
+        (A,) = cell.matrices("A", shape=("H", "P"))
+        (R,) = cell.matrices("R", shape=("P", "P"))
+        c = cell.update("c", W @ x + A @ h_prev + c_prev)
+        h = cell.update("h", R @ h_prev)
+        """,
+        "h",
+        ["not supported: h_prev is multiplied by matrices of H rows (A) and of P rows (R)"],
     ),
     "undeclared_size": (
         """\
@@ -261,6 +293,35 @@ MISTAKES = {
         ["x is input-sized (I)", "cell.input('x', size='H')"],
     ),
 }
+# what the language cannot say: each named as unsupported, with what to write instead
+SIMPLE = """\
+x = cell.input("x")
+(h_prev,) = cell.states("h")
+(W,) = cell.matrices("W")
+"""
+UNSUPPORTED = {
+    "numpy_mean": ('h = cell.update("h", np.mean(W @ x) + h_prev)', ["np.mean()", "mean(v)"]),
+    "numpy_sum": ('h = cell.update("h", np.sum(W @ x) * h_prev)', ["np.sum()", "sum(v)"]),
+    "numpy_var": ('h = cell.update("h", np.var(h_prev) + W @ x)', ["mean((v - mean(v))**2)"]),
+    "numpy_tanh": (
+        'h = cell.update("h", np.tanh(W @ x) + h_prev)',
+        ["np.tanh()", "from codegen.activations import tanh"],
+    ),
+    "python_sum": (
+        'h = cell.update("h", sum(W @ x) + h_prev)',
+        ["iterating over a vector", "codegen's sum(v)"],
+    ),
+    "python_max": ('h = cell.update("h", max(W @ x, h_prev))', ["use relu(v)"]),
+    "index": ('h = cell.update("h", (W @ x)[0] + h_prev)', ["indexing a vector"]),
+    "matrix_on_the_right": ('h = cell.update("h", x @ W + h_prev)', ["write the matrix first"]),
+    "transposed_matrix": (
+        'h = cell.update("h", W.T @ x + h_prev)',
+        ["W.T: a transposed matrix is not supported", "shape="],
+    ),
+}
+MISTAKES.update(
+    {name: (SIMPLE + line + "\n", "h", phrases) for name, (line, phrases) in UNSUPPORTED.items()}
+)
 OUTPUTS = {"output_that_is_nothing": "y"}
 
 
@@ -272,6 +333,51 @@ def test_a_size_mistake_is_one_line_naming_the_fix(tmp_path, case):
         load_cell(path)
     message = str(caught.value)
     assert "\n" not in message
+    assert "__array_function__" not in vars(sympy.Basic)  # NumPy is refused while a file runs
     assert caught.value.equation == equation
     for phrase in phrases:
         assert phrase in message, message
+
+
+# hidden-sized inputs and outputs that are not states ---------------------------------------
+
+HIGHWAY = """\
+x = cell.input("x", size="H")
+(c_prev,) = cell.states("c")
+W, V = cell.matrices("W V")
+(b,) = cell.vectors("b")
+c = cell.update("c", tanh(W @ x + b) * c_prev + x)
+y = cell.eq("y", sigmoid(V @ (x * c)) + x * c_prev)
+"""
+
+
+def highway_reference(xs, state0, p):
+    c, ys = state0["c"], []
+    for x in xs:
+        c_prev = c
+        c = np.tanh(x @ p["W"].T + p["b"]) * c_prev + x
+        ys.append(1 / (1 + np.exp(-((x * c) @ p["V"].T))) + x * c_prev)
+    return np.array(ys), {"c": c}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hidden_sized_input_and_an_output_equation(files, backend):
+    k = codegen.load(files["highway"], backend)
+    assert k.output == "y" and k.states == ("c",)
+    T, B, H = 4, 3, 5
+    rng = np.random.default_rng(2)
+    params = {n: rng.uniform(-0.5, 0.5, s) for n, s in k.param_shapes(H, H).items()}
+    state0 = {"c": rng.uniform(-0.5, 0.5, (B, H))}
+    xs = rng.normal(size=(T, B, H))
+    ys, final, cache = k.forward(xs, state0, params)
+    want_ys, want_final = highway_reference(xs, state0, params)
+    np.testing.assert_allclose(ys, want_ys, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(final["c"], want_final["c"], rtol=0, atol=1e-12)
+    assert_gradients(k, highway_reference, xs, state0, params, cache)
+    lengths = np.array([4, 1, 3], np.int32)
+    ys_r, final_r, _ = k.forward(xs, state0, params, lengths=lengths, reverse=True)
+    ys_i, final_i = k.infer(xs, state0, params, lengths=lengths, reverse=True)
+    np.testing.assert_allclose(ys_i, ys_r, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(final_i["c"], final_r["c"], rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match=r"hidden-sized \(I = H\)"):
+        k.forward(rng.normal(size=(T, B, H + 1)), state0, params)

@@ -20,6 +20,7 @@ import codegen.torch as cgt
 from codegen import interop
 from codegen.bench_train import loop_cell, loop_forward
 from codegen.errors import CellgenError
+from codegen.registry import load_cell
 
 from conftest import BACKENDS, CELLS
 
@@ -32,10 +33,19 @@ MUT3 = ROOT / "examples" / "mut3.py"
 def test_gradcheck_in_float64(cell, backend):
     """Two layers, both directions, unequal lengths (one row stops early)."""
     torch.manual_seed(0)
-    rnn = cgt.RNN(cell, 3, 4, num_layers=2, bidirectional=True, backend=backend,
-                  dtype=torch.float64)  # fmt: skip
-    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    state0 = {s: torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True) for s in rnn.states}
+    spec = load_cell(cell)
+    # sru's input is hidden-sized (I = H): one direction, so that layer 1 reads H numbers too
+    I, two = (4, False) if spec.input_hidden else (3, True)
+    sizes = {n: 3 for n in spec.sizes}  # lstmp's P
+    rnn = cgt.RNN(cell, I, 4, num_layers=2, bidirectional=two, backend=backend,
+                  dtype=torch.float64, **sizes)  # fmt: skip
+    x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
+    shapes = rnn.stack(torch.float64).kernel.state_shapes(2, 4, **sizes)
+    units = 4 if two else 2
+    state0 = {
+        s: torch.randn(units, *shapes[s], dtype=torch.float64, requires_grad=True)
+        for s in rnn.states
+    }
     lengths = np.array([4, 2])
 
     def run(x, *inputs):

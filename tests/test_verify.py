@@ -37,6 +37,7 @@ from codegen.verify import (
     verify_kernel,
 )
 from codegen.verify.judge import Judgement
+from codegen.verify.problems import declared_sizes
 
 import conftest
 from conftest import BACKENDS, CELLS
@@ -111,8 +112,11 @@ def off_by(param: str, relative: float):
 
 
 def matrix_param(kernel) -> str:
-    """A recurrent matrix of the cell (H x H), so rows and columns are both hidden units."""
-    return next(p for p, shape in kernel.param_shapes(2, 3).items() if shape == (3, 3))
+    """A recurrent matrix of the cell (H x H), so rows and columns are both hidden units; else
+    (indrnn's only matrix is W, LSTMP's are (H, P) and (P, H)) its first matrix."""
+    shapes = kernel.param_shapes(2, 3, **declared_sizes(kernel, 3))
+    matrices = [p for p, shape in shapes.items() if len(shape) == 2]
+    return next((p for p in matrices if shapes[p] == (3, 3)), matrices[0])
 
 
 # the methods on correct kernels ---------------------------------------------------------------

@@ -90,18 +90,27 @@ def random_problem(
     """Random inputs at a moderate scale, where smooth gates are away from saturation."""
     rng = np.random.default_rng(seed)
     T, B, I, H = sizes["T"], sizes["B"], sizes["I"], sizes["H"]
+    I = H if kernel.spec.input_hidden else I  # the input used elementwise
+    declared = declared_sizes(kernel, H)
     params = {
         name: rng.uniform(-1, 1, shape) / np.sqrt(H)
-        for name, shape in kernel.param_shapes(I, H).items()
+        for name, shape in kernel.param_shapes(I, H, **declared).items()
     }
+    states = kernel.state_shapes(B, H, **declared)
     return Problem(
         xs=rng.normal(size=(T, B, I)),
-        state0={s: rng.uniform(-0.8, 0.8, (B, H)) for s in kernel.states},
+        state0={s: rng.uniform(-0.8, 0.8, shape) for s, shape in states.items()},
         params=params,
-        dys=rng.normal(size=(T, B, H)),
-        dfinal={s: rng.normal(size=(B, H)) for s in kernel.states},
+        dys=rng.normal(size=(T, B, kernel.output_size(H, **declared))),
+        dfinal={s: rng.normal(size=shape) for s, shape in states.items()},
         runs=runs,
     )
+
+
+def declared_sizes(kernel: CellKernel, H: int) -> dict[str, int]:
+    """A value for each size the cell declares besides I and H: H // 2 + 1, another size than
+    H, so that a kernel that mixed them up would fail."""
+    return {name: H // 2 + 1 for name in kernel.sizes}
 
 
 def entry_problem(kernel: CellKernel, seed: int) -> Problem:

@@ -212,7 +212,7 @@ class CFunctions:
         """ys and the final states from packed weights; the states are copied, not changed.
         `sizes`: I, H and the declared sizes (from pack), when the cell declares sizes."""
         T, B, I = xs.shape
-        z = dict(sizes) if sizes else {"I": I, "H": state0[self.output].shape[1]}
+        z = dict(sizes) if sizes else self._sizes(I, state0, None)
         H, extra = z["H"], [z[n] for n in self.extra]
         ys = np.empty((T, B, self._size_of(self.output, z)), self.dtype)
         final = {s: np.array(state0[s], self.dtype, order="C") for s in self.states}

@@ -122,7 +122,7 @@ class CNames:
             return self.ids.derived(buf.symbol, "_products")
         if buf.kind == "step":
             return self.step(buf.symbol)
-        if buf.kind == "adjoints":
+        if buf.kind in ("adjoints", "input_adjoints"):
             return self.ids.derived(buf.symbol, "_all")
         if buf.kind == "through_products":
             return self(buf.symbol)
@@ -265,6 +265,8 @@ def _block(
     lines: list[str] = []
     incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
+        if sym == kernel.output_incoming:  # an output equation's adjoint: dys alone
+            lines.append(f"const {real.c} {names(sym)} = {used.use('dys_t')}[{index(None)}];")
         r = incoming.get(sym)
         if r is not None:
             terms = [f"{used.use(names.carried(r.state))}[{index(None)}]"]
@@ -286,7 +288,7 @@ def _block(
         value = printer.doprint(a.expr)
         if role is Role.ADJ_PARAM:
             out.append(f"{used.use(names(a.name))}[j] += {value};")
-        elif role is Role.ADJ_STATE_PREV:
+        elif role in (Role.ADJ_STATE_PREV, Role.ADJ_INPUT):
             out.append(f"{used.use(names(a.name))}[{index(None)}] = {value};")
         else:
             out.append(f"const {real.c} {names(a.name)} = {value};")
@@ -598,7 +600,11 @@ class _Context:
             seg for w in kernel.weight_gradients for seg in w.segments
             if seg.symbol == cell.output and seg.source in (Role.STATE, Role.SAVED)
         ]  # fmt: skip
-        if cell.output not in state_reads and not output_segments:
+        if (
+            cell.output not in state_reads
+            and not output_segments
+            and (names.at_t(cell.output) not in used_b)
+        ):
             in_backward.append("ys")  # h = h_prev + W x: its backward never reads h
         in_backward += [
             names(p.name) for p in cell.params if p.kind == "vector" and names(p.name) not in used_b
@@ -617,7 +623,7 @@ class _Context:
                 "size": size_text(b.size),
                 "kind": b.kind,
                 "doc": b.doc,
-                "symbol_name": self.names(b.symbol) if b.kind == "adjoints" else "",
+                "symbol_name": self.names(b.symbol) if "adjoints" in b.kind else "",
                 "stride": self.stride(b.symbol) if b.symbol in self.kernel.sizes else "",
             }
             for b in bufs
@@ -656,6 +662,9 @@ class _Context:
         at_row = {seq.length: sympy.Symbol("(size_t)lengths[b]")}
         inputs = {p["d_product_all"]: g["unit"] for g in self.gemms if g["hoisted"]
                   for p in g["pairs"]}  # fmt: skip
+        d_x = self.names(self.d(cell.input))
+        if self.kernel.input_elementwise and d_x in self.backward_used:
+            inputs[names.buffer(Buffer("input_adjoints", self.d(cell.input), 0))] = "I"
         return {
             "active": f"{seq.loop} < L",
             "active_c": sympy.ccode(seq.active.subs(at_row)),
@@ -684,7 +693,7 @@ class _Context:
                     "stride": self.stride(b.symbol),
                 }
                 for b in self.kernel.backward_buffers
-                if b.kind == "adjoints"
+                if b.kind in ("adjoints", "input_adjoints")
             ],
             "input_adjoints": [{"name": a, "size": z} for a, z in inputs.items()],
         }
@@ -695,6 +704,10 @@ def context(kernel: Kernel) -> dict:
     c = _Context(kernel)
     names, cell = c.names, kernel.cell
     step_adjoints = [names(b) for b in kernel.adjoint_buffers if names(b) in c.backward_used]
+    d_x = kernel.names.of(cell.input)
+    input_adjoint = kernel.input_elementwise and names(d_x) in c.backward_used
+    step_adjoints += [names(d_x)] if input_adjoint else []
+    output_equation = cell.output not in cell.states
     return {
         **c.sequences(),
         **c.unused(),
@@ -732,7 +745,13 @@ def context(kernel: Kernel) -> dict:
         "packed_size": size_text(kernel.packed_size),
         "infer_work": size_text(kernel.infer_work_size),
         "infer_chunk": INFER_CHUNK,
-        "output_new": names.new_state(cell.output),
+        "output_new": names.step(cell.output) if output_equation else names.new_state(cell.output),
+        # an output equation is written to ys at each step, through this pointer
+        "output_at_t": names.at_t(cell.output) if output_equation else "",
+        "output_read_back": output_equation and names.at_t(cell.output) in c.backward_used,
+        # the rows of x_t gathered for pointwise stages that read the input; its adjoint
+        "input_step": names.step(cell.input) if kernel.input_elementwise else "",
+        "input_adjoint": names.buffer(Buffer("input_adjoints", d_x, 0)) if input_adjoint else "",
         "backward_buffers": c.buffers(kernel.backward_buffers),
         "step_adjoints": step_adjoints,
         "gemms": c.gemms,

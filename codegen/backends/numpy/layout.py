@@ -67,7 +67,7 @@ class GroupLayout:
     @property
     def size(self) -> str:
         """The operand's length (K): I for the input, H or a declared size otherwise."""
-        return str(self.gemm.operand_size)
+        return "I" if self.gemm.hoisted else str(self.gemm.operand_size)
 
     @property
     def unit(self) -> str:

@@ -105,7 +105,8 @@ class Pass:
         where = self.layout.slot.get(sym)
         if where and where[0] in self.stacks:
             return True
-        return self.kernel.roles.get(sym) in (Role.SAVED, Role.STATE, Role.ADJ_STATE_PREV)
+        owned = (Role.SAVED, Role.STATE, Role.ADJ_STATE_PREV, Role.ADJ_INPUT)
+        return self.kernel.roles.get(sym) in owned
 
     def buffers(self) -> list[tuple[str, str]]:
         """Arrays of one step for the values that live nowhere else: (name, columns), B rows."""
@@ -115,8 +116,11 @@ class Pass:
             if sym in self.aliases or self.owns_place(sym) or self.place(sym).stack:
                 continue
             role = self.kernel.roles.get(sym)
+            output = self.kernel.cell.output
             if role in (Role.TEMP, Role.ADJ, Role.ADJ_MM, Role.ADJ_PARAM) or (
-                role is Role.ADJ_IN and sym == self.kernel.names.incoming(self.kernel.cell.output)
+                role is Role.ADJ_IN
+                and sym == self.kernel.names.incoming(output)
+                and output in self.kernel.cell.states  # else it is dys[t] itself
             ):
                 out.append((self.names(sym), str(size(sym))))
         return out + [
@@ -256,6 +260,9 @@ def context(kernel: Kernel) -> dict:
             body_b += bwd.reduce(step)
             continue
         for sym in step.reads:
+            if sym == kernel.output_incoming and sym not in incoming:
+                incoming.add(sym)
+                body_b.append(f"{names(sym)} = {dys_t}")  # an output equation's: dys alone
             if sym in incoming_of and sym not in incoming:
                 incoming.add(sym)
                 r = incoming_of[sym]
@@ -298,6 +305,10 @@ def context(kernel: Kernel) -> dict:
         seq = names.local(f"{name}_seq")
         adjoint_seqs.append(seq)
         setup_b.append(f"{seq} = {_work(seq, shape)}{comment}")
+    d_x = d(cell.input)
+    d_xs_seq = names.derived(d_x, "_seq")
+    if d_x in written:  # the input's adjoint of its elementwise uses, every step
+        setup_b.append(f"{d_xs_seq} = np.zeros((T, B, I), dtype)")
     setup_b.append(
         "dparams = {name: np.zeros(value.shape, dtype) for name, value in params.items()}"
     )
@@ -339,6 +350,9 @@ def context(kernel: Kernel) -> dict:
             end.append(f"{d_M} = np.matmul({d_all}.T, {operand}.reshape(T * B, {K}), out={work})")
         for k, m in enumerate(g.matrices):
             end.append(f'dparams["{m}"] += {d_M}[{k} * {u} : {k + 1} * {u}]')
+    if d_x in written:
+        hoisted = any(g.gemm.hoisted for g in groups)
+        end.append(f"dxs = dxs + {d_xs_seq}" if hoisted else f"dxs = {d_xs_seq}")
     if bias_sums:
         total = names.local(f"{d_gates}_sum")
         end.append(f"{total} = {names.local(f'{d_gates}_seq')}.reshape(T * B, -1).sum(axis=0)")
@@ -469,6 +483,11 @@ def _bindings(kernel, layout, p: Pass, prevs, series, prev_line, rows: str = "")
     for s in kernel.cell.states:
         if prev_name(s) in bound:
             out.append(prev_line(s, rows))
+    x, d_x = kernel.cell.input, kernel.names.of(kernel.cell.input)
+    if x in bound:  # read elementwise (I = H): xs is in loop order
+        out.append(f"{p.names(x)} = xs[t{rows}]")
+    if d_x in bound:
+        out.append(f"{p.names(d_x)} = {p.names.derived(d_x, '_seq')}[t{rows}]")
     for name in sorted(stacks):
         stack = layout.stacks.get(name)
         slots = [sym for sym in bound if layout.slot.get(sym, ("",))[0] == name]
