@@ -174,6 +174,10 @@ class Sequencing:
 
 SEQUENCING = Sequencing()
 SIZES = {"T": T, "B": B, "I": I, "H": H}
+# Inference pads every hidden-sized row to Hp, H rounded up to a multiple of 16 (whole vectors of
+# 16 floats, two of 8 doubles): the pointwise stages then run over whole vectors whatever H, and
+# the columns and lanes past H (zero weights, zero biases) are computed and never read.
+HP = sympy.Symbol("Hp", integer=True, positive=True)
 # Inference computes the input products of this many steps at once: one product serves them
 # all, and the work memory does not depend on T.
 INFER_CHUNK = 16
@@ -621,25 +625,30 @@ def _packed(plan: Kernel) -> tuple[PackedPart, ...]:
     """The inference weights: each fused product's matrices transposed side by side, so that
     a product runs with unit stride, then the vector parameters."""
     out = [
-        PackedPart("matrices", g.operand, (I if g.hoisted else H) * len(g.products) * H, g.matrices)
+        PackedPart(
+            "matrices", g.operand, (I if g.hoisted else H) * len(g.products) * HP, g.matrices
+        )
         for g in plan.gemms
     ]
-    out += [PackedPart("vector", p.name, H) for p in plan.cell.params if p.kind == "vector"]
+    out += [PackedPart("vector", p.name, HP) for p in plan.cell.params if p.kind == "vector"]
     return tuple(out)
 
 
 def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     """Inference keeps nothing between steps but the states: the products of a step (the input
-    products of INFER_CHUNK steps), values handed between stages, and the new states."""
+    products of INFER_CHUNK steps), values handed between stages, and each state's current and
+    new value (swapped after a step); every row padded to Hp."""
     out = []
     for g in plan.gemms:
         G, products = len(g.products), ", ".join(g.products)
         rows = INFER_CHUNK * B if g.hoisted else B
         doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"
-        out.append(Buffer("products", g.operand, rows * G * H, doc=doc))
+        out.append(Buffer("products", g.operand, rows * G * HP, doc=doc))
     out += [
-        Buffer("step", v, B * H, doc=f"{v} of one step, for a later stage")
+        Buffer("step", v, B * HP, doc=f"{v} of one step, for a later stage")
         for v in plan.infer_step_values
     ]
-    out += [Buffer("new_state", s, B * H, doc=f"the new {s} of one step") for s in plan.cell.states]
+    for s in plan.cell.states:
+        out.append(Buffer("state", s, B * HP, doc=f"{s} before the step"))
+        out.append(Buffer("new_state", s, B * HP, doc=f"the new {s} of one step"))
     return tuple(out)

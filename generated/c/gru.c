@@ -108,13 +108,15 @@ size_t cellgen_gru_work_size(size_t T, size_t B, size_t I, size_t H)
 
 static double packed_estimate(double I, double H)
 {
+    const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)I, (void)H;
-    return 3 * H + 3 * H * H + 3 * I * H;
+    return 3 * Hp + 3 * H * Hp + 3 * I * Hp;
 }
 
 size_t cellgen_gru_packed_size(size_t I, size_t H)
 {
-    const size_t size = infer_group_size(I, 3 * H) + infer_group_size(H, 2 * H) + infer_group_size(H, H) + H + H + H;
+    const size_t Hp = infer_pad(H);
+    const size_t size = infer_group_size(I, 3 * Hp) + infer_group_size(H, 2 * Hp) + infer_group_size(H, Hp) + Hp + Hp + Hp;
     /* the padding adds at most 16 numbers per row of a group */
     const double pad = 16.0 * ((double)I + (double)H + (double)H);
     return checked_size(packed_estimate((double)I, (double)H) + pad, size);
@@ -122,13 +124,15 @@ size_t cellgen_gru_packed_size(size_t I, size_t H)
 
 static double infer_work_estimate(double B, double I, double H)
 {
+    const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)B, (void)I, (void)H;
-    return 54 * B * H;
+    return 55 * B * Hp;
 }
 
 size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H)
 {
-    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 54 * B * H);
+    const size_t Hp = infer_pad(H);
+    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 55 * B * Hp);
 }
 
 /* ---- double ---- */
@@ -136,29 +140,31 @@ size_t cellgen_gru_infer_work_size(size_t B, size_t I, size_t H)
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
  * exp(r) by its Taylor series to r^13 (the first term left out is below 2e-16), times 2^n
  * written into the exponent bits. x is clamped to [-708, 709], where exp(x) is a normal number;
- * the activations saturate long before. NaN stays NaN. About 1 ulp. */
+ * the activations saturate long before. NaN stays NaN. About 1 ulp. The multiply-adds are single
+ * FMAs where the CPU has them (CELLGEN_FMA_F64): a shorter dependency chain. */
 static inline double exp_f64(double x)
 {
     const double shift = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
     x = x < -708.0 ? -708.0 : x;
     x = x > 709.0 ? 709.0 : x;
-    const double t = x * 1.4426950408889634 + shift; /* shift + n, n = round(x / ln 2) */
+    const double t = CELLGEN_FMA_F64(x, 1.4426950408889634, shift); /* shift + n, n = round(x / ln 2) */
     const double n = t - shift;
-    const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    const double r = CELLGEN_FMA_F64(n, -1.90821492927058770002e-10,
+                                     CELLGEN_FMA_F64(n, -6.93147180369123816490e-01, x));
     double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 479001600.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 39916800.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 3628800.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 362880.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 40320.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 5040.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 720.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 120.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 24.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 6.0);
+    p = CELLGEN_FMA_F64(p, r, 0.5);
+    p = CELLGEN_FMA_F64(p, r, 1.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0);
     uint64_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 1023u) << 52; /* n, the low bits of t, moved into the exponent field */
@@ -175,16 +181,17 @@ static inline double sigmoid_f64(double x)
 
 /* tanh(x): below |x| = 0.625 x + x z P(z) / Q(z), z = x^2, with Cephes' coefficients; above it
  * 1 - 2 / (exp(2 |x|) + 1), which cancels nothing there. Both are computed and one is chosen,
- * so that loops calling it vectorize. About 2 ulp; NaN stays NaN. */
+ * so that loops calling it vectorize. About 2 ulp; NaN stays NaN. Multiply-adds are FMAs where
+ * the CPU has them (CELLGEN_FMA_F64). */
 static inline double tanh_f64(double x)
 {
     const double a = x < 0.0 ? -x : x;
     const double z = x * x;
-    const double p = ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
-                      - 1.61468768441708447952e3) * z;
-    const double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
-                     + 4.84406305325125486048e3;
-    const double small = x + x * (p / q);
+    double p = CELLGEN_FMA_F64(-9.64399179425052238628e-1, z, -9.92877231001918586564e1);
+    p = CELLGEN_FMA_F64(p, z, -1.61468768441708447952e3) * z;
+    double q = CELLGEN_FMA_F64(z + 1.12811678491632931402e2, z, 2.23548839060100448583e3);
+    q = CELLGEN_FMA_F64(q, z, 4.84406305325125486048e3);
+    const double small = CELLGEN_FMA_F64(x, p / q, x);
     const double large = 1.0 - 2.0 / (exp_f64(2.0 * a) + 1.0);
     return a < 0.625 ? small : (x < 0.0 ? -large : large);
 }
@@ -240,6 +247,16 @@ static inline void infer_clear_f64(size_t n, double *restrict out)
     for (size_t k = 0; k < n; ++k) {
         out[k] = 0.0;
     }
+}
+
+/* out[0..Hp) = in[0..H) followed by zeros: a row padded to whole vectors. */
+static inline void infer_load_f64(size_t H, size_t Hp, const double *restrict in,
+                                  double *restrict out)
+{
+    for (size_t k = 0; k < H; ++k) {
+        out[k] = in[k];
+    }
+    infer_clear_f64(Hp - H, out + H);
 }
 
 #if defined(CELLGEN_AVX512)
@@ -319,7 +336,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
     }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
-            e[r][v] = _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8);
+            e[r][v] = init ? _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8)
+                           : _mm512_setzero_pd();
         }
     }
     infer_segment_f64(R, V, split, p, wp, K1, a1, lda1, e);
@@ -328,7 +346,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
             if (v >= apart) {
                 const __mmask8 m = v + 1 < V ? all : last;
                 _mm512_mask_storeu_pd(c + r * ldc + v * 8, m, e[r][v]);
-                e[r][v] = _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8);
+                e[r][v] = init2 ? _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8)
+                                : _mm512_setzero_pd();
             }
         }
     }
@@ -434,7 +453,7 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, si
     const double *const q = p + Kp * wp;
     __m512d e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = _mm512_loadu_pd(init + v * 8);
+        e[v] = init ? _mm512_loadu_pd(init + v * 8) : _mm512_setzero_pd();
     }
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512d x = _mm512_set1_pd(k < K1 ? a1[k] : a2[k - K1]);
@@ -493,7 +512,7 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
 
 /* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
  * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
  * in the order stated above; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
@@ -511,7 +530,8 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
 #if defined(CELLGEN_AVX512)
         if (R == 1 && n0 + 2 * CELLGEN_PANEL_F64 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F64 || K2 == 0)) {
-            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                                   c + n0);
             n0 += CELLGEN_PANEL_F64;
             continue;
         }
@@ -533,11 +553,11 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
                 const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
                 const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 8 : q;
                 const double *const pv = p + v0 * 8;
-                const double *const iv = init + r * ldi + n0 + v0 * 8;
+                const double *const iv = init ? init + r * ldi + n0 + v0 * 8 : NULL;
                 double *const cv = c + r * ldc + n0 + v0 * 8;
                 const double *const b1 = a1 + r * lda1;
                 const double *const b2 = a2 + r * lda2;
-                const double *const i2 = init2 + r * ldi2 + qv;
+                const double *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 double *const c2v = c2 + r * ldc2 + qv;
                 if (left > 8) {
                     infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
@@ -553,9 +573,9 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
             const unsigned lanes = (unsigned)(w - (V - 1) * 8);
             const double *const b1 = a1 + r * lda1;
             const double *const b2 = a2 + r * lda2;
-            const double *const iv = init + r * ldi + n0;
+            const double *const iv = init ? init + r * ldi + n0 : NULL;
             double *const cv = c + r * ldc + n0;
-            const double *const i2 = init2 + r * ldi2 + q;
+            const double *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             double *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
@@ -596,10 +616,10 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
         double o[CELLGEN_PANEL_F64];
         for (size_t r = 0; r < R; ++r) {
             double *const cr = c + r * ldc + n0;
-            const double *const ir = init + r * ldi + n0;
+            const double *const ir = init ? init + r * ldi + n0 : NULL;
             const double *const b2 = a2 + r * lda2;
             for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir[n];
+                cr[n] = ir ? ir[n] : 0.0;
             }
             infer_segment_f64(w, p, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
@@ -608,9 +628,9 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
             infer_segment_f64(ja, p + K1 * wp, wp, K2, b2, cr, o);
             if (ja < w) {
                 double *const c2r = c2 + r * ldc2 + q;
-                const double *const i2r = init2 + r * ldi2 + q;
+                const double *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r[n];
+                    c2r[n] = i2r ? i2r[n] : 0.0;
                 }
                 infer_segment_f64(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
             }
@@ -1069,31 +1089,35 @@ void cellgen_gru_pack_f64(
     const double *b_h,
     double *packed)
 {
+    const size_t Hp = infer_pad(H);
     double *next = packed;
     /* W_z, W_r, W_h in panels, for the products of x */
-    infer_clear_f64(infer_group_size(I, 3 * H), next);
-    infer_pack_f64(H, I, W_z, I, 3 * H, 0, 0 * H, next);
-    infer_pack_f64(H, I, W_r, I, 3 * H, 0, 1 * H, next);
-    infer_pack_f64(H, I, W_h, I, 3 * H, 0, 2 * H, next);
-    next += infer_group_size(I, 3 * H);
+    infer_clear_f64(infer_group_size(I, 3 * Hp), next);
+    infer_pack_f64(H, I, W_z, I, 3 * Hp, 0, 0 * Hp, next);
+    infer_pack_f64(H, I, W_r, I, 3 * Hp, 0, 1 * Hp, next);
+    infer_pack_f64(H, I, W_h, I, 3 * Hp, 0, 2 * Hp, next);
+    next += infer_group_size(I, 3 * Hp);
     /* U_z, U_r in panels, for the products of h_prev */
-    infer_clear_f64(infer_group_size(H, 2 * H), next);
-    infer_pack_f64(H, H, U_z, H, 2 * H, 0, 0 * H, next);
-    infer_pack_f64(H, H, U_r, H, 2 * H, 0, 1 * H, next);
-    next += infer_group_size(H, 2 * H);
+    infer_clear_f64(infer_group_size(H, 2 * Hp), next);
+    infer_pack_f64(H, H, U_z, H, 2 * Hp, 0, 0 * Hp, next);
+    infer_pack_f64(H, H, U_r, H, 2 * Hp, 0, 1 * Hp, next);
+    next += infer_group_size(H, 2 * Hp);
     /* U_h in panels, for the products of h_prev_r */
-    infer_clear_f64(infer_group_size(H, H), next);
-    infer_pack_f64(H, H, U_h, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
-    copy_f64(H, b_z, next);
-    next += H;
-    copy_f64(H, b_r, next);
-    next += H;
-    copy_f64(H, b_h, next);
-    next += H;
+    infer_clear_f64(infer_group_size(H, Hp), next);
+    infer_pack_f64(H, H, U_h, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
+    infer_load_f64(H, Hp, b_z, next);
+    next += Hp;
+    infer_load_f64(H, Hp, b_r, next);
+    next += Hp;
+    infer_load_f64(H, Hp, b_h, next);
+    next += Hp;
     (void)I;
 }
 
+/* Every hidden-sized row is padded to Hp (a multiple of 16): the pointwise stages run over
+ * whole vectors; the lanes past H hold finite values nothing reads. The states are copied in
+ * (padded with zeros) and out once per call; between steps a state's buffers swap. */
 void cellgen_gru_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
@@ -1102,113 +1126,128 @@ void cellgen_gru_infer_f64(
     double *ys, double *work)
 {
     const size_t BH = B * H;
+    const size_t Hp = infer_pad(H);
     const double *weights = packed;
     const double *const x_MT = weights;
-    weights += infer_group_size(I, 3 * H);
+    weights += infer_group_size(I, 3 * Hp);
     const double *const h_prev_MT = weights;
-    weights += infer_group_size(H, 2 * H);
+    weights += infer_group_size(H, 2 * Hp);
     const double *const h_prev_r_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += infer_group_size(H, Hp);
     const double *const b_z = weights;
-    weights += H;
+    weights += Hp;
     const double *const b_r = weights;
-    weights += H;
+    weights += Hp;
     const double *const b_h = weights;
-    weights += H;
+    weights += Hp;
     double *next = work;
     double *const x_products = next; /* W_z_x, W_r_x, W_h_x of up to 16 steps */
-    next += 48 * B * H;
+    next += 48 * B * Hp;
     double *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev, one step */
-    next += 2 * B * H;
+    next += 2 * B * Hp;
     double *const h_prev_r_products = next; /* U_h_h_prev_r, one step */
-    next += B * H;
+    next += B * Hp;
     double *const z_step = next; /* z of one step, for a later stage */
-    next += B * H;
+    next += B * Hp;
     double *const h_prev_r_step = next; /* h_prev_r of one step, for a later stage */
-    next += B * H;
-    double *const h_new = next; /* the new h of one step */
-    next += B * H;
+    next += B * Hp;
+    double *h_cur = next; /* h before the step */
+    next += B * Hp;
+    double *h_new = next; /* the new h of one step */
+    next += B * Hp;
+    for (size_t b = 0; b < B; ++b) {
+        infer_load_f64(H, Hp, h_state + b * H, h_cur + b * Hp);
+    }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
-        fill_f64(steps * B * 3 * H, 0.0, x_products);
         if (!reverse) {
-            infer_product_f64(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+            infer_product_f64(steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    double *const row = x_products + ((t - t0) * B + b) * (3 * H);
+                    double *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_f64(1, 3 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 3 * H, row, 3 * H, 3 * H, row, 0, row, 0);
+                    infer_product_f64(1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            const double *const h_prev = h_state;
-            const double *const W_z_x = x_products + (t - t0) * B * 3 * H + 0 * H;
-            const double *const W_r_x = x_products + (t - t0) * B * 3 * H + 1 * H;
-            const double *const W_h_x = x_products + (t - t0) * B * 3 * H + 2 * H;
-            const double *const U_z_h_prev = h_prev_products + 0 * H;
-            const double *const U_r_h_prev = h_prev_products + 1 * H;
-            const double *const U_h_h_prev_r = h_prev_r_products + 0 * H;
-            fill_f64(B * 2 * H, 0.0, h_prev_products);
-            infer_product_f64(B, 2 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
-                              h_prev_products, 2 * H, h_prev_products, 2 * H, 2 * H, h_prev_products, 0, h_prev_products, 0);
+            const double *const h_prev = h_cur;
+            const double *const W_z_x = x_products + (t - t0) * B * 3 * Hp + 0 * Hp;
+            const double *const W_r_x = x_products + (t - t0) * B * 3 * Hp + 1 * Hp;
+            const double *const W_h_x = x_products + (t - t0) * B * 3 * Hp + 2 * Hp;
+            const double *const U_z_h_prev = h_prev_products + 0 * Hp;
+            const double *const U_r_h_prev = h_prev_products + 1 * Hp;
+            const double *const U_h_h_prev_r = h_prev_r_products + 0 * Hp;
+            infer_product_f64(B, 2 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+                              NULL, 0, h_prev_products, 2 * Hp, 2 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    const size_t n3 = b * 3 * H + j;
-                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
-                    const double z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
-                    const double z = sigmoid_f64(z_pre);
-                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
-                    const double r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
-                    const double r = sigmoid_f64(r_pre);
-                    /* h_prev_r = r * h_prev */
-                    const double h_prev_r = h_prev[n] * r;
-                    z_step[n] = z;
-                    h_prev_r_step[n] = h_prev_r;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        const size_t n3 = b * 3 * Hp + j;
+                        /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                        const double z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
+                        const double z = sigmoid_f64(z_pre);
+                        /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                        const double r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
+                        const double r = sigmoid_f64(r_pre);
+                        /* h_prev_r = r * h_prev */
+                        const double h_prev_r = h_prev[n] * r;
+                        z_step[n] = z;
+                        h_prev_r_step[n] = h_prev_r;
+                    }
                 }
             }
-            fill_f64(B * H, 0.0, h_prev_r_products);
-            infer_product_f64(B, H, h_prev_r_MT, H, 0, H, h_prev_r_step, H, 0, h_prev_r_step, 0,
-                              h_prev_r_products, H, h_prev_r_products, H, H, h_prev_r_products, 0, h_prev_r_products, 0);
+            infer_product_f64(B, Hp, h_prev_r_MT, H, 0, H, h_prev_r_step, Hp, 0, h_prev_r_step, 0,
+                              NULL, 0, h_prev_r_products, Hp, Hp, NULL, 0, h_prev_r_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n3 = b * 3 * H + j;
-                    /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
-                    const double h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
-                    const double h_hat = tanh_f64(h_hat_pre);
-                    /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
-                    const double h = h_hat * z_step[n] + h_prev[n] * (1.0 - z_step[n]);
-                    h_new[n] = h;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n3 = b * 3 * Hp + j;
+                        /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
+                        const double h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
+                        const double h_hat = tanh_f64(h_hat_pre);
+                        /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
+                        const double h = h_hat * z_step[n] + h_prev[n] * (1.0 - z_step[n]);
+                        h_new[n] = h;
+                    }
                 }
             }
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
                     if (ys) {
                         fill_f64(H, 0.0, ys + t * BH + b * H);
                     }
                     continue;
                 }
-                copy_f64(H, h_new + b * H, h_state + b * H);
                 if (ys) {
-                    copy_f64(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                    copy_f64(H, h_new + b * Hp, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
                 }
             }
+            {
+                double *const swap = h_cur;
+                h_cur = h_new;
+                h_new = swap;
+            }
         }
+    }
+    for (size_t b = 0; b < B; ++b) {
+        copy_f64(H, h_cur + b * Hp, h_state + b * H);
     }
 }
 
@@ -1217,28 +1256,29 @@ void cellgen_gru_infer_f64(
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
  * exp(r) from Cephes' polynomial, times 2^n written into the exponent bits. x is clamped to
  * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
- * NaN. About 1 ulp. */
+ * NaN. About 1 ulp. The multiply-adds are single FMAs where the CPU has them (CELLGEN_FMA_F32),
+ * and the polynomial is in Estrin's form: a short dependency chain, for latency-bound steps. */
 static inline float exp_f32(float x)
 {
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
     x = x < -87.0F ? -87.0F : x;
     x = x > 88.0F ? 88.0F : x;
-    const float t = x * 1.44269504F + shift; /* shift + n, n = round(x / ln 2) */
+    const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
     const float n = t - shift;
-    const float r = (x - n * 0.693359375F) + n * 2.12194440e-4F;
-    float p = 1.9875691500e-4F;
-    p = p * r + 1.3981999507e-3F;
-    p = p * r + 8.3334519073e-3F;
-    p = p * r + 4.1665795894e-2F;
-    p = p * r + 1.6666665459e-1F;
-    p = p * r + 5.0000001201e-1F;
-    p = p * r * r + r + 1.0F;
+    const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
+    /* Cephes' polynomial c0 r^5 + ... + c5 in Estrin's form: three short chains, not one long */
+    const float r2 = r * r;
+    const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
+    const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
+    const float c = CELLGEN_FMA_F32(1.6666665459e-1F, r, 5.0000001201e-1F);
+    const float p = CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c));
+    const float y = CELLGEN_FMA_F32(p, r2, r) + 1.0F;
     uint32_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return y * scale;
 }
 
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
@@ -1249,14 +1289,18 @@ static inline float sigmoid_f32(float x)
 
 /* tanh(x): below |x| = 0.625 an odd polynomial (Cephes' coefficients); above it
  * 1 - 2 / (exp(2 |x|) + 1), which cancels nothing there. Both are computed and one is chosen,
- * so that loops calling it vectorize. About 1 ulp; NaN stays NaN. */
+ * so that loops calling it vectorize. About 1 ulp; NaN stays NaN. Multiply-adds are FMAs where
+ * the CPU has them (CELLGEN_FMA_F32). */
 static inline float tanh_f32(float x)
 {
     const float a = x < 0.0F ? -x : x;
     const float z = x * x;
-    const float p = ((((-5.70498872745e-3F * z + 2.06390887954e-2F) * z - 5.37397155531e-2F) * z
-                      + 1.33314422036e-1F) * z - 3.33332819422e-1F) * z;
-    const float small = p * x + x;
+    /* P(z) = (c0 z^2 + c1 z + c2) z^2 + (c3 z + c4): two chains, not one of four */
+    const float u = CELLGEN_FMA_F32(CELLGEN_FMA_F32(-5.70498872745e-3F, z, 2.06390887954e-2F), z,
+                                    -5.37397155531e-2F);
+    const float v = CELLGEN_FMA_F32(1.33314422036e-1F, z, -3.33332819422e-1F);
+    const float p = CELLGEN_FMA_F32(u, z * z, v) * z;
+    const float small = CELLGEN_FMA_F32(p, x, x);
     const float large = 1.0F - 2.0F / (exp_f32(2.0F * a) + 1.0F);
     return a < 0.625F ? small : (x < 0.0F ? -large : large);
 }
@@ -1312,6 +1356,16 @@ static inline void infer_clear_f32(size_t n, float *restrict out)
     for (size_t k = 0; k < n; ++k) {
         out[k] = 0.0F;
     }
+}
+
+/* out[0..Hp) = in[0..H) followed by zeros: a row padded to whole vectors. */
+static inline void infer_load_f32(size_t H, size_t Hp, const float *restrict in,
+                                  float *restrict out)
+{
+    for (size_t k = 0; k < H; ++k) {
+        out[k] = in[k];
+    }
+    infer_clear_f32(Hp - H, out + H);
 }
 
 #if defined(CELLGEN_AVX512)
@@ -1391,7 +1445,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
     }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
-            e[r][v] = _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16);
+            e[r][v] = init ? _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16)
+                           : _mm512_setzero_ps();
         }
     }
     infer_segment_f32(R, V, split, p, wp, K1, a1, lda1, e);
@@ -1400,7 +1455,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
             if (v >= apart) {
                 const __mmask16 m = v + 1 < V ? all : last;
                 _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
-                e[r][v] = _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16);
+                e[r][v] = init2 ? _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16)
+                                : _mm512_setzero_ps();
             }
         }
     }
@@ -1506,7 +1562,7 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, siz
     const float *const q = p + Kp * wp;
     __m512 e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = _mm512_loadu_ps(init + v * 16);
+        e[v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
     }
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
@@ -1565,7 +1621,7 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
 
 /* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
  * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
  * in the order stated above; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
@@ -1583,7 +1639,8 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
 #if defined(CELLGEN_AVX512)
         if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
-            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                                   c + n0);
             n0 += CELLGEN_PANEL_F32;
             continue;
         }
@@ -1605,11 +1662,11 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
                 const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
                 const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
                 const float *const pv = p + v0 * 16;
-                const float *const iv = init + r * ldi + n0 + v0 * 16;
+                const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
                 float *const cv = c + r * ldc + n0 + v0 * 16;
                 const float *const b1 = a1 + r * lda1;
                 const float *const b2 = a2 + r * lda2;
-                const float *const i2 = init2 + r * ldi2 + qv;
+                const float *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 float *const c2v = c2 + r * ldc2 + qv;
                 if (left > 16) {
                     infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
@@ -1625,9 +1682,9 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
             const unsigned lanes = (unsigned)(w - (V - 1) * 16);
             const float *const b1 = a1 + r * lda1;
             const float *const b2 = a2 + r * lda2;
-            const float *const iv = init + r * ldi + n0;
+            const float *const iv = init ? init + r * ldi + n0 : NULL;
             float *const cv = c + r * ldc + n0;
-            const float *const i2 = init2 + r * ldi2 + q;
+            const float *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             float *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
@@ -1668,10 +1725,10 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
         float o[CELLGEN_PANEL_F32];
         for (size_t r = 0; r < R; ++r) {
             float *const cr = c + r * ldc + n0;
-            const float *const ir = init + r * ldi + n0;
+            const float *const ir = init ? init + r * ldi + n0 : NULL;
             const float *const b2 = a2 + r * lda2;
             for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir[n];
+                cr[n] = ir ? ir[n] : 0.0F;
             }
             infer_segment_f32(w, p, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
@@ -1680,9 +1737,9 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
             infer_segment_f32(ja, p + K1 * wp, wp, K2, b2, cr, o);
             if (ja < w) {
                 float *const c2r = c2 + r * ldc2 + q;
-                const float *const i2r = init2 + r * ldi2 + q;
+                const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r[n];
+                    c2r[n] = i2r ? i2r[n] : 0.0F;
                 }
                 infer_segment_f32(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
             }
@@ -2138,31 +2195,35 @@ void cellgen_gru_pack_f32(
     const float *U_h, const float *b_z, const float *b_r, const float *b_h,
     float *packed)
 {
+    const size_t Hp = infer_pad(H);
     float *next = packed;
     /* W_z, W_r, W_h in panels, for the products of x */
-    infer_clear_f32(infer_group_size(I, 3 * H), next);
-    infer_pack_f32(H, I, W_z, I, 3 * H, 0, 0 * H, next);
-    infer_pack_f32(H, I, W_r, I, 3 * H, 0, 1 * H, next);
-    infer_pack_f32(H, I, W_h, I, 3 * H, 0, 2 * H, next);
-    next += infer_group_size(I, 3 * H);
+    infer_clear_f32(infer_group_size(I, 3 * Hp), next);
+    infer_pack_f32(H, I, W_z, I, 3 * Hp, 0, 0 * Hp, next);
+    infer_pack_f32(H, I, W_r, I, 3 * Hp, 0, 1 * Hp, next);
+    infer_pack_f32(H, I, W_h, I, 3 * Hp, 0, 2 * Hp, next);
+    next += infer_group_size(I, 3 * Hp);
     /* U_z, U_r in panels, for the products of h_prev */
-    infer_clear_f32(infer_group_size(H, 2 * H), next);
-    infer_pack_f32(H, H, U_z, H, 2 * H, 0, 0 * H, next);
-    infer_pack_f32(H, H, U_r, H, 2 * H, 0, 1 * H, next);
-    next += infer_group_size(H, 2 * H);
+    infer_clear_f32(infer_group_size(H, 2 * Hp), next);
+    infer_pack_f32(H, H, U_z, H, 2 * Hp, 0, 0 * Hp, next);
+    infer_pack_f32(H, H, U_r, H, 2 * Hp, 0, 1 * Hp, next);
+    next += infer_group_size(H, 2 * Hp);
     /* U_h in panels, for the products of h_prev_r */
-    infer_clear_f32(infer_group_size(H, H), next);
-    infer_pack_f32(H, H, U_h, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
-    copy_f32(H, b_z, next);
-    next += H;
-    copy_f32(H, b_r, next);
-    next += H;
-    copy_f32(H, b_h, next);
-    next += H;
+    infer_clear_f32(infer_group_size(H, Hp), next);
+    infer_pack_f32(H, H, U_h, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
+    infer_load_f32(H, Hp, b_z, next);
+    next += Hp;
+    infer_load_f32(H, Hp, b_r, next);
+    next += Hp;
+    infer_load_f32(H, Hp, b_h, next);
+    next += Hp;
     (void)I;
 }
 
+/* Every hidden-sized row is padded to Hp (a multiple of 16): the pointwise stages run over
+ * whole vectors; the lanes past H hold finite values nothing reads. The states are copied in
+ * (padded with zeros) and out once per call; between steps a state's buffers swap. */
 void cellgen_gru_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
@@ -2171,112 +2232,127 @@ void cellgen_gru_infer_f32(
     float *ys, float *work)
 {
     const size_t BH = B * H;
+    const size_t Hp = infer_pad(H);
     const float *weights = packed;
     const float *const x_MT = weights;
-    weights += infer_group_size(I, 3 * H);
+    weights += infer_group_size(I, 3 * Hp);
     const float *const h_prev_MT = weights;
-    weights += infer_group_size(H, 2 * H);
+    weights += infer_group_size(H, 2 * Hp);
     const float *const h_prev_r_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += infer_group_size(H, Hp);
     const float *const b_z = weights;
-    weights += H;
+    weights += Hp;
     const float *const b_r = weights;
-    weights += H;
+    weights += Hp;
     const float *const b_h = weights;
-    weights += H;
+    weights += Hp;
     float *next = work;
     float *const x_products = next; /* W_z_x, W_r_x, W_h_x of up to 16 steps */
-    next += 48 * B * H;
+    next += 48 * B * Hp;
     float *const h_prev_products = next; /* U_z_h_prev, U_r_h_prev, one step */
-    next += 2 * B * H;
+    next += 2 * B * Hp;
     float *const h_prev_r_products = next; /* U_h_h_prev_r, one step */
-    next += B * H;
+    next += B * Hp;
     float *const z_step = next; /* z of one step, for a later stage */
-    next += B * H;
+    next += B * Hp;
     float *const h_prev_r_step = next; /* h_prev_r of one step, for a later stage */
-    next += B * H;
-    float *const h_new = next; /* the new h of one step */
-    next += B * H;
+    next += B * Hp;
+    float *h_cur = next; /* h before the step */
+    next += B * Hp;
+    float *h_new = next; /* the new h of one step */
+    next += B * Hp;
+    for (size_t b = 0; b < B; ++b) {
+        infer_load_f32(H, Hp, h_state + b * H, h_cur + b * Hp);
+    }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
-        fill_f32(steps * B * 3 * H, 0.0F, x_products);
         if (!reverse) {
-            infer_product_f32(steps * B, 3 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              x_products, 3 * H, x_products, 3 * H, 3 * H, x_products, 0, x_products, 0);
+            infer_product_f32(steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    float *const row = x_products + ((t - t0) * B + b) * (3 * H);
+                    float *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_f32(1, 3 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 3 * H, row, 3 * H, 3 * H, row, 0, row, 0);
+                    infer_product_f32(1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            const float *const h_prev = h_state;
-            const float *const W_z_x = x_products + (t - t0) * B * 3 * H + 0 * H;
-            const float *const W_r_x = x_products + (t - t0) * B * 3 * H + 1 * H;
-            const float *const W_h_x = x_products + (t - t0) * B * 3 * H + 2 * H;
-            const float *const U_z_h_prev = h_prev_products + 0 * H;
-            const float *const U_r_h_prev = h_prev_products + 1 * H;
-            const float *const U_h_h_prev_r = h_prev_r_products + 0 * H;
-            fill_f32(B * 2 * H, 0.0F, h_prev_products);
-            infer_product_f32(B, 2 * H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
-                              h_prev_products, 2 * H, h_prev_products, 2 * H, 2 * H, h_prev_products, 0, h_prev_products, 0);
+            const float *const h_prev = h_cur;
+            const float *const W_z_x = x_products + (t - t0) * B * 3 * Hp + 0 * Hp;
+            const float *const W_r_x = x_products + (t - t0) * B * 3 * Hp + 1 * Hp;
+            const float *const W_h_x = x_products + (t - t0) * B * 3 * Hp + 2 * Hp;
+            const float *const U_z_h_prev = h_prev_products + 0 * Hp;
+            const float *const U_r_h_prev = h_prev_products + 1 * Hp;
+            const float *const U_h_h_prev_r = h_prev_r_products + 0 * Hp;
+            infer_product_f32(B, 2 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+                              NULL, 0, h_prev_products, 2 * Hp, 2 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    const size_t n3 = b * 3 * H + j;
-                    /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
-                    const float z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
-                    const float z = sigmoid_f32(z_pre);
-                    /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
-                    const float r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
-                    const float r = sigmoid_f32(r_pre);
-                    /* h_prev_r = r * h_prev */
-                    const float h_prev_r = h_prev[n] * r;
-                    z_step[n] = z;
-                    h_prev_r_step[n] = h_prev_r;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        const size_t n3 = b * 3 * Hp + j;
+                        /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
+                        const float z_pre = U_z_h_prev[n2] + W_z_x[n3] + b_z[j];
+                        const float z = sigmoid_f32(z_pre);
+                        /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
+                        const float r_pre = U_r_h_prev[n2] + W_r_x[n3] + b_r[j];
+                        const float r = sigmoid_f32(r_pre);
+                        /* h_prev_r = r * h_prev */
+                        const float h_prev_r = h_prev[n] * r;
+                        z_step[n] = z;
+                        h_prev_r_step[n] = h_prev_r;
+                    }
                 }
             }
-            fill_f32(B * H, 0.0F, h_prev_r_products);
-            infer_product_f32(B, H, h_prev_r_MT, H, 0, H, h_prev_r_step, H, 0, h_prev_r_step, 0,
-                              h_prev_r_products, H, h_prev_r_products, H, H, h_prev_r_products, 0, h_prev_r_products, 0);
+            infer_product_f32(B, Hp, h_prev_r_MT, H, 0, H, h_prev_r_step, Hp, 0, h_prev_r_step, 0,
+                              NULL, 0, h_prev_r_products, Hp, Hp, NULL, 0, h_prev_r_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n3 = b * 3 * H + j;
-                    /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
-                    const float h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
-                    const float h_hat = tanh_f32(h_hat_pre);
-                    /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
-                    const float h = h_hat * z_step[n] + h_prev[n] * (1.0F - z_step[n]);
-                    h_new[n] = h;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n3 = b * 3 * Hp + j;
+                        /* h_hat = tanh(W_h @ x + U_h @ (r * h_prev) + b_h)  (candidate) */
+                        const float h_hat_pre = U_h_h_prev_r[n] + W_h_x[n3] + b_h[j];
+                        const float h_hat = tanh_f32(h_hat_pre);
+                        /* h = z * h_hat + (1 - z) * h_prev  (hidden state) */
+                        const float h = h_hat * z_step[n] + h_prev[n] * (1.0F - z_step[n]);
+                        h_new[n] = h;
+                    }
                 }
             }
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
                     if (ys) {
                         fill_f32(H, 0.0F, ys + t * BH + b * H);
                     }
                     continue;
                 }
-                copy_f32(H, h_new + b * H, h_state + b * H);
                 if (ys) {
-                    copy_f32(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                    copy_f32(H, h_new + b * Hp, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
                 }
             }
+            {
+                float *const swap = h_cur;
+                h_cur = h_new;
+                h_new = swap;
+            }
         }
+    }
+    for (size_t b = 0; b < B; ++b) {
+        copy_f32(H, h_cur + b * Hp, h_state + b * H);
     }
 }

@@ -17,7 +17,7 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name
-from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Role
+from ...kernel import HP, INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Role
 from ...names import Identifiers
 from ..infix import InfixPrinter
 
@@ -52,8 +52,8 @@ RESERVED = {
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
     "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
-    "ys_seq", "dys_t", "row_active", "int32_t", "lo", "hi", "NAN", "INFINITY", "HUGE_VAL",
-    "HUGE_VALF", "HUGE_VALL",
+    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "int32_t", "lo", "hi", "NAN", "INFINITY",
+    "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
@@ -100,6 +100,10 @@ class CNames:
         """Inference: a state's new value at step t, before it replaces the old."""
         return self.ids.derived(state, "_new")
 
+    def current_state(self, state: str) -> str:
+        """Inference: a state's value before step t, padded to Hp."""
+        return self.ids.derived(state, "_cur")
+
     def state_io(self, state: str) -> str:
         """Inference: the caller's state array, read as the initial and left as the final."""
         return self.ids.derived(state, "_state")
@@ -125,6 +129,8 @@ class CNames:
             return self(buf.symbol)
         if buf.kind == "new_state":
             return self.new_state(buf.symbol)
+        if buf.kind == "state":
+            return self.current_state(buf.symbol)
         if buf.kind == "loop_order":
             return self.ids.derived(buf.symbol, "_loop")
         if buf.kind == "loop_order_step":
@@ -161,7 +167,7 @@ def size_text(expr: sympy.Expr) -> str:
         return text
     if isinstance(expr, sympy.Mul):
         coeff, factors = expr.as_coeff_mul()
-        order = list(SIZES.values())
+        order = [*SIZES.values(), HP]
         expanded = []
         for f in factors:
             base, exp = f.as_base_exp()
@@ -202,7 +208,8 @@ def _block(
     A forward block reads each product from its group's buffer and keeps the ones the backward
     needs in `saved`; a backward block writes each product's adjoint once, into the buffer the
     plan gives it (adjoints that copy one value share one). An inference block keeps nothing:
-    new states go to buffers of one step, and values a later stage needs to step buffers.
+    new states go to buffers of one step, and values a later stage needs to step buffers, all
+    with rows Hp apart.
     """
     kernel = names.kernel
     defined = {a.name for a in block.assignments}
@@ -213,7 +220,8 @@ def _block(
     def index(group: Group | None) -> str:
         width = group.width if group else 1
         name = group.index if group else "n"
-        indices[name] = "H" if width == 1 else f"{width} * H"
+        row = "Hp" if infer else "H"
+        indices[name] = row if width == 1 else f"{width} * {row}"
         return name
 
     def read(sym: str) -> str:
@@ -401,6 +409,7 @@ class _Context:
             "hoisted": g.hoisted,
             "size": "I" if g.hoisted else "H",
             "width": "H" if gr.width == 1 else f"{gr.width} * H",
+            "infer_width": "Hp" if gr.width == 1 else f"{gr.width} * Hp",
             "operand": self.operand(g),
             "packed": self.buffer_of[("packed", g.operand)],
             "products": self.buffer_of[("products", g.operand)],
@@ -413,6 +422,7 @@ class _Context:
                     "matrix": names(m),
                     "product": names(p),
                     "offset": f"{k} * H",
+                    "infer_offset": f"{k} * Hp",
                     "d_product": names(kernel.adjoint_buffer[d(p)]),
                     "d_product_all": names.buffer(
                         Buffer("adjoints", kernel.adjoint_buffer[d(p)], 0)
@@ -539,6 +549,7 @@ class _Context:
                 "d_next_a": names.buffer(Buffer("carried", s, 0, "a")),
                 "d_next_b": names.buffer(Buffer("carried", s, 0, "b")),
                 "io": names.state_io(s),
+                "cur": names.current_state(s),
                 "new": names.new_state(s),
                 "forward_prev": names(prev_name(s)) in self.forward_used,
                 "backward_prev": names(prev_name(s)) in self.backward_used,
@@ -586,7 +597,12 @@ def context(kernel: Kernel) -> dict:
         ],
         "saved_size": size_text(kernel.saved_size),
         "forward_products": [
-            {"name": p["product"], "group": g, "offset": p["offset"]}
+            {
+                "name": p["product"],
+                "group": g,
+                "offset": p["offset"],
+                "infer_offset": p["infer_offset"],
+            }
             for g in c.gemms
             for p in g["pairs"]
             if p["product"] in c.forward_used
@@ -617,20 +633,21 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
             g = next(g for g in kernel.gemms if g.operand == part.symbol)
             width = len(part.matrices)
             name = names.buffer(Buffer("packed", part.symbol, 0))
-            width_text = "H" if width == 1 else f"{width} * H"
+            width_text = "Hp" if width == 1 else f"{width} * Hp"
             entry = {
                 "kind": "matrices",
                 "name": name,
                 "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
                 "padded_size": f"infer_group_size({'I' if g.hoisted else 'H'}, {width_text})",
                 "size_dim": "I" if g.hoisted else "H",
-                "width": "H" if width == 1 else f"{width} * H",
+                "width": width_text,
+                "groups": width,
                 "matrices": [
-                    {"name": names(m), "offset": f"{k} * H"} for k, m in enumerate(part.matrices)
+                    {"name": names(m), "offset": f"{k} * Hp"} for k, m in enumerate(part.matrices)
                 ],
             }
         else:
-            entry = {"kind": "vector", "name": names(part.symbol), "padded_size": "H"}
+            entry = {"kind": "vector", "name": names(part.symbol), "padded_size": "Hp"}
         entry["offset"] = size_text(offset) if offset != 0 else "0"
         entry["size"] = size_text(part.size)
         out.append(entry)
