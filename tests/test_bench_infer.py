@@ -73,9 +73,9 @@ def test_driver_report_has_the_requested_sizes():
     small, audio = report.rows
     assert (small.cell, small.I, small.H, small.B, small.T) == ("lstm", 2, 4, 1, 50)
     assert small.macs_per_step == 4 * 4 * (2 + 4)
-    # every hidden-sized row padded to Hp = 16: four biases of 16, and I + H rows of 4 gates
-    # of 16 columns each
-    assert small.weight_bytes == 4 * (4 * 16 + (2 + 4) * 4 * 16)
+    # a header of 16 numbers; every hidden-sized row padded to Hp = 16: four biases of 16, and
+    # I + H rows of 4 gates of 16 columns each
+    assert small.weight_bytes == 4 * (16 + 4 * 16 + (2 + 4) * 4 * 16)
     assert small.target_ns is None and audio.target_ns == 87
     for r in report.rows:
         assert r.stream_ns > 0 and r.sequence_ns > 0 and np.isfinite(r.checksum)

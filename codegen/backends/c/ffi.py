@@ -77,6 +77,9 @@ class CFunctions:
         self._infer_work_size.argtypes, self._infer_work_size.restype = [size_t] * 3, size_t
         self._pack = getattr(lib, f"{prefix}_pack_{suffix}")
         self._pack.argtypes, self._pack.restype = [size_t] * 2 + [ptr] * (n_params + 1), None
+        self._pack_bf16 = getattr(lib, f"{prefix}_pack_bf16_{suffix}", None)  # float only
+        if self._pack_bf16 is not None:
+            self._pack_bf16.argtypes, self._pack_bf16.restype = self._pack.argtypes, None
         self._infer = getattr(lib, f"{prefix}_infer_{suffix}")
         self._infer.argtypes = [size_t] * 4 + [ptr] * 2 + rows + [ptr] * (n_states + 2)
         self._infer.restype = None
@@ -160,13 +163,18 @@ class CFunctions:
         )  # fmt: skip
         return dxs, dstate0, dparams
 
-    def pack(self, params: dict, input_size: int, hidden_size: int) -> np.ndarray:
+    def pack(self, params: dict, input_size: int, hidden_size: int, bf16=False) -> np.ndarray:
         """The parameters in the C kernels' packed layout, for infer."""
         packed = np.empty(max(self._packed_size(input_size, hidden_size), 1), self.dtype)
-        self._pack(
-            input_size, hidden_size, *[address(params[p]) for p in self.params], address(packed)
-        )
+        pack = self._pack_bf16 if bf16 else self._pack
+        pack(input_size, hidden_size, *[address(params[p]) for p in self.params], address(packed))
         return packed
+
+    def pack_bfloat16(self, params: dict, input_size: int, hidden_size: int) -> np.ndarray:
+        """pack with the weight matrices stored as bfloat16 (float32 kernels only)."""
+        if self._pack_bf16 is None:
+            raise ValueError("weights='bfloat16' needs the float32 kernels")
+        return self.pack(params, input_size, hidden_size, bf16=True)
 
     def infer(self, xs: np.ndarray, state0: dict, packed: np.ndarray, lengths=None, reverse=False):
         """ys and the final states from packed weights; the states are copied, not changed."""

@@ -52,8 +52,8 @@ RESERVED = {
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
     "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
-    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "int32_t", "lo", "hi", "NAN", "INFINITY",
-    "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
+    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "bf16", "int32_t", "uint16_t", "lo", "hi",
+    "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf",
 }  # fmt: skip
@@ -141,9 +141,10 @@ class CNames:
 
 
 class CPrinter(InfixPrinter):
-    def __init__(self, real: RealType, symbol) -> None:
+    def __init__(self, real: RealType, symbol, prefix: str = "") -> None:
         super().__init__(symbol)
         self.real = real
+        self.prefix = prefix  # "infer_": the inference activations (FMA where the CPU has it)
 
     def number(self, value: sympy.Number) -> str:
         text = repr(float(value))
@@ -153,7 +154,7 @@ class CPrinter(InfixPrinter):
 
     def _print_Function(self, expr: sympy.Function) -> str:
         args = ", ".join(self._print(a) for a in expr.args)
-        return f"{type(expr).__name__}_{self.real.suffix}({args})"
+        return f"{self.prefix}{type(expr).__name__}_{self.real.suffix}({args})"
 
 
 def size_text(expr: sympy.Expr) -> str:
@@ -247,7 +248,7 @@ def _block(
             return names(sym)  # a local defined at the top of the loop body
         return f"{used.use(names.step(sym))}[{index(None)}]"  # from an earlier block
 
-    printer = CPrinter(real, read)
+    printer = CPrinter(real, read, "infer_" if infer else "")
     lines = []
     incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
