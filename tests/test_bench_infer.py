@@ -111,3 +111,14 @@ def test_the_driver_and_kernels_compile_strictly(cell, compiler, arch, tmp_path)
             text=True,
         )  # fmt: skip
         assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_bfloat16_weights_get_a_row_beside_float32():
+    report = bench_infer.run(["lstm"], [Size(2, 4)], B=1, T=50, rounds=2, bfloat16=True)
+    f32, bf16 = report.rows
+    assert (f32.weights, bf16.weights) == ("", "bfloat16") and bf16.dtype == "float32"
+    # header and biases in float (16 + 4 * 16 numbers), the I + H rows of 4 * 16 in 16 bits
+    assert bf16.weight_bytes == 4 * (16 + 4 * 16) + 2 * (2 + 4) * 4 * 16
+    assert bf16.stream_ns > 0 and np.isfinite(bf16.checksum)
+    assert bf16.checksum != f32.checksum  # rounded weights, other numbers
+    assert "bf16 w" in report.table()
