@@ -396,7 +396,7 @@ def run(
 
 def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     """Bytes of pack_bf16_f32's weights: the header and vectors in float, the matrices in 16 bits
-    (the plan's packed sizes, with Hp = H rounded up to 16: the padded groups are exact)."""
+    (the plan's packed sizes with Hp = H rounded up to 16, each row's last panel padded to 32)."""
     from .kernel import HP, H, I, build_kernel
     from .registry import load_cell
 
@@ -404,7 +404,11 @@ def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     total = 16 * 4
     for part in build_kernel(load_cell(cell)).packed:
         numbers = int(part.size.subs({I: size.I, H: size.H, HP: hp}))
-        total += numbers * (2 if part.kind == "matrices" else 4)
+        if part.kind != "matrices":
+            total += 4 * numbers
+            continue
+        N = len(part.matrices) * hp  # columns: panels of 128, the last padded to 32
+        total += 2 * numbers // N * (N - N % 128 + -(-(N % 128) // 32) * 32)
     return total
 
 

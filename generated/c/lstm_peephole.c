@@ -66,6 +66,20 @@ static inline size_t infer_pad(size_t n)
     return (n + 15) / 16 * 16;
 }
 
+/* n rounded up to a multiple of 32: row pitch of bfloat16 panels, whose 64-byte blocks each
+ * hold two vectors of 16 columns, interleaved (see infer_bf16_at). */
+static inline size_t infer_pad32(size_t n)
+{
+    return (n + 31) / 32 * 32;
+}
+
+/* Floats one bfloat16 group of Kp rows and N columns takes (panels of 128 columns, the last
+ * padded to 32): a multiple of 16, at most infer_group_size(Kp, N). */
+static inline size_t infer_group_size_bf16(size_t Kp, size_t N)
+{
+    return Kp * (N - N % CELLGEN_PANEL_F32 + infer_pad32(N % CELLGEN_PANEL_F32)) / 2;
+}
+
 /* Numbers one packed group of Kp rows and N columns takes (the same for both dtypes). */
 static inline size_t infer_group_size(size_t Kp, size_t N)
 {
@@ -358,6 +372,19 @@ static inline void infer_load_f64(size_t H, size_t Hp, const double *restrict in
 #endif
 }
 
+
+/* Column n of a weight row (the dtype's own weights) */
+static inline double infer_wvalue_f64(const double *row, size_t n)
+{
+    return row[n];
+}
+#if defined(CELLGEN_AVX512)
+/* The vector of columns e..e+7 of a weight row */
+static CELLGEN_ALWAYS_INLINE __m512d infer_wload_f64(const double *row, size_t e)
+{
+    return _mm512_loadu_pd(row + e);
+}
+#endif
 #if defined(CELLGEN_AVX512)
 /* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
  * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
@@ -372,7 +399,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
             for (size_t r = 0; r < R; ++r) {
                 const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
                 for (size_t v = 0; v < V; ++v) {
-                    e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                    e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
                 }
             }
         }
@@ -392,8 +419,8 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
             const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
             const __m512d x1 = _mm512_set1_pd(a[r * lda + k + 1]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
-                o[r][v] = _mm512_fmadd_pd(x1, _mm512_loadu_pd(row1 + v * 8), o[r][v]);
+                e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
+                o[r][v] = _mm512_fmadd_pd(x1, infer_wload_f64(row1, v * 8), o[r][v]);
             }
         }
     }
@@ -402,7 +429,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
         for (size_t r = 0; r < R; ++r) {
             const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
             }
         }
     }
@@ -557,8 +584,8 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, si
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512d x = _mm512_set1_pd(k < K1 ? a1[k] : a2[k - K1]);
         for (size_t v = 0; v < 8; ++v) {
-            e[v] = _mm512_fmadd_pd(x, _mm512_loadu_pd(p + k * wp + v * 8), e[v]);
-            e[v + 8] = _mm512_fmadd_pd(x, _mm512_loadu_pd(q + k * wp + v * 8), e[v + 8]);
+            e[v] = _mm512_fmadd_pd(x, infer_wload_f64(p + k * wp, v * 8), e[v]);
+            e[v + 8] = _mm512_fmadd_pd(x, infer_wload_f64(q + k * wp, v * 8), e[v + 8]);
         }
     }
     for (size_t v = 0; v < 16; ++v) {
@@ -566,9 +593,9 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, si
     }
 }
 #else
-/* The products of one operand into the row c (w numbers), in the order stated above; o is
- * scratch for the odd k of a split panel. */
-static inline void infer_segment_f64(size_t w, const double *restrict p, size_t wp, size_t K,
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_f64(size_t w, const double *restrict p, size_t c0, size_t wp, size_t K,
     const double *restrict a, double *restrict c, double *restrict o)
 {
     size_t k = 0;
@@ -577,7 +604,7 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
             const double x0 = a[k];
             const double *const row0 = p + k * wp;
             for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F64(x0, *(row0 + n), c[n]);
+                c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
             }
         }
         return;
@@ -590,15 +617,15 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
         const double *const row0 = p + k * wp;
         const double *const row1 = row0 + wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, *(row0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F64(x1, *(row1 + n), o[n]);
+            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F64(x1, infer_wvalue_f64(row1, c0 + n), o[n]);
         }
     }
     if (k < K) {
         const double x0 = a[k];
         const double *const row0 = p + k * wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, *(row0 + n), c[n]);
+            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
         }
     }
     if (K >= 2) {
@@ -720,18 +747,18 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0;
             }
-            infer_segment_f64(w, p, wp, K1, a1 + r * lda1, cr, o);
+            infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
                 continue;
             }
-            infer_segment_f64(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
             if (ja < w) {
                 double *const c2r = c2 + r * ldc2 + q;
                 const double *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
                     c2r[n] = i2r ? i2r[n] : 0.0;
                 }
-                infer_segment_f64(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+                infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
             }
         }
 #endif
@@ -1283,9 +1310,9 @@ void cellgen_lstm_peephole_infer_f64(
     const int bf16 = 0; /* bfloat16 weights (pack_bf16) */
     const double *weights = packed + CELLGEN_HEADER;
     const double *const x_MT = weights;
-    weights += bf16 ? infer_group_size(I, 4 * Hp) / 2 : infer_group_size(I, 4 * Hp);
+    weights += bf16 ? infer_group_size_bf16(I, 4 * Hp) : infer_group_size(I, 4 * Hp);
     const double *const h_prev_MT = weights;
-    weights += bf16 ? infer_group_size(H, 4 * Hp) / 2 : infer_group_size(H, 4 * Hp);
+    weights += bf16 ? infer_group_size_bf16(H, 4 * Hp) : infer_group_size(H, 4 * Hp);
     const double *const b_f = weights;
     weights += Hp;
     const double *const b_i = weights;
@@ -1604,12 +1631,34 @@ static inline void infer_load_f32(size_t H, size_t Hp, const float *restrict in,
 }
 
 
+/* Column n of a weight row (the dtype's own weights) */
+static inline float infer_wvalue_f32(const float *row, size_t n)
+{
+    return row[n];
+}
+#if defined(CELLGEN_AVX512)
+/* The vector of columns e..e+15 of a weight row */
+static CELLGEN_ALWAYS_INLINE __m512 infer_wload_f32(const float *row, size_t e)
+{
+    return _mm512_loadu_ps(row + e);
+}
+#endif
+
 /* bfloat16 weights (pack_bf16): the upper 16 bits of a float, so widening is exact (a shift);
- * the products then run in float as with float weights. */
-static inline float infer_bf16_value(const uint16_t *p)
+ * the products then run in float as with float weights. In a row, each block of 32 columns is
+ * stored interleaved, column i of the block at 2 i and column 16 + i at 2 i + 1, so that one
+ * 64-byte load widens to either vector by one shift or one mask: no shuffle. */
+static inline size_t infer_bf16_at(size_t n)
+{
+    const size_t i = n % 32;
+    return n - i + (i < 16 ? 2 * i : 2 * (i - 16) + 1);
+}
+
+/* Column n of a bfloat16 weight row, as float */
+static inline float infer_wvalue_bf16(const uint16_t *row, size_t n)
 {
     uint16_t w;
-    memcpy(&w, p, sizeof w);
+    memcpy(&w, row + infer_bf16_at(n), sizeof w);
     const uint32_t bits = (uint32_t)w << 16;
     float x;
     memcpy(&x, &bits, sizeof x);
@@ -1630,10 +1679,12 @@ static inline void infer_bf16_store(float x, uint16_t *p)
     memcpy(p, &w, sizeof w);
 }
 #if defined(CELLGEN_AVX512)
-static CELLGEN_ALWAYS_INLINE __m512 infer_bf16_load(const uint16_t *p)
+/* The vector of columns e..e+15 (e a multiple of 16) of a bfloat16 weight row, as float */
+static CELLGEN_ALWAYS_INLINE __m512 infer_wload_bf16(const uint16_t *row, size_t e)
 {
-    const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16));
+    const __m512i w = _mm512_loadu_si512((const void *)(row + e - e % 32));
+    return _mm512_castsi512_ps(e % 32 ? _mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u))
+                                      : _mm512_slli_epi32(w, 16));
 }
 #endif
 /* infer_pack_f32 for a group stored as bfloat16 (P in 16-bit numbers; zeroed beforehand). */
@@ -1645,9 +1696,9 @@ static inline void infer_pack_bf16_f32(size_t H, size_t K, const float *restrict
         const size_t p0 = n - n % CELLGEN_PANEL_F32;
         const size_t w = N - p0 < CELLGEN_PANEL_F32 ? N - p0 : CELLGEN_PANEL_F32;
         uint16_t *const panel = P + Kp * p0;
-        const size_t wp = infer_pad(w);
+        const size_t wp = infer_pad32(w);
         for (size_t k = 0; k < K; ++k) {
-            infer_bf16_store(M[j * K + k], panel + (k0 + k) * wp + (n - p0));
+            infer_bf16_store(M[j * K + k], panel + (k0 + k) * wp + infer_bf16_at(n - p0));
         }
     }
 }
@@ -1666,7 +1717,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
             for (size_t r = 0; r < R; ++r) {
                 const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
                 for (size_t v = 0; v < V; ++v) {
-                    e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                    e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
                 }
             }
         }
@@ -1686,8 +1737,8 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             const __m512 x1 = _mm512_set1_ps(a[r * lda + k + 1]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
-                o[r][v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(row1 + v * 16), o[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
+                o[r][v] = _mm512_fmadd_ps(x1, infer_wload_f32(row1, v * 16), o[r][v]);
             }
         }
     }
@@ -1696,7 +1747,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
         for (size_t r = 0; r < R; ++r) {
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
             }
         }
     }
@@ -1851,8 +1902,8 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, siz
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
         for (size_t v = 0; v < 8; ++v) {
-            e[v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(p + k * wp + v * 16), e[v]);
-            e[v + 8] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + k * wp + v * 16), e[v + 8]);
+            e[v] = _mm512_fmadd_ps(x, infer_wload_f32(p + k * wp, v * 16), e[v]);
+            e[v + 8] = _mm512_fmadd_ps(x, infer_wload_f32(q + k * wp, v * 16), e[v + 8]);
         }
     }
     for (size_t v = 0; v < 16; ++v) {
@@ -1860,9 +1911,9 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, siz
     }
 }
 #else
-/* The products of one operand into the row c (w numbers), in the order stated above; o is
- * scratch for the odd k of a split panel. */
-static inline void infer_segment_f32(size_t w, const float *restrict p, size_t wp, size_t K,
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c0, size_t wp, size_t K,
     const float *restrict a, float *restrict c, float *restrict o)
 {
     size_t k = 0;
@@ -1871,7 +1922,7 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
             const float x0 = a[k];
             const float *const row0 = p + k * wp;
             for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F32(x0, *(row0 + n), c[n]);
+                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
             }
         }
         return;
@@ -1884,15 +1935,15 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
         const float *const row0 = p + k * wp;
         const float *const row1 = row0 + wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, *(row0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F32(x1, *(row1 + n), o[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_f32(row1, c0 + n), o[n]);
         }
     }
     if (k < K) {
         const float x0 = a[k];
         const float *const row0 = p + k * wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, *(row0 + n), c[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
         }
     }
     if (K >= 2) {
@@ -2014,18 +2065,18 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0F;
             }
-            infer_segment_f32(w, p, wp, K1, a1 + r * lda1, cr, o);
+            infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
                 continue;
             }
-            infer_segment_f32(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
             if (ja < w) {
                 float *const c2r = c2 + r * ldc2 + q;
                 const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
                     c2r[n] = i2r ? i2r[n] : 0.0F;
                 }
-                infer_segment_f32(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+                infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
             }
         }
 #endif
@@ -2045,7 +2096,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_bf16_f32(size_t R, size_t V, int
             for (size_t r = 0; r < R; ++r) {
                 const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
                 for (size_t v = 0; v < V; ++v) {
-                    e[r][v] = _mm512_fmadd_ps(x0, infer_bf16_load(row0 + v * 16), e[r][v]);
+                    e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
                 }
             }
         }
@@ -2065,8 +2116,8 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_bf16_f32(size_t R, size_t V, int
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             const __m512 x1 = _mm512_set1_ps(a[r * lda + k + 1]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, infer_bf16_load(row0 + v * 16), e[r][v]);
-                o[r][v] = _mm512_fmadd_ps(x1, infer_bf16_load(row1 + v * 16), o[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
+                o[r][v] = _mm512_fmadd_ps(x1, infer_wload_bf16(row1, v * 16), o[r][v]);
             }
         }
     }
@@ -2075,7 +2126,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_bf16_f32(size_t R, size_t V, int
         for (size_t r = 0; r < R; ++r) {
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, infer_bf16_load(row0 + v * 16), e[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
             }
         }
     }
@@ -2230,8 +2281,8 @@ static CELLGEN_NOINLINE void infer_tile_bf16_2panels_f32(const uint16_t *restric
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
         for (size_t v = 0; v < 8; ++v) {
-            e[v] = _mm512_fmadd_ps(x, infer_bf16_load(p + k * wp + v * 16), e[v]);
-            e[v + 8] = _mm512_fmadd_ps(x, infer_bf16_load(q + k * wp + v * 16), e[v + 8]);
+            e[v] = _mm512_fmadd_ps(x, infer_wload_bf16(p + k * wp, v * 16), e[v]);
+            e[v + 8] = _mm512_fmadd_ps(x, infer_wload_bf16(q + k * wp, v * 16), e[v + 8]);
         }
     }
     for (size_t v = 0; v < 16; ++v) {
@@ -2239,9 +2290,9 @@ static CELLGEN_NOINLINE void infer_tile_bf16_2panels_f32(const uint16_t *restric
     }
 }
 #else
-/* The products of one operand into the row c (w numbers), in the order stated above; o is
- * scratch for the odd k of a split panel. */
-static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, size_t wp, size_t K,
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, size_t c0, size_t wp, size_t K,
     const float *restrict a, float *restrict c, float *restrict o)
 {
     size_t k = 0;
@@ -2250,7 +2301,7 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
             const float x0 = a[k];
             const uint16_t *const row0 = p + k * wp;
             for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F32(x0, infer_bf16_value(row0 + n), c[n]);
+                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
             }
         }
         return;
@@ -2263,15 +2314,15 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
         const uint16_t *const row0 = p + k * wp;
         const uint16_t *const row1 = row0 + wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_bf16_value(row0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F32(x1, infer_bf16_value(row1 + n), o[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_bf16(row1, c0 + n), o[n]);
         }
     }
     if (k < K) {
         const float x0 = a[k];
         const uint16_t *const row0 = p + k * wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_bf16_value(row0 + n), c[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
         }
     }
     if (K >= 2) {
@@ -2309,7 +2360,7 @@ static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *re
         }
 #endif
         const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
-        const size_t wp = infer_pad(w);
+        const size_t wp = infer_pad32(w);
         const uint16_t *const p = P + Kp * n0 + k0 * wp;
         /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
         const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
@@ -2393,18 +2444,18 @@ static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *re
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0F;
             }
-            infer_segment_bf16_f32(w, p, wp, K1, a1 + r * lda1, cr, o);
+            infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
                 continue;
             }
-            infer_segment_bf16_f32(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
             if (ja < w) {
                 float *const c2r = c2 + r * ldc2 + q;
                 const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
                     c2r[n] = i2r ? i2r[n] : 0.0F;
                 }
-                infer_segment_bf16_f32(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+                infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
             }
         }
 #endif
@@ -2956,19 +3007,19 @@ void cellgen_lstm_peephole_pack_bf16_f32(
     packed[0] = 1.0F; /* the header: which weights follow */
     float *next = packed + CELLGEN_HEADER;
     /* W_f, W_i, W_c, W_o in panels, for the products of x */
-    infer_clear_f32(infer_group_size(I, 4 * Hp) / 2, next);
+    infer_clear_f32(infer_group_size_bf16(I, 4 * Hp), next);
     infer_pack_bf16_f32(H, I, W_f, I, 4 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, I, W_i, I, 4 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, I, W_c, I, 4 * Hp, 0, 2 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, I, W_o, I, 4 * Hp, 0, 3 * Hp, (uint16_t *)(void *)next);
-    next += infer_group_size(I, 4 * Hp) / 2;
+    next += infer_group_size_bf16(I, 4 * Hp);
     /* U_f, U_i, U_c, U_o in panels, for the products of h_prev */
-    infer_clear_f32(infer_group_size(H, 4 * Hp) / 2, next);
+    infer_clear_f32(infer_group_size_bf16(H, 4 * Hp), next);
     infer_pack_bf16_f32(H, H, U_f, H, 4 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, H, U_i, H, 4 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, H, U_c, H, 4 * Hp, 0, 2 * Hp, (uint16_t *)(void *)next);
     infer_pack_bf16_f32(H, H, U_o, H, 4 * Hp, 0, 3 * Hp, (uint16_t *)(void *)next);
-    next += infer_group_size(H, 4 * Hp) / 2;
+    next += infer_group_size_bf16(H, 4 * Hp);
     infer_load_f32(H, Hp, b_f, next);
     next += Hp;
     infer_load_f32(H, Hp, b_i, next);
@@ -3001,9 +3052,9 @@ void cellgen_lstm_peephole_infer_f32(
     const int bf16 = packed[0] != 0.0F; /* bfloat16 weights (pack_bf16) */
     const float *weights = packed + CELLGEN_HEADER;
     const float *const x_MT = weights;
-    weights += bf16 ? infer_group_size(I, 4 * Hp) / 2 : infer_group_size(I, 4 * Hp);
+    weights += bf16 ? infer_group_size_bf16(I, 4 * Hp) : infer_group_size(I, 4 * Hp);
     const float *const h_prev_MT = weights;
-    weights += bf16 ? infer_group_size(H, 4 * Hp) / 2 : infer_group_size(H, 4 * Hp);
+    weights += bf16 ? infer_group_size_bf16(H, 4 * Hp) : infer_group_size(H, 4 * Hp);
     const float *const b_f = weights;
     weights += Hp;
     const float *const b_i = weights;

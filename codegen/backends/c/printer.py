@@ -640,6 +640,7 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
                 "name": name,
                 "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
                 "padded_size": f"infer_group_size({'I' if g.hoisted else 'H'}, {width_text})",
+                "bf16_size": f"infer_group_size_bf16({'I' if g.hoisted else 'H'}, {width_text})",
                 "size_dim": "I" if g.hoisted else "H",
                 "width": width_text,
                 "groups": width,
