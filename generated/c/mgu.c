@@ -340,17 +340,13 @@ static inline void infer_clear_f64(size_t n, double *restrict out)
  * (a step copies rows of a few dozen numbers, where the call would cost more than the copy). */
 static inline void infer_copy_f64(size_t n, const double *restrict in, double *restrict out)
 {
-    size_t k = 0;
 #if defined(CELLGEN_AVX512)
-    for (; k + 8 <= n; k += 8) {
-        _mm512_storeu_pd(out + k, _mm512_loadu_pd(in + k));
-    }
-    if (k < n) {
-        const __mmask8 m = (__mmask8)((1u << (n - k)) - 1u);
+    for (size_t k = 0; k < n; k += 8) { /* masked: no compiler turns it into memcpy */
+        const __mmask8 m = n - k >= 8 ? (__mmask8)~0u : (__mmask8)((1u << (n - k)) - 1u);
         _mm512_mask_storeu_pd(out + k, m, _mm512_maskz_loadu_pd(m, in + k));
     }
 #else
-    for (; k < n; ++k) {
+    for (size_t k = 0; k < n; ++k) {
         out[k] = in[k];
     }
 #endif
@@ -1507,17 +1503,13 @@ static inline void infer_clear_f32(size_t n, float *restrict out)
  * (a step copies rows of a few dozen numbers, where the call would cost more than the copy). */
 static inline void infer_copy_f32(size_t n, const float *restrict in, float *restrict out)
 {
-    size_t k = 0;
 #if defined(CELLGEN_AVX512)
-    for (; k + 16 <= n; k += 16) {
-        _mm512_storeu_ps(out + k, _mm512_loadu_ps(in + k));
-    }
-    if (k < n) {
-        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+    for (size_t k = 0; k < n; k += 16) { /* masked: no compiler turns it into memcpy */
+        const __mmask16 m = n - k >= 16 ? (__mmask16)~0u : (__mmask16)((1u << (n - k)) - 1u);
         _mm512_mask_storeu_ps(out + k, m, _mm512_maskz_loadu_ps(m, in + k));
     }
 #else
-    for (; k < n; ++k) {
+    for (size_t k = 0; k < n; ++k) {
         out[k] = in[k];
     }
 #endif
