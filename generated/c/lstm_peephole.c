@@ -762,7 +762,7 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
 }
 
 /* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
-static inline void infer_product_w_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -1499,13 +1499,12 @@ static inline float infer_exp_f32(float x)
     const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
     const float n = t - shift;
     const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
-    float p = 1.9875691500e-4F;
-    p = CELLGEN_FMA_F32(p, r, 1.3981999507e-3F);
-    p = CELLGEN_FMA_F32(p, r, 8.3334519073e-3F);
-    p = CELLGEN_FMA_F32(p, r, 4.1665795894e-2F);
-    p = CELLGEN_FMA_F32(p, r, 1.6666665459e-1F);
-    p = CELLGEN_FMA_F32(p, r, 5.0000001201e-1F);
-    p = CELLGEN_FMA_F32(p * r, r, r) + 1.0F;
+    /* the same polynomial in Estrin's form: three short chains instead of one long one */
+    const float r2 = r * r;
+    const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
+    const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
+    const float c = CELLGEN_FMA_F32(1.6666665459e-1F, r, 5.0000001201e-1F);
+    const float p = CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r) + 1.0F;
     uint32_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
@@ -2455,7 +2454,7 @@ static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *re
 }
 
 /* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
-static inline void infer_product_w_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
