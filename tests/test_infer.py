@@ -267,3 +267,34 @@ def test_bfloat16_weights_are_checked(backend):
     params64 = {p: v.astype(np.float64) for p, v in params.items()}
     with pytest.raises(ValueError, match="weights='bfloat16' needs float32 params"):
         k64.pack(params64, weights="bfloat16")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weights"), [("float64", ""), ("float32", ""), ("float32", "bfloat16")]
+)
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "mgu"])
+def test_pack_and_infer_stay_inside_their_reported_sizes(cell, dtype, weights):
+    """packed and work of exactly the reported sizes, followed by canaries: nothing past them
+    is written, with H padded to whole vectors (H = 5 and 17) and more than one chunk of steps."""
+    from codegen.backends.c.ffi import address
+
+    c = _kernel(cell, "c", dtype)._functions
+    canary, extra = np.array(-7.25, dtype), 64
+    for I, H, B, T in ((3, 5, 2, 20), (1, 17, 1, 3)):
+        k = _kernel(cell, "c", dtype)
+        xs, state0, params, _, _ = make_problem(
+            k, T=T, B=B, I=I, H=H, seed=5, dtype=np.dtype(dtype)
+        )
+        n_packed, n_work = c._packed_size(I, H), c._infer_work_size(B, I, H)
+        packed = np.full(n_packed + extra, canary)
+        pack = c._pack_bf16 if weights else c._pack
+        pack(I, H, *[address(params[p]) for p in c.params], address(packed))
+        assert np.all(packed[n_packed:] == canary)
+        work = np.full(n_work + extra, canary)
+        ys = np.empty((T, B, H), dtype)
+        states = {s: np.array(state0[s]) for s in k.states}
+        c._infer(T, B, I, H, address(packed), address(xs), None, 0,
+                 *[address(states[s]) for s in k.states], address(ys), address(work))  # fmt: skip
+        assert np.all(work[n_work:] == canary)
+        want, _ = k.infer(xs, state0, k.pack(params, weights=weights or None))
+        assert np.array_equal(ys, want)  # the same numbers as through the checked API
