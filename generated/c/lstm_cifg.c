@@ -1428,7 +1428,7 @@ static inline float tanh_f32(float x)
  * exp(r) from Cephes' polynomial, times 2^n written into the exponent bits. x is clamped to
  * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
  * NaN. About 1 ulp. */
-static inline float infer_exp_f32(float x)
+static inline float infer_exp_parts_f32(float x, float *scale)
 {
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
     x = x < -87.0F ? -87.0F : x;
@@ -1441,13 +1441,27 @@ static inline float infer_exp_f32(float x)
     const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
     const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
     const float c = CELLGEN_FMA_F32(1.6666665459e-1F, r, 5.0000001201e-1F);
-    const float p = CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r) + 1.0F;
     uint32_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
+    memcpy(scale, &bits, sizeof *scale);
+    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r); /* exp(r) - 1 */
+}
+
+/* exp(x) = 2^n (1 + q) */
+static inline float infer_exp_f32(float x)
+{
     float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    const float q = infer_exp_parts_f32(x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale);
+}
+
+/* exp(x) - 1 = 2^n q + (2^n - 1): no cancellation near 0, where n = 0 and the result is q. */
+static inline float infer_expm1_f32(float x)
+{
+    float scale;
+    const float q = infer_exp_parts_f32(x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale - 1.0F);
 }
 
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
@@ -1456,21 +1470,12 @@ static inline float infer_sigmoid_f32(float x)
     return 1.0F / (1.0F + infer_exp_f32(-x));
 }
 
-/* tanh(x): below |x| = 0.625 an odd polynomial (Cephes' coefficients); above it
- * 1 - 2 / (exp(2 |x|) + 1), which cancels nothing there. Both are computed and one is chosen,
- * so that loops calling it vectorize. About 1 ulp; NaN stays NaN. */
+/* tanh(x) = e / (e + 2), e = exp(2 x) - 1: one exp-like evaluation and one division, no branch
+ * to choose (expm1 does not cancel near 0). About 2 ulp; NaN stays NaN. Inference's. */
 static inline float infer_tanh_f32(float x)
 {
-    const float a = x < 0.0F ? -x : x;
-    const float z = x * x;
-    float p = -5.70498872745e-3F;
-    p = CELLGEN_FMA_F32(p, z, 2.06390887954e-2F);
-    p = CELLGEN_FMA_F32(p, z, -5.37397155531e-2F);
-    p = CELLGEN_FMA_F32(p, z, 1.33314422036e-1F);
-    p = CELLGEN_FMA_F32(p, z, -3.33332819422e-1F);
-    const float small = CELLGEN_FMA_F32(p * z, x, x);
-    const float large = 1.0F - 2.0F / (infer_exp_f32(2.0F * a) + 1.0F);
-    return a < 0.625F ? small : (x < 0.0F ? -large : large);
+    const float e = infer_expm1_f32(2.0F * x);
+    return e / (e + 2.0F);
 }
 
 /* ---- float inference: packed product groups ----
