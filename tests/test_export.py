@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import codegen
+from codegen import interop
 from codegen.cli import main
 from codegen.deploy import ExportError
 from codegen.deploy.literals import c_literal
@@ -435,6 +436,20 @@ def _bad_models(tmp_path: Path) -> list:
         (_onnx_graph("LSTM", tmp_path / "relu.onnx", after="Relu"), "Relu"),
         (_onnx_graph("GRU", tmp_path / "h0.onnx", initial_h=0.5), "initial_h is not zero"),
     ]
+
+
+def test_projected_layers_convert_to_lstmp_as_from_torch_lstm_does():
+    torch.manual_seed(3)
+    lstm = torch.nn.LSTM(3, 8, num_layers=2, proj_size=4)
+    layers = interop.from_torch_layers(lstm)
+    whole = interop.from_torch_lstm(lstm)  # l0.W_f, ..., l1.W_p
+    assert [c.cell for c in layers] == ["lstmp", "lstmp"]
+    for k, converted in enumerate(layers):
+        assert sorted(converted.params) == sorted(interop.LSTMP_PARAMS)
+        for name, value in converted.params.items():
+            np.testing.assert_array_equal(value, whole[f"l{k}.{name}"])
+    assert layers[1].params["W_f"].shape == (8, 4)  # layer 1 reads layer 0's P outputs
+    assert layers[0].params["W_p"].shape == (4, 8)
 
 
 def test_unsupported_models_raise_and_write_nothing(tmp_path):
