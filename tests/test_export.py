@@ -253,7 +253,9 @@ def test_export_again_gives_identical_bytes(exported, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kind", ["lstm2_linear", "gru", "lstm_cell", "onnx_lstm_linear"])
+@pytest.mark.parametrize(
+    "kind", ["lstm2_linear", "lstmp2_linear", "gru", "lstm_cell", "onnx_lstm_linear"]
+)
 def test_cmake_ctest_and_cplusplus(kind, tmp_path_factory):
     modules = _modules(kind)
     folder = tmp_path_factory.mktemp(f"cmake_{kind}")
