@@ -122,6 +122,7 @@ def _layer(k: int, layer: Layer, kernel: dict[str, Any], below: str, dtype: str)
         "I": sizes["I"],
         "H": sizes["H"],
         "sizes": ", ".join(str(n) for n in sizes.values()),  # the C size arguments: I, H, P...
+        "title": layer.spec.description,
         "described": _described(layer),
         "prefix": prefix,
         "buffers": buffers,
