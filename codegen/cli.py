@@ -362,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
         help="an ONNX model (a chain of LSTM / GRU nodes, optionally a dense layer) as a C module",
         description="Write a standalone C99 module of a trained model: the weights as static "
         "const arrays, NAME_reset / NAME_step / NAME_run on a caller-owned state, a test "
-        "against the framework's outputs, a Makefile and a CMakeLists.txt. torch modules are "
+        "against the framework's outputs, a Makefile and a CMakeLists.txt. torch modules "
+        "(LSTM, projected LSTM with proj_size, GRU, their cells, an optional final Linear) are "
         "exported from Python: codegen.export(module, DIR).",
     )
     s.add_argument("model", metavar="MODEL.onnx")
