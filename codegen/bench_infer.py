@@ -97,6 +97,7 @@ class Row:
     B: int
     T: int
     dtype: str
+    weights: str  # "" (as dtype) or "bfloat16" (pack_bf16_f32)
     source: str  # "generated" or "prototype"
     stream_ns: float  # T calls of one step, state carried
     stream_min_ns: float
@@ -135,17 +136,20 @@ class Report:
             "target: issue 14's RTNeural ns/step (float32, B=1, streaming, Intel Xeon; "
             "not measured here)",
             "",
-            f"{'cell':<16} {'I':>4} {'H':>4} {'dtype':<8} {'stream':>9} {'sequence':>9} "
+            f"{'cell':<16} {'I':>4} {'H':>4} {'dtype':<9} {'stream':>9} {'sequence':>9} "
             f"{'steps/s':>9} {'%peak':>6} {'MAC bound':>9} {'bytes bound':>15} {'target':>7}",
         ]
         for r in self.rows:
             tgt = f"{r.target_ns:7.0f}" if r.target_ns is not None else f"{'-':>7}"
+            dtype = "bf16 w" if r.weights else r.dtype
             lines.append(
-                f"{r.cell:<16} {r.I:>4} {r.H:>4} {r.dtype:<8} {r.stream_ns:9.1f} "
+                f"{r.cell:<16} {r.I:>4} {r.H:>4} {dtype:<9} {r.stream_ns:9.1f} "
                 f"{r.sequence_ns:9.1f} {r.steps_per_s:9.3g} {100 * r.peak_fraction_stream:6.1f} "
                 f"{r.mac_bound_ns:9.1f} {r.bytes_bound_ns:9.1f} ({r.weight_level}) {tgt}"
             )
         lines.append("times in ns per step; %peak of streaming; bounds in ns per step")
+        if any(r.weights for r in self.rows):
+            lines.append("bf16 w: float32 arithmetic, weight matrices stored as bfloat16")
         return "\n".join(lines)
 
 
@@ -259,9 +263,12 @@ class Driver:
             out.setdefault(key, []).append(float(value))
         return out
 
-    def time(self, dtype: str, size: Size, B: int, T: int, rounds: int) -> dict[str, list[float]]:
-        """ns per step of each streaming and sequence sample; packed and work sizes; checksum."""
-        return self._run("time", dtype, size.I, size.H, B, T, rounds)
+    def time(
+        self, dtype: str, size: Size, B: int, T: int, rounds: int, weights: str = ""
+    ) -> dict[str, list[float]]:
+        """ns per step of each streaming and sequence sample; packed and work sizes; checksum.
+        weights="bfloat16": float32 with the weight matrices stored as bfloat16."""
+        return self._run("time", weights or dtype, size.I, size.H, B, T, rounds)
 
     def peak(self) -> dict[str, float]:
         """Measured multiply-adds per ns (fma_f32, fma_f64) and read bytes per ns (read_l1..3)."""
@@ -352,8 +359,10 @@ def run(
     T: int = 48000,
     rounds: int = 7,
     progress: TextIO | None = None,
+    bfloat16: bool = False,
 ) -> Report:
-    """Time every (cell, size, dtype); one report."""
+    """Time every (cell, size, dtype); one report. bfloat16: also float32 with bfloat16 weight
+    matrices, in a row after each float32 row."""
     sizes = list(sizes) if sizes is not None else default_sizes()
     for d in dtypes:
         if d not in DTYPES:
@@ -364,12 +373,17 @@ def run(
     peak = next(iter(drivers.values())).peak()
     macs = {"float32": peak["fma_f32"], "float64": peak["fma_f64"]}
     read = {level: peak[f"read_{level.lower()}"] for level in ("L1", "L2", "L3")}
-    cases = [(c, s, d) for c in cells for s in sizes for d in dtypes]
+    cases = [(c, s, d, "") for c in cells for s in sizes for d in dtypes]
+    if bfloat16:  # a bfloat16-weights row after each float32 row
+        with_bf16 = [[c, (*c[:3], "bfloat16")] if c[2] == "float32" else [c] for c in cases]
+        cases = [c for pair in with_bf16 for c in pair]
     rows = []
     with progress_line(progress) as show:
-        for n, (cell, size, dtype) in enumerate(cases, 1):
-            show(f"[{n}/{len(cases)}] {cell} {size} {dtype} ...")
-            rows.append(_row(cell, drivers[cell], size, dtype, B, T, rounds, macs[dtype], read))
+        for n, (cell, size, dtype, weights) in enumerate(cases, 1):
+            show(f"[{n}/{len(cases)}] {cell} {size} {weights or dtype} ...")
+            rows.append(
+                _row(cell, drivers[cell], size, dtype, B, T, rounds, macs[dtype], read, weights)
+            )
     meta = {
         "B": B,
         "T": T,
@@ -385,13 +399,33 @@ def run(
     return Report(rows, meta)
 
 
-def _row(cell, driver, size, dtype, B, T, rounds, mac_rate, read) -> Row:
+def bfloat16_bytes(cell: str | Path, size: Size) -> int:
+    """Bytes of pack_bf16_f32's weights: the header and vectors in float, the matrices in 16 bits
+    (the plan's packed sizes with Hp = H rounded up to 16, each row's last panel padded to 32)."""
+    from .kernel import HP, H, I, build_kernel
     from .registry import load_cell
 
-    out = driver.time(dtype, size, B, T, rounds)
+    hp = -(-size.H // 16) * 16
+    total = 16 * 4
+    for part in build_kernel(load_cell(cell)).packed:
+        numbers = int(part.size.subs({I: size.I, H: size.H, HP: hp}))
+        if part.kind != "matrices":
+            total += 4 * numbers
+            continue
+        N = len(part.matrices) * hp  # columns: panels of 128, the last padded to 32
+        total += 2 * numbers // N * (N - N % 128 + -(-(N % 128) // 32) * 32)
+    return total
+
+
+def _row(cell, driver, size, dtype, B, T, rounds, mac_rate, read, weights="") -> Row:
+    from .registry import load_cell
+
+    out = driver.time(dtype, size, B, T, rounds, weights)
     name = load_cell(cell).name
     macs = product_flops(cell, _Shape(1, B, size.I, size.H)) // 2
     nbytes = int(out["packed_numbers"][0]) * (4 if dtype == "float32" else 8)
+    if weights:
+        nbytes = bfloat16_bytes(cell, size)
     level = weight_level(nbytes)
     stream = float(np.median(out["stream"]))
     sequence = float(np.median(out["sequence"]))
@@ -402,6 +436,7 @@ def _row(cell, driver, size, dtype, B, T, rounds, mac_rate, read) -> Row:
         B=B,
         T=T,
         dtype=dtype,
+        weights=weights,
         source=driver.source,
         stream_ns=stream,
         stream_min_ns=min(out["stream"]),

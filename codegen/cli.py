@@ -161,6 +161,7 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         T=args.steps,
         rounds=args.rounds,
         progress=sys.stderr,
+        bfloat16=args.weights == "bfloat16",
     )
     print(report.json() if args.json else report.table())
     return EXIT_OK
@@ -332,6 +333,12 @@ def parser() -> argparse.ArgumentParser:
         help="with --infer: sizes such as I1,H64 (default: I=1 and I=H for H=8..128)",
     )
     s.add_argument("--batch", type=int, default=1, help="with --infer: batch B (default 1)")
+    s.add_argument(
+        "--weights",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="with --infer: bfloat16 also times float32 with bfloat16 weight matrices",
+    )
     s.add_argument("--steps", type=int, default=48000, help="with --infer: steps T (default 48000)")
     s.add_argument("--no-torch", action="store_true", help="time our kernels only")
     s.add_argument(
@@ -355,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
         help="an ONNX model (a chain of LSTM / GRU nodes, optionally a dense layer) as a C module",
         description="Write a standalone C99 module of a trained model: the weights as static "
         "const arrays, NAME_reset / NAME_step / NAME_run on a caller-owned state, a test "
-        "against the framework's outputs, a Makefile and a CMakeLists.txt. torch modules are "
+        "against the framework's outputs, a Makefile and a CMakeLists.txt. torch modules "
+        "(LSTM, projected LSTM with proj_size, GRU, their cells, an optional final Linear) are "
         "exported from Python: codegen.export(module, DIR).",
     )
     s.add_argument("model", metavar="MODEL.onnx")

@@ -276,7 +276,8 @@ def from_torch_layers(module: torch.nn.Module) -> list[Converted]:
     direction), or of an LSTMCell / GRUCell (one layer), bottom layer first.
 
     Layer k reads weight_ih_l{k} etc.; each converts as from_torch_lstm / from_torch_gru does:
-    `lstm` or `gru_reset_after`. Dropout between layers is a training-time operation and
+    `lstm` (`lstmp` with proj_size = P: its output and h are P-sized, the next layer's input)
+    or `gru_reset_after`. Dropout between layers is a training-time operation and
     plays no part here (the function of the module in eval mode).
     """
     import torch
@@ -291,14 +292,12 @@ def from_torch_layers(module: torch.nn.Module) -> list[Converted]:
         )
     if isinstance(module, torch.nn.RNNBase):
         if module.bidirectional:
-            raise InteropError(
-                f"torch.nn.{kind} is bidirectional: cellgen runs one direction; export a "
-                "unidirectional model"
+            projected = (
+                f" with proj_size={module.proj_size}" if getattr(module, "proj_size", 0) else ""
             )
-        if getattr(module, "proj_size", 0):  # export has no projected layers (yet)
             raise InteropError(
-                f"torch.nn.LSTM has proj_size={module.proj_size}: layers are converted for "
-                "export, which takes no projected LSTM; from_torch_lstm converts it to lstmp"
+                f"torch.nn.{kind}{projected} is bidirectional: cellgen runs one direction; "
+                "export a unidirectional model"
             )
         suffixes = [f"_l{k}" for k in range(module.num_layers)]
     else:
@@ -308,18 +307,11 @@ def from_torch_layers(module: torch.nn.Module) -> list[Converted]:
 
 def _torch_layer(module: Any, kind: str, gates: int, suffix: str) -> Converted:
     """One layer's weights (those named with `suffix`) as a cellgen cell and parameters."""
-    w_ih, w_hh = (
-        getattr(module, f"weight_{k}{suffix}").detach().cpu().numpy() for k in ("ih", "hh")
-    )
-    if module.bias:
-        b_ih, b_hh = (
-            getattr(module, f"bias_{k}{suffix}").detach().cpu().numpy() for k in ("ih", "hh")
-        )
-    else:
-        b_ih = b_hh = np.zeros(w_ih.shape[0], w_ih.dtype)
-    assert w_ih.shape[0] == gates * w_hh.shape[1]
+    w_ih, w_hh, b_ih, b_hh, *w_hr = _torch_weights(module, kind, gates, suffix)
     if kind == "LSTM":
-        return Converted("lstm", _lstm_from_torch(w_ih, w_hh, b_ih, b_hh))
+        return Converted(
+            "lstmp" if w_hr else "lstm", _lstm_from_torch(w_ih, w_hh, b_ih, b_hh, *w_hr)
+        )
     p = _split_gates(w_ih, w_hh, b_ih + b_hh, TORCH_GRU_GATES)
     H = w_hh.shape[1]
     del p["b_n"]

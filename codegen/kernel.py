@@ -210,6 +210,24 @@ class Sequencing:
 
 SEQUENCING = Sequencing()
 SIZES = {"T": T, "B": B, "I": I, "H": H}
+
+
+# Inference pads every row of size H (or of a declared size such as P) to Hp (Pp), the size
+# rounded up to a multiple of 16 (whole vectors of 16 floats, two of 8 doubles): the pointwise
+# stages then run over whole vectors whatever the size, and the columns and lanes past it (zero
+# weights, zero biases) are computed and never read.
+def padded(size: sympy.Expr) -> sympy.Expr:
+    """A size as inference lays rows out: H as Hp, P as Pp; I, T and B as they are."""
+    return size.subs(
+        {
+            s: sympy.Symbol(f"{s.name}p", integer=True, positive=True)
+            for s in size.free_symbols
+            if s not in (I, T, B)
+        }
+    )
+
+
+HP = padded(H)
 # Inference computes the input products of this many steps at once: one product serves them
 # all, and the work memory does not depend on T.
 INFER_CHUNK = 16
@@ -540,12 +558,14 @@ def _forward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     return tuple(out + _input_step(plan))
 
 
-def _input_step(plan: Kernel) -> list[Buffer]:
-    """The rows of x_t, gathered at each step for the pointwise stages that read the input."""
+def _input_step(plan: Kernel, infer: bool = False) -> list[Buffer]:
+    """The rows of x_t, gathered at each step for the pointwise stages that read the input
+    (in inference, each row padded)."""
     x = plan.cell.input
     if not plan.input_elementwise:
         return []
-    return [Buffer("step", x, B * plan.size(x), doc=f"{x} of one step, each row's")]
+    size = padded(plan.size(x)) if infer else plan.size(x)
+    return [Buffer("step", x, B * size, doc=f"{x} of one step, each row's")]
 
 
 def _backward_buffers(plan: Kernel) -> tuple[Buffer, ...]:
@@ -798,28 +818,31 @@ def _with_reads_and_writes(steps: list[Step], roles: dict[str, Role]) -> tuple:
 def _packed(plan: Kernel) -> tuple[PackedPart, ...]:
     """The inference weights: each fused product's matrices transposed side by side, so that
     a product runs with unit stride, then the vector parameters."""
-    out = [PackedPart("matrices", g.operand, g.operand_size * g.width, g.matrices)
-           for g in plan.gemms]  # fmt: skip
+    out = [
+        PackedPart("matrices", g.operand, g.operand_size * padded(g.width), g.matrices)
+        for g in plan.gemms
+    ]
     vectors = [p.name for p in plan.cell.params if p.kind == "vector"]
-    out += [PackedPart("vector", p, plan.size(p)) for p in vectors]
+    out += [PackedPart("vector", p, padded(plan.size(p))) for p in vectors]
     return tuple(out)
 
 
 def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     """Inference keeps nothing between steps but the states: the products of a step (the input
-    products of INFER_CHUNK steps), values handed between stages, and the new states."""
+    products of INFER_CHUNK steps), values handed between stages, and each state's current and
+    new value (swapped after a step); every row padded to Hp."""
     out = []
     for g in plan.gemms:
         products = ", ".join(g.products)
         rows = INFER_CHUNK * B if g.hoisted else B
         doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"
-        out.append(Buffer("products", g.operand, rows * g.width, doc=doc))
+        out.append(Buffer("products", g.operand, rows * padded(g.width), doc=doc))
     out += [
-        Buffer("step", v, B * plan.size(v), doc=f"{v} of one step, for a later stage")
+        Buffer("step", v, B * padded(plan.size(v)), doc=f"{v} of one step, for a later stage")
         for v in plan.infer_step_values
     ]
-    out += [
-        Buffer("new_state", s, B * plan.size(s), doc=f"the new {s} of one step")
-        for s in plan.cell.states
-    ]
-    return tuple(out + _input_step(plan))
+    for s in plan.cell.states:
+        Sp = padded(plan.size(s))
+        out.append(Buffer("state", s, B * Sp, doc=f"{s} before the step"))
+        out.append(Buffer("new_state", s, B * Sp, doc=f"the new {s} of one step"))
+    return tuple(out + _input_step(plan, infer=True))

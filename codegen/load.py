@@ -153,13 +153,25 @@ class PackedParams:
     hidden_size: int
     data: Any  # C: one array in the kernels' packed layout; NumPy: a dict of arrays
     sizes: tuple[tuple[str, int], ...] = ()  # the declared sizes besides I and H
+    weights: str = ""  # how the matrices are stored: "" as dtype, or "bfloat16"
 
     def __repr__(self) -> str:
         extra = "".join(f" {n}={v}" for n, v in self.sizes)
+        stored = f" weights={self.weights}" if self.weights else ""
         return (
-            f"<cellgen packed params {self.cell} backend={self.backend} dtype={self.dtype} "
-            f"I={self.input_size} H={self.hidden_size}{extra}>"
+            f"<cellgen packed params {self.cell} backend={self.backend} dtype={self.dtype}"
+            f"{stored} I={self.input_size} H={self.hidden_size}{extra}>"
         )
+
+
+def bfloat16_round(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float32:
+    what pack(weights="bfloat16") stores, for backends without a bfloat16 layout."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    high = np.uint32(0xFFFF0000)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & high
+    quiet = (bits | np.uint32(0x00400000)) & high
+    return np.where(np.isnan(a), quiet, rounded).view(np.float32)
 
 
 class CellKernel:
@@ -294,26 +306,42 @@ class CellKernel:
         self._check_memory("backward", ys.shape[0], B, I, sizes["H"], dtype, sizes)
         return self._functions.backward(dys, cache, dfinal)
 
-    def pack(self, params: Arrays) -> PackedParams:
+    def pack(self, params: Arrays, weights: str | None = None) -> PackedParams:
         """The parameters rearranged once for `infer` (C: the kernels' packed layout; NumPy:
-        a copy). Checked like forward's params; sizes are read from their shapes."""
+        a copy). Checked like forward's params; sizes are read from their shapes.
+        weights="bfloat16" (float32 params only) stores the weight matrices rounded to bfloat16
+        (C: in half the bytes, which infer streams per step; the arithmetic stays float32)."""
+        if weights not in (None, "bfloat16"):
+            raise ValueError(
+                f"weights: expected None (the params' dtype) or 'bfloat16', not {weights!r}"
+            )
         if not isinstance(params, dict):
             raise ValueError(f"params: expected a dict with keys {', '.join(self.params)}")
         sizes = self._sizes_of(params)
         I, H = sizes["I"], sizes["H"]
         extra = {n: sizes[n] for n in self.sizes}
         dtype = self._dtype_of("params", np.asarray(next(iter(params.values()))))
+        if weights and dtype != np.float32:
+            raise ValueError(
+                f"weights='bfloat16' needs float32 params (these are {dtype}): cast them first"
+            )
         shapes = self.param_shapes(I, H, **extra)
         self._check_names("params", params, self.params, shapes)
         params = {
             p: self._array(f"params['{p}']", params[p], shapes[p], self._shape_text(p), dtype)
             for p in self.params
         }
-        if self.sizes:
-            data = self._functions.pack(params, I, H, sizes=extra)
-        else:
-            data = self._functions.pack(params, I, H)
-        return PackedParams(self.name, self.backend, str(dtype), I, H, data, tuple(extra.items()))
+        z = {"sizes": extra} if self.sizes else {}
+        if not weights:
+            data = self._functions.pack(params, I, H, **z)
+        elif hasattr(self._functions, "pack_bfloat16"):
+            data = self._functions.pack_bfloat16(params, I, H, **z)
+        else:  # the same rounded weights, stored as float32
+            rounded = {p: bfloat16_round(v) if v.ndim == 2 else v for p, v in params.items()}
+            data = self._functions.pack(rounded, I, H, **z)
+        return PackedParams(
+            self.name, self.backend, str(dtype), I, H, data, tuple(extra.items()), weights or ""
+        )
 
     def infer(
         self,

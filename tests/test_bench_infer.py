@@ -73,8 +73,9 @@ def test_driver_report_has_the_requested_sizes():
     small, audio = report.rows
     assert (small.cell, small.I, small.H, small.B, small.T) == ("lstm", 2, 4, 1, 50)
     assert small.macs_per_step == 4 * 4 * (2 + 4)
-    # biases (16, padded) and one group of I + H rows, each padded to 16 floats
-    assert small.weight_bytes == 4 * (16 + (2 + 4) * 16)
+    # a header of 16 numbers; every hidden-sized row padded to Hp = 16: four biases of 16, and
+    # I + H rows of 4 gates of 16 columns each
+    assert small.weight_bytes == 4 * (16 + 4 * 16 + (2 + 4) * 4 * 16)
     assert small.target_ns is None and audio.target_ns == 87
     for r in report.rows:
         assert r.stream_ns > 0 and r.sequence_ns > 0 and np.isfinite(r.checksum)
@@ -110,3 +111,14 @@ def test_the_driver_and_kernels_compile_strictly(cell, compiler, arch, tmp_path)
             text=True,
         )  # fmt: skip
         assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_bfloat16_weights_get_a_row_beside_float32():
+    report = bench_infer.run(["lstm"], [Size(2, 4)], B=1, T=50, rounds=2, bfloat16=True)
+    f32, bf16 = report.rows
+    assert (f32.weights, bf16.weights) == ("", "bfloat16") and bf16.dtype == "float32"
+    # header and biases in float (16 + 4 * 16 numbers), the I + H rows of 4 * 16 in 16 bits
+    assert bf16.weight_bytes == 4 * (16 + 4 * 16) + 2 * (2 + 4) * 4 * 16
+    assert bf16.stream_ns > 0 and np.isfinite(bf16.checksum)
+    assert bf16.checksum != f32.checksum  # rounded weights, other numbers
+    assert "bf16 w" in report.table()

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import codegen
+from codegen import interop
 from codegen.cli import main
 from codegen.deploy import ExportError
 from codegen.deploy.literals import c_literal
@@ -96,6 +97,9 @@ def _modules(kind: str) -> list:
         return [torch.nn.LSTMCell(3, 5)]
     if kind == "gru_cell_linear":
         return [torch.nn.GRUCell(3, 5), torch.nn.Linear(5, 3, bias=False)]
+    if kind == "lstmp2_linear":  # projected: each layer gives P = 4, its cell state is H = 8
+        lstm = torch.nn.LSTM(3, 8, num_layers=2, proj_size=4, batch_first=True)
+        return [lstm, torch.nn.Linear(4, 2)]
     if kind == "onnx_lstm_linear":
         return [torch.nn.LSTM(3, 6, num_layers=2, batch_first=True), torch.nn.Linear(6, 2)]
     raise AssertionError(kind)
@@ -119,7 +123,7 @@ def _onnxruntime_function(path: Path):
     return lambda xs: session.run(None, {"x": xs[None].astype(np.float32)})[0][0].astype(float)
 
 
-KINDS = ("lstm2_linear", "gru", "lstm_cell", "gru_cell_linear", "onnx_lstm_linear")
+KINDS = ("lstm2_linear", "lstmp2_linear", "gru", "lstm_cell", "gru_cell_linear", "onnx_lstm_linear")
 
 
 @pytest.fixture(scope="module", params=[(k, d) for k in KINDS for d in DTYPES], ids=str)
@@ -137,7 +141,8 @@ def exported(request, tmp_path_factory) -> Exported:
     codegen.export(model, folder / "out", name=name, dtype=dtype)
     first = modules[0]
     last = modules[-1]
-    output = last.out_features if isinstance(last, torch.nn.Linear) else last.hidden_size
+    size = getattr(last, "proj_size", 0) or getattr(last, "hidden_size", 0)
+    output = last.out_features if isinstance(last, torch.nn.Linear) else size
     return Exported(kind, dtype, folder / "out", name, model, framework, first.input_size, output)
 
 
@@ -248,7 +253,9 @@ def test_export_again_gives_identical_bytes(exported, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kind", ["lstm2_linear", "gru", "lstm_cell", "onnx_lstm_linear"])
+@pytest.mark.parametrize(
+    "kind", ["lstm2_linear", "lstmp2_linear", "gru", "lstm_cell", "onnx_lstm_linear"]
+)
 def test_cmake_ctest_and_cplusplus(kind, tmp_path_factory):
     modules = _modules(kind)
     folder = tmp_path_factory.mktemp(f"cmake_{kind}")
@@ -409,10 +416,17 @@ def test_onnx_gru_linear_before_reset_0_is_read_not_assumed(tmp_path):
 def _bad_models(tmp_path: Path) -> list:
     return [
         (torch.nn.LSTM(3, 4, bidirectional=True), "bidirectional"),
-        (torch.nn.LSTM(3, 4, proj_size=2), "proj_size"),
+        (
+            torch.nn.LSTM(3, 4, proj_size=2, bidirectional=True),
+            r"^torch\.nn\.LSTM with proj_size=2 is bidirectional: cellgen runs one direction; "
+            r"export a unidirectional model; export takes recurrent layers and one final "
+            r"torch\.nn\.Linear$",
+        ),
         ([torch.nn.LSTM(3, 4), torch.nn.Conv1d(4, 4, 1)], "Conv1d"),
         ([torch.nn.Linear(3, 3), torch.nn.LSTM(3, 4)], "Linear"),
         ([torch.nn.LSTM(3, 4), torch.nn.GRU(5, 4)], "do not form a chain"),
+        ([torch.nn.LSTM(3, 8, proj_size=4), torch.nn.GRU(8, 4)], "layer 0 gives 4: the layers"),
+        ([torch.nn.LSTM(3, 8, proj_size=4), torch.nn.Linear(8, 2)], "last recurrent layer gives 4"),
         (torch.nn.Linear(3, 2), "no recurrent layer"),
         (_onnx_graph("LSTM", tmp_path / "bi.onnx", direction="bidirectional"), "bidirectional"),
         (_onnx_graph("GRU", tmp_path / "rev.onnx", direction="reverse"), "reverse"),
@@ -424,6 +438,20 @@ def _bad_models(tmp_path: Path) -> list:
         (_onnx_graph("LSTM", tmp_path / "relu.onnx", after="Relu"), "Relu"),
         (_onnx_graph("GRU", tmp_path / "h0.onnx", initial_h=0.5), "initial_h is not zero"),
     ]
+
+
+def test_projected_layers_convert_to_lstmp_as_from_torch_lstm_does():
+    torch.manual_seed(3)
+    lstm = torch.nn.LSTM(3, 8, num_layers=2, proj_size=4)
+    layers = interop.from_torch_layers(lstm)
+    whole = interop.from_torch_lstm(lstm)  # l0.W_f, ..., l1.W_p
+    assert [c.cell for c in layers] == ["lstmp", "lstmp"]
+    for k, converted in enumerate(layers):
+        assert sorted(converted.params) == sorted(interop.LSTMP_PARAMS)
+        for name, value in converted.params.items():
+            np.testing.assert_array_equal(value, whole[f"l{k}.{name}"])
+    assert layers[1].params["W_f"].shape == (8, 4)  # layer 1 reads layer 0's P outputs
+    assert layers[0].params["W_p"].shape == (4, 8)
 
 
 def test_unsupported_models_raise_and_write_nothing(tmp_path):

@@ -220,3 +220,81 @@ def test_a_c_program_streams_with_pack_and_infer(cell, language, tmp_path):
     for n, s in enumerate(spec.states):
         start = T * B * H + n * B * H
         assert rel_err(out[start : start + B * H].reshape(B, H), final[s]) <= 1e-12
+
+
+BF16_TOLERANCE = 1e-2  # weights rounded to 8 significant bits: ~1.5e-3 measured at H = 19
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "mgu"])
+def test_bfloat16_weights_are_close_to_float32_and_exact_to_their_rounding(cell):
+    kc, kn = _kernel(cell, "c", "float32"), _kernel(cell, "numpy", "float32")
+    T = 23
+    xs, state0, params, _, _ = make_problem(kc, T=T, B=2, I=5, H=19, seed=3, dtype=np.float32)
+    ys32, _ = kc.infer(xs, state0, kc.pack(params))
+    packed = kc.pack(params, weights="bfloat16")
+    assert packed.weights == "bfloat16" and "weights=bfloat16" in repr(packed)
+    ys16, final16 = kc.infer(xs, state0, packed)
+    assert 0 < rel_err(ys16, ys32) <= BF16_TOLERANCE  # rounded weights, not float ones
+    # NumPy with the same rounded weights stored as float32: float32 arithmetic on both sides
+    ys_np, _ = kn.infer(xs, state0, kn.pack(params, weights="bfloat16"))
+    assert rel_err(ys16, ys_np) <= TOLERANCE["float32"]
+    state, steps = state0, []
+    for t in range(T):
+        y, state = kc.infer(xs[t : t + 1], state, packed)
+        steps.append(y)
+    assert np.concatenate(steps).tobytes() == ys16.tobytes()
+    assert all(state[s].tobytes() == final16[s].tobytes() for s in kc.states)
+
+
+def test_bfloat16_rounding_is_to_nearest_even_and_keeps_nan():
+    from codegen.load import bfloat16_round
+
+    one_ulp = np.float32(2.0**-7)  # bfloat16's spacing at 1
+    x = np.array([1.0, 1 + one_ulp / 2, 1 + 1.5 * one_ulp, 1 + one_ulp / 2 + 2**-20, -3.0, np.nan],
+                 np.float32)  # fmt: skip
+    got = bfloat16_round(x)
+    assert got[:5].tolist() == [1.0, 1.0, 1 + 2 * one_ulp, 1 + one_ulp, -3.0]
+    assert np.isnan(got[5])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_weights_are_checked(backend):
+    k = _kernel("lstm", backend, "float32")
+    _, _, params, _, _ = make_problem(k, T=2, B=1, I=3, H=4, seed=1, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"weights: expected None .* or 'bfloat16'"):
+        k.pack(params, weights="float16")
+    k64 = _kernel("lstm", backend, "float64")
+    params64 = {p: v.astype(np.float64) for p, v in params.items()}
+    with pytest.raises(ValueError, match="weights='bfloat16' needs float32 params"):
+        k64.pack(params64, weights="bfloat16")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weights"), [("float64", ""), ("float32", ""), ("float32", "bfloat16")]
+)
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "mgu"])
+def test_pack_and_infer_stay_inside_their_reported_sizes(cell, dtype, weights):
+    """packed and work of exactly the reported sizes, followed by canaries: nothing past them
+    is written, with H padded to whole vectors (H = 5 and 17) and more than one chunk of steps."""
+    from codegen.backends.c.ffi import address
+
+    c = _kernel(cell, "c", dtype)._functions
+    canary, extra = np.array(-7.25, dtype), 64
+    for I, H, B, T in ((3, 5, 2, 20), (1, 17, 1, 3)):
+        k = _kernel(cell, "c", dtype)
+        xs, state0, params, _, _ = make_problem(
+            k, T=T, B=B, I=I, H=H, seed=5, dtype=np.dtype(dtype)
+        )
+        n_packed, n_work = c._packed_size(I, H), c._infer_work_size(B, I, H)
+        packed = np.full(n_packed + extra, canary)
+        pack = c._pack_bf16 if weights else c._pack
+        pack(I, H, *[address(params[p]) for p in c.params], address(packed))
+        assert np.all(packed[n_packed:] == canary)
+        work = np.full(n_work + extra, canary)
+        ys = np.empty((T, B, H), dtype)
+        states = {s: np.array(state0[s]) for s in k.states}
+        c._infer(T, B, I, H, address(packed), address(xs), None, 0,
+                 *[address(states[s]) for s in k.states], address(ys), address(work))  # fmt: skip
+        assert np.all(work[n_work:] == canary)
+        want, _ = k.infer(xs, state0, k.pack(params, weights=weights or None))
+        assert np.array_equal(ys, want)  # the same numbers as through the checked API

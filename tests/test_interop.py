@@ -509,7 +509,11 @@ def test_from_onnx_model_reads_the_node_and_its_initializers(op, attrs, cell, tm
 @pytest.mark.parametrize(
     ("make", "convert", "message"),
     [
-        (lambda: torch.nn.LSTM(I, H, proj_size=2), interop.from_torch_layers, "proj_size=2"),
+        (
+            lambda: torch.nn.LSTM(I, H, proj_size=2, bidirectional=True),
+            interop.from_torch_layers,
+            "proj_size=2 is bidirectional",
+        ),
         (lambda: torch.nn.GRU(I, H), interop.from_torch_lstm, "expected a torch.nn.LSTM"),
         (lambda: torch.nn.Linear(I, H), interop.from_torch_gru, "got Linear"),
     ],

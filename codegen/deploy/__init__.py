@@ -4,6 +4,7 @@ the framework's own outputs, a Makefile and a CMakeLists.txt.
 
     codegen.export(torch.nn.LSTM(3, 16, num_layers=2), "out", name="model")
     codegen.export([lstm, torch.nn.Linear(16, 2)], "out")
+    codegen.export(torch.nn.LSTM(3, 16, proj_size=4), "out")  # lstmp layers: h (4), c (16)
     codegen.export("model.onnx", "out", dtype="float64")
 """
 
@@ -35,7 +36,8 @@ def export(
 ) -> list[Path]:
     """Write the C module of `model` into out_dir; returns the files written (all of them).
 
-    `model`: a torch.nn.LSTM / GRU (any num_layers, one direction) or LSTMCell / GRUCell; a list
+    `model`: a torch.nn.LSTM / GRU (any num_layers, one direction; an LSTM with proj_size = P
+    runs as the `lstmp` cell, its layers giving P numbers) or LSTMCell / GRUCell; a list
     of such layers optionally ending with one torch.nn.Linear; or the path of an ONNX file whose
     graph is a chain of LSTM / GRU nodes optionally followed by a dense layer. Anything else
     raises InteropError (a ValueError) naming what is unsupported, and nothing is written.
@@ -104,8 +106,7 @@ def _agree(model: Model) -> None:
     h = xs[:, None, :]
     for layer in model.layers:
         k = codegen.load(layer.cell, "numpy")
-        H = layer.hidden_size
-        state0 = {s: np.zeros((1, H)) for s in k.states}
+        state0 = {s: np.zeros((1, n)) for s, n in layer.state_sizes.items()}
         h, _ = k.infer(h, state0, k.pack(layer.params))
     ys = h[:, 0, :]
     if model.dense is not None:

@@ -27,7 +27,7 @@ def files(model: Model, name: str, dtype: str) -> dict[str, str]:
     kernels = {layer.cell: _kernel(layer.cell) for layer in model.layers}
     layers: list[dict[str, Any]] = []
     for k, layer in enumerate(model.layers):
-        below = "x" if k == 0 else f"s->layer{k - 1}_{kernels[model.layers[k - 1].cell]['output']}"
+        below = "x" if k == 0 else f"s->{layers[-1]['prefix']}{layers[-1]['output']}"
         layers.append(_layer(k, layer, kernels[layer.cell], below, dtype))
     size = np.dtype(dtype).itemsize
     work = max(layer["work"] for layer in layers)
@@ -55,7 +55,7 @@ def files(model: Model, name: str, dtype: str) -> dict[str, str]:
         "cells": list(kernels),
         "layers": layers,
         "dense": dense,
-        "top": f"{top['prefix']}{kernels[model.layers[-1].cell]['output']}",
+        "top": f"{top['prefix']}{top['output']}",
         "work_size": work,
         "tolerance": TOLERANCE[dtype],
         "weights_bytes": size
@@ -63,7 +63,7 @@ def files(model: Model, name: str, dtype: str) -> dict[str, str]:
             sum(layer["packed_size"] for layer in layers)
             + (dense["O"] * (dense["H"] + 1) if dense else 0)
         ),
-        "state_bytes": size * (sum(len(x["states"]) * x["H"] for x in layers) + work),
+        "state_bytes": size * (sum(b["size"] for x in layers for b in x["buffers"]) + work),
         "work_bytes": size * work,
         **_golden(model, dtype),
     }
@@ -89,13 +89,12 @@ def _kernel(cell: str) -> dict[str, Any]:
     c_file = generated / "c" / f"{cell}.c"
     library = open_library(build(c_file))
     work_size = getattr(library, f"cellgen_{cell}_infer_work_size")
-    work_size.argtypes, work_size.restype = [ctypes.c_size_t] * 3, ctypes.c_size_t
+    work_size.argtypes = [ctypes.c_size_t] * (1 + len(spec.all_sizes))  # B, I, H, declared
+    work_size.restype = ctypes.c_size_t
     return {
         "c": c_file.read_text(encoding="utf-8"),
         "h": c_file.with_suffix(".h").read_text(encoding="utf-8"),
         "work_size": work_size,
-        "states": list(spec.states),
-        "output": spec.output,
     }
 
 
@@ -105,21 +104,50 @@ def _layer(k: int, layer: Layer, kernel: dict[str, Any], below: str, dtype: str)
 
     params = {p: v.astype(dtype) for p, v in layer.params.items()}
     packed = codegen.load(layer.cell, "c", dtype).pack(params).data
-    I, H = layer.input_size, layer.hidden_size
+    sizes = layer.sizes
     prefix = f"layer{k}_"
+    states = layer.state_sizes
+    # the state struct's arrays of the layer: its states, then its output if an equation
+    named = dict(layer.spec.symbol_sizes)
+    buffers = [
+        {"name": state, "size": n, "note": f"{state} ({named[state]} = {n})"}
+        for state, n in states.items()
+    ]
+    if not layer.output_is_state:
+        note = f"{layer.output}, its output ({named[layer.output]} = {layer.output_size})"
+        buffers.append({"name": layer.output, "size": layer.output_size, "note": note})
     return {
         "index": k,
         "cell": layer.cell,
-        "I": I,
-        "H": H,
+        "I": sizes["I"],
+        "H": sizes["H"],
+        "sizes": ", ".join(str(n) for n in sizes.values()),  # the C size arguments: I, H, P...
+        "title": layer.spec.description,
+        "described": _described(layer),
         "prefix": prefix,
-        "states": kernel["states"],
+        "buffers": buffers,
+        "output": layer.output,
+        "output_size": layer.output_size,
+        "ys": "NULL" if layer.output_is_state else f"s->{prefix}{layer.output}",
         "input": below,
-        "state_args": ", ".join(f"s->{prefix}{state}" for state in kernel["states"]),
+        "state_args": ", ".join(f"s->{prefix}{state}" for state in states),
         "packed": c_numbers(packed, dtype, PER_LINE[dtype]),
         "packed_size": packed.size,
-        "work": max(int(kernel["work_size"](1, I, H)), 1),
+        "work": max(int(kernel["work_size"](1, *sizes.values())), 1),
     }
+
+
+def _described(layer: Layer) -> str:
+    """'input 3, hidden 8, P = 4; output h (P = 4); states h (P = 4), c (H = 8)': a layer's
+    sizes, for the comments (the states and output named when any is not H-sized)."""
+    sizes, named = layer.sizes, dict(layer.spec.symbol_sizes)
+    text = f"input {sizes['I']}, hidden {sizes['H']}"
+    text += "".join(f", {n} = {v}" for n, v in layer.extra_sizes.items())
+    if layer.extra_sizes or not layer.output_is_state:
+        states = ", ".join(f"{s} ({named[s]} = {n})" for s, n in layer.state_sizes.items())
+        output = f"{layer.output} ({named[layer.output]} = {layer.output_size})"
+        text += f"; output {output}; states {states}"
+    return text
 
 
 def _golden(model: Model, dtype: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""A torch recurrent stack (nn.LSTM / nn.GRU of any depth, LSTMCell / GRUCell, optionally
-followed by one nn.Linear) as an export Model, with torch itself as the reference."""
+"""A torch recurrent stack (nn.LSTM / nn.GRU of any depth, an LSTM with proj_size as lstmp
+layers, LSTMCell / GRUCell, optionally followed by one nn.Linear) as an export Model, with torch
+itself as the reference."""
 
 from __future__ import annotations
 

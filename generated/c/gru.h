@@ -109,6 +109,16 @@ void cellgen_gru_pack_f32(
     const float *U_h, const float *b_z, const float *b_r, const float *b_h,
     float *packed);
 
+/* pack_f32 with the weight matrices stored as bfloat16 (rounded to nearest even; the same
+ * packed_size is enough): infer_f32 reads half the bytes per step and computes in float as
+ * before. Results differ from float weights by the rounding of the weights (about 2^-9
+ * relative each). */
+void cellgen_gru_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W_z, const float *W_r, const float *W_h, const float *U_z, const float *U_r,
+    const float *U_h, const float *b_z, const float *b_r, const float *b_h,
+    float *packed);
+
 void cellgen_gru_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,

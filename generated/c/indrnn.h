@@ -98,6 +98,15 @@ void cellgen_indrnn_pack_f32(
     const float *W, const float *u, const float *b2,
     float *packed);
 
+/* pack_f32 with the weight matrices stored as bfloat16 (rounded to nearest even; the same
+ * packed_size is enough): infer_f32 reads half the bytes per step and computes in float as
+ * before. Results differ from float weights by the rounding of the weights (about 2^-9
+ * relative each). */
+void cellgen_indrnn_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W, const float *u, const float *b2,
+    float *packed);
+
 void cellgen_indrnn_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,

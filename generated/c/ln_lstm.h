@@ -139,6 +139,20 @@ void cellgen_ln_lstm_pack_f32(
     const float *gamma_c, const float *beta_c,
     float *packed);
 
+/* pack_f32 with the weight matrices stored as bfloat16 (rounded to nearest even; the same
+ * packed_size is enough): infer_f32 reads half the bytes per step and computes in float as
+ * before. Results differ from float weights by the rounding of the weights (about 2^-9
+ * relative each). */
+void cellgen_ln_lstm_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_i, const float *W_c, const float *W_o, const float *U_f,
+    const float *U_i, const float *U_c, const float *U_o, const float *b_f, const float *b_i,
+    const float *b_c, const float *b_o, const float *gamma_x_f, const float *gamma_x_i,
+    const float *gamma_x_c, const float *gamma_x_o, const float *gamma_h_f,
+    const float *gamma_h_i, const float *gamma_h_c, const float *gamma_h_o,
+    const float *gamma_c, const float *beta_c,
+    float *packed);
+
 void cellgen_ln_lstm_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,

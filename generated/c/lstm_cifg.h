@@ -109,6 +109,16 @@ void cellgen_lstm_cifg_pack_f32(
     const float *U_o, const float *b_i, const float *b_c, const float *b_o,
     float *packed);
 
+/* pack_f32 with the weight matrices stored as bfloat16 (rounded to nearest even; the same
+ * packed_size is enough): infer_f32 reads half the bytes per step and computes in float as
+ * before. Results differ from float weights by the rounding of the weights (about 2^-9
+ * relative each). */
+void cellgen_lstm_cifg_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W_i, const float *W_c, const float *W_o, const float *U_i, const float *U_c,
+    const float *U_o, const float *b_i, const float *b_c, const float *b_o,
+    float *packed);
+
 void cellgen_lstm_cifg_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,

@@ -16,7 +16,11 @@
 #include <stdint.h>
 #include <string.h>
 /* Shared by the float and double inference helpers (infer_helpers.c.jinja): FMA, the AVX-512
- * switch, the panel width and the row pitch of packed groups. Include once, after the headers. */
+ * switch, the panel width and the row pitch of packed groups. Include once, after the headers.
+ * CELLGEN_MADD_*: a multiply and an add, two roundings on every CPU (the training kernels);
+ * CELLGEN_FMA_*: one rounding where the CPU has a fast FMA (inference). */
+#define CELLGEN_MADD_F32(a, b, c) ((a) * (b) + (c))
+#define CELLGEN_MADD_F64(a, b, c) ((a) * (b) + (c))
 #if defined(FP_FAST_FMAF)
 #define CELLGEN_FMA_F32(a, b, c) fmaf((a), (b), (c))
 #else
@@ -39,6 +43,20 @@
 #define CELLGEN_NOINLINE
 #endif
 
+/* Before a pointwise loop of inference whose iterations touch only their own elements: no
+ * dependence between iterations, so the compiler needs no runtime checks that arrays overlap. */
+#if defined(__clang__)
+#define CELLGEN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define CELLGEN_IVDEP _Pragma("GCC ivdep")
+#else
+#define CELLGEN_IVDEP
+#endif
+
+/* packed starts with a header of 16 numbers (64 bytes of float): [0] says which weights follow,
+ * 0 for the dtype's own, 1 for bfloat16 (pack_bf16_f32); the rest is zero. */
+enum { CELLGEN_HEADER = 16 };
+
 /* Panel width in numbers: 8 vectors of 64 bytes. */
 enum { CELLGEN_PANEL_F32 = 128, CELLGEN_PANEL_F64 = 64 };
 
@@ -46,6 +64,20 @@ enum { CELLGEN_PANEL_F32 = 128, CELLGEN_PANEL_F64 = 64 };
 static inline size_t infer_pad(size_t n)
 {
     return (n + 15) / 16 * 16;
+}
+
+/* n rounded up to a multiple of 32: row pitch of bfloat16 panels, whose 64-byte blocks each
+ * hold two vectors of 16 columns, interleaved (see infer_bf16_at). */
+static inline size_t infer_pad32(size_t n)
+{
+    return (n + 31) / 32 * 32;
+}
+
+/* Floats one bfloat16 group of Kp rows and N columns takes (panels of 128 columns, the last
+ * padded to 32): a multiple of 16, at most infer_group_size(Kp, N). */
+static inline size_t infer_group_size_bf16(size_t Kp, size_t N)
+{
+    return Kp * (N - N % CELLGEN_PANEL_F32 + infer_pad32(N % CELLGEN_PANEL_F32)) / 2;
 }
 
 /* Numbers one packed group of Kp rows and N columns takes (the same for both dtypes). */
@@ -108,27 +140,31 @@ size_t cellgen_mgu_work_size(size_t T, size_t B, size_t I, size_t H)
 
 static double packed_estimate(double I, double H)
 {
+    const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)I, (void)H;
-    return 2 * H + 2 * H * H + 2 * I * H;
+    return 2 * Hp + 2 * H * Hp + 2 * I * Hp;
 }
 
 size_t cellgen_mgu_packed_size(size_t I, size_t H)
 {
-    const size_t size = infer_group_size(I, 2 * H) + infer_group_size(H, H) + infer_group_size(H, H) + H + H;
+    const size_t Hp = infer_pad(H);
+    const size_t size = CELLGEN_HEADER + infer_group_size(I, 2 * Hp) + infer_group_size(H, Hp) + infer_group_size(H, Hp) + Hp + Hp;
     /* the padding adds at most 16 numbers per row of a group */
     const double pad = 16.0 * ((double)I + (double)H + (double)H);
-    return checked_size(packed_estimate((double)I, (double)H) + pad, size);
+    return checked_size(packed_estimate((double)I, (double)H) + pad + CELLGEN_HEADER, size);
 }
 
 static double infer_work_estimate(double B, double I, double H)
 {
+    const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)B, (void)I, (void)H;
-    return 37 * B * H;
+    return 38 * B * Hp;
 }
 
 size_t cellgen_mgu_infer_work_size(size_t B, size_t I, size_t H)
 {
-    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 37 * B * H);
+    const size_t Hp = infer_pad(H);
+    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 38 * B * Hp);
 }
 
 /* ---- double ---- */
@@ -142,23 +178,23 @@ static inline double exp_f64(double x)
     const double shift = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
     x = x < -708.0 ? -708.0 : x;
     x = x > 709.0 ? 709.0 : x;
-    const double t = x * 1.4426950408889634 + shift; /* shift + n, n = round(x / ln 2) */
+    const double t = CELLGEN_MADD_F64(x, 1.4426950408889634, shift); /* shift + n, n = round(x / ln 2) */
     const double n = t - shift;
-    const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    const double r = CELLGEN_MADD_F64(n, -1.90821492927058770002e-10, CELLGEN_MADD_F64(n, -6.93147180369123816490e-01, x));
     double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 479001600.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 39916800.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 3628800.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 362880.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 40320.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 5040.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 720.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 120.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 24.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0 / 6.0);
+    p = CELLGEN_MADD_F64(p, r, 0.5);
+    p = CELLGEN_MADD_F64(p, r, 1.0);
+    p = CELLGEN_MADD_F64(p, r, 1.0);
     uint64_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 1023u) << 52; /* n, the low bits of t, moved into the exponent field */
@@ -180,12 +216,70 @@ static inline double tanh_f64(double x)
 {
     const double a = x < 0.0 ? -x : x;
     const double z = x * x;
-    const double p = ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
-                      - 1.61468768441708447952e3) * z;
-    const double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
-                     + 4.84406305325125486048e3;
-    const double small = x + x * (p / q);
+    const double p = CELLGEN_MADD_F64(CELLGEN_MADD_F64(-9.64399179425052238628e-1, z, -9.92877231001918586564e1), z,
+                                -1.61468768441708447952e3) * z;
+    const double q = CELLGEN_MADD_F64(CELLGEN_MADD_F64(z + 1.12811678491632931402e2, z, 2.23548839060100448583e3), z,
+                                4.84406305325125486048e3);
+    const double small = CELLGEN_MADD_F64(x, p / q, x);
     const double large = 1.0 - 2.0 / (exp_f64(2.0 * a) + 1.0);
+    return a < 0.625 ? small : (x < 0.0 ? -large : large);
+}
+
+/* The same activations for inference, with FMA where the CPU has one (infer_*) */
+
+/* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
+ * exp(r) by its Taylor series to r^13 (the first term left out is below 2e-16), times 2^n
+ * written into the exponent bits. x is clamped to [-708, 709], where exp(x) is a normal number;
+ * the activations saturate long before. NaN stays NaN. About 1 ulp. */
+static inline double infer_exp_f64(double x)
+{
+    const double shift = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
+    x = x < -708.0 ? -708.0 : x;
+    x = x > 709.0 ? 709.0 : x;
+    const double t = CELLGEN_FMA_F64(x, 1.4426950408889634, shift); /* shift + n, n = round(x / ln 2) */
+    const double n = t - shift;
+    const double r = CELLGEN_FMA_F64(n, -1.90821492927058770002e-10, CELLGEN_FMA_F64(n, -6.93147180369123816490e-01, x));
+    double p = 1.0 / 6227020800.0;
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 479001600.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 39916800.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 3628800.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 362880.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 40320.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 5040.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 720.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 120.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 24.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0 / 6.0);
+    p = CELLGEN_FMA_F64(p, r, 0.5);
+    p = CELLGEN_FMA_F64(p, r, 1.0);
+    p = CELLGEN_FMA_F64(p, r, 1.0);
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 1023u) << 52; /* n, the low bits of t, moved into the exponent field */
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
+static inline double infer_sigmoid_f64(double x)
+{
+    return 1.0 / (1.0 + infer_exp_f64(-x));
+}
+
+/* tanh(x): below |x| = 0.625 x + x z P(z) / Q(z), z = x^2, with Cephes' coefficients; above it
+ * 1 - 2 / (exp(2 |x|) + 1), which cancels nothing there. Both are computed and one is chosen,
+ * so that loops calling it vectorize. About 2 ulp; NaN stays NaN. */
+static inline double infer_tanh_f64(double x)
+{
+    const double a = x < 0.0 ? -x : x;
+    const double z = x * x;
+    const double p = CELLGEN_FMA_F64(CELLGEN_FMA_F64(-9.64399179425052238628e-1, z, -9.92877231001918586564e1), z,
+                                -1.61468768441708447952e3) * z;
+    const double q = CELLGEN_FMA_F64(CELLGEN_FMA_F64(z + 1.12811678491632931402e2, z, 2.23548839060100448583e3), z,
+                                4.84406305325125486048e3);
+    const double small = CELLGEN_FMA_F64(x, p / q, x);
+    const double large = 1.0 - 2.0 / (infer_exp_f64(2.0 * a) + 1.0);
     return a < 0.625 ? small : (x < 0.0 ? -large : large);
 }
 
@@ -242,6 +336,51 @@ static inline void infer_clear_f64(size_t n, double *restrict out)
     }
 }
 
+/* out[0..n) = in[0..n); with AVX-512, whole vectors and one masked tail, not a call to memcpy
+ * (a step copies rows of a few dozen numbers, where the call would cost more than the copy). */
+static inline void infer_copy_f64(size_t n, const double *restrict in, double *restrict out)
+{
+#if defined(CELLGEN_AVX512)
+    for (size_t k = 0; k < n; k += 8) { /* masked: no compiler turns it into memcpy */
+        const __mmask8 m = n - k >= 8 ? (__mmask8)~0u : (__mmask8)((1u << (n - k)) - 1u);
+        _mm512_mask_storeu_pd(out + k, m, _mm512_maskz_loadu_pd(m, in + k));
+    }
+#else
+    for (size_t k = 0; k < n; ++k) {
+        out[k] = in[k];
+    }
+#endif
+}
+
+/* out[0..Hp) = in[0..H) followed by zeros: a row padded to whole vectors. */
+static inline void infer_load_f64(size_t H, size_t Hp, const double *restrict in,
+                                  double *restrict out)
+{
+#if defined(CELLGEN_AVX512)
+    for (size_t k = 0; k < Hp; k += 8) {
+        const size_t left = H > k ? H - k : 0;
+        const __mmask8 m = left >= 8 ? (__mmask8)~0u : (__mmask8)((1u << left) - 1u);
+        _mm512_storeu_pd(out + k, left ? _mm512_maskz_loadu_pd(m, in + k) : _mm512_setzero_pd());
+    }
+#else
+    infer_copy_f64(H, in, out);
+    infer_clear_f64(Hp - H, out + H);
+#endif
+}
+
+
+/* Column n of a weight row (the dtype's own weights) */
+static inline double infer_wvalue_f64(const double *row, size_t n)
+{
+    return row[n];
+}
+#if defined(CELLGEN_AVX512)
+/* The vector of columns e..e+7 of a weight row */
+static CELLGEN_ALWAYS_INLINE __m512d infer_wload_f64(const double *row, size_t e)
+{
+    return _mm512_loadu_pd(row + e);
+}
+#endif
 #if defined(CELLGEN_AVX512)
 /* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
  * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
@@ -256,7 +395,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
             for (size_t r = 0; r < R; ++r) {
                 const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
                 for (size_t v = 0; v < V; ++v) {
-                    e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                    e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
                 }
             }
         }
@@ -276,8 +415,8 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
             const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
             const __m512d x1 = _mm512_set1_pd(a[r * lda + k + 1]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
-                o[r][v] = _mm512_fmadd_pd(x1, _mm512_loadu_pd(row1 + v * 8), o[r][v]);
+                e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
+                o[r][v] = _mm512_fmadd_pd(x1, infer_wload_f64(row1, v * 8), o[r][v]);
             }
         }
     }
@@ -286,7 +425,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
         for (size_t r = 0; r < R; ++r) {
             const __m512d x0 = _mm512_set1_pd(a[r * lda + k]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_pd(x0, _mm512_loadu_pd(row0 + v * 8), e[r][v]);
+                e[r][v] = _mm512_fmadd_pd(x0, infer_wload_f64(row0, v * 8), e[r][v]);
             }
         }
     }
@@ -319,7 +458,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
     }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
-            e[r][v] = _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8);
+            e[r][v] = init ? _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8)
+                           : _mm512_setzero_pd();
         }
     }
     infer_segment_f64(R, V, split, p, wp, K1, a1, lda1, e);
@@ -328,7 +468,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
             if (v >= apart) {
                 const __mmask8 m = v + 1 < V ? all : last;
                 _mm512_mask_storeu_pd(c + r * ldc + v * 8, m, e[r][v]);
-                e[r][v] = _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8);
+                e[r][v] = init2 ? _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8)
+                                : _mm512_setzero_pd();
             }
         }
     }
@@ -434,13 +575,13 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, si
     const double *const q = p + Kp * wp;
     __m512d e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = _mm512_loadu_pd(init + v * 8);
+        e[v] = init ? _mm512_loadu_pd(init + v * 8) : _mm512_setzero_pd();
     }
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512d x = _mm512_set1_pd(k < K1 ? a1[k] : a2[k - K1]);
         for (size_t v = 0; v < 8; ++v) {
-            e[v] = _mm512_fmadd_pd(x, _mm512_loadu_pd(p + k * wp + v * 8), e[v]);
-            e[v + 8] = _mm512_fmadd_pd(x, _mm512_loadu_pd(q + k * wp + v * 8), e[v + 8]);
+            e[v] = _mm512_fmadd_pd(x, infer_wload_f64(p + k * wp, v * 8), e[v]);
+            e[v + 8] = _mm512_fmadd_pd(x, infer_wload_f64(q + k * wp, v * 8), e[v + 8]);
         }
     }
     for (size_t v = 0; v < 16; ++v) {
@@ -448,9 +589,9 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, si
     }
 }
 #else
-/* The products of one operand into the row c (w numbers), in the order stated above; o is
- * scratch for the odd k of a split panel. */
-static inline void infer_segment_f64(size_t w, const double *restrict p, size_t wp, size_t K,
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_f64(size_t w, const double *restrict p, size_t c0, size_t wp, size_t K,
     const double *restrict a, double *restrict c, double *restrict o)
 {
     size_t k = 0;
@@ -459,7 +600,7 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
             const double x0 = a[k];
             const double *const row0 = p + k * wp;
             for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
+                c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
             }
         }
         return;
@@ -472,15 +613,15 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
         const double *const row0 = p + k * wp;
         const double *const row1 = row0 + wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
-            o[n] = CELLGEN_FMA_F64(x1, row1[n], o[n]);
+            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F64(x1, infer_wvalue_f64(row1, c0 + n), o[n]);
         }
     }
     if (k < K) {
         const double x0 = a[k];
         const double *const row0 = p + k * wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, row0[n], c[n]);
+            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
         }
     }
     if (K >= 2) {
@@ -493,7 +634,7 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
 
 /* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
  * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
  * in the order stated above; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
@@ -511,7 +652,8 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
 #if defined(CELLGEN_AVX512)
         if (R == 1 && n0 + 2 * CELLGEN_PANEL_F64 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F64 || K2 == 0)) {
-            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                                   c + n0);
             n0 += CELLGEN_PANEL_F64;
             continue;
         }
@@ -533,11 +675,11 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
                 const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
                 const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 8 : q;
                 const double *const pv = p + v0 * 8;
-                const double *const iv = init + r * ldi + n0 + v0 * 8;
+                const double *const iv = init ? init + r * ldi + n0 + v0 * 8 : NULL;
                 double *const cv = c + r * ldc + n0 + v0 * 8;
                 const double *const b1 = a1 + r * lda1;
                 const double *const b2 = a2 + r * lda2;
-                const double *const i2 = init2 + r * ldi2 + qv;
+                const double *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 double *const c2v = c2 + r * ldc2 + qv;
                 if (left > 8) {
                     infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
@@ -553,9 +695,9 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
             const unsigned lanes = (unsigned)(w - (V - 1) * 8);
             const double *const b1 = a1 + r * lda1;
             const double *const b2 = a2 + r * lda2;
-            const double *const iv = init + r * ldi + n0;
+            const double *const iv = init ? init + r * ldi + n0 : NULL;
             double *const cv = c + r * ldc + n0;
-            const double *const i2 = init2 + r * ldi2 + q;
+            const double *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             double *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
@@ -596,27 +738,38 @@ static inline void infer_product_f64(size_t R, size_t N, const double *restrict 
         double o[CELLGEN_PANEL_F64];
         for (size_t r = 0; r < R; ++r) {
             double *const cr = c + r * ldc + n0;
-            const double *const ir = init + r * ldi + n0;
+            const double *const ir = init ? init + r * ldi + n0 : NULL;
             const double *const b2 = a2 + r * lda2;
             for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir[n];
+                cr[n] = ir ? ir[n] : 0.0;
             }
-            infer_segment_f64(w, p, wp, K1, a1 + r * lda1, cr, o);
+            infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
                 continue;
             }
-            infer_segment_f64(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
             if (ja < w) {
                 double *const c2r = c2 + r * ldc2 + q;
-                const double *const i2r = init2 + r * ldi2 + q;
+                const double *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r[n];
+                    c2r[n] = i2r ? i2r[n] : 0.0;
                 }
-                infer_segment_f64(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+                infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
             }
         }
 #endif
     }
+}
+
+/* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+    size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    (void)bf16;
+    infer_product_f64(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                      ldi2, c2, ldc2);
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -1034,27 +1187,34 @@ void cellgen_mgu_pack_f64(
     const double *b_f, const double *b_h,
     double *packed)
 {
-    double *next = packed;
+    const size_t Hp = infer_pad(H);
+    infer_clear_f64(CELLGEN_HEADER, packed);
+    packed[0] = 0.0; /* the header: which weights follow */
+    double *next = packed + CELLGEN_HEADER;
     /* W_f, W_h in panels, for the products of x */
-    infer_clear_f64(infer_group_size(I, 2 * H), next);
-    infer_pack_f64(H, I, W_f, I, 2 * H, 0, 0 * H, next);
-    infer_pack_f64(H, I, W_h, I, 2 * H, 0, 1 * H, next);
-    next += infer_group_size(I, 2 * H);
+    infer_clear_f64(infer_group_size(I, 2 * Hp), next);
+    infer_pack_f64(H, I, W_f, I, 2 * Hp, 0, 0 * Hp, next);
+    infer_pack_f64(H, I, W_h, I, 2 * Hp, 0, 1 * Hp, next);
+    next += infer_group_size(I, 2 * Hp);
     /* U_f in panels, for the products of h_prev */
-    infer_clear_f64(infer_group_size(H, H), next);
-    infer_pack_f64(H, H, U_f, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
+    infer_clear_f64(infer_group_size(H, Hp), next);
+    infer_pack_f64(H, H, U_f, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
     /* U_h in panels, for the products of f_h_prev */
-    infer_clear_f64(infer_group_size(H, H), next);
-    infer_pack_f64(H, H, U_h, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
-    copy_f64(H, b_f, next);
-    next += H;
-    copy_f64(H, b_h, next);
-    next += H;
+    infer_clear_f64(infer_group_size(H, Hp), next);
+    infer_pack_f64(H, H, U_h, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
+    infer_load_f64(H, Hp, b_f, next);
+    next += Hp;
+    infer_load_f64(H, Hp, b_h, next);
+    next += Hp;
     (void)I;
 }
 
+/* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
+ * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
+ * reads. The states are copied in
+ * (padded with zeros) and out once per call; between steps a state's buffers swap. */
 void cellgen_mgu_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
@@ -1063,105 +1223,123 @@ void cellgen_mgu_infer_f64(
     double *ys, double *work)
 {
     const size_t BH = B * H;
-    const double *weights = packed;
+    const size_t Hp = infer_pad(H);
+    const int bf16 = 0; /* bfloat16 weights (pack_bf16) */
+    const double *weights = packed + CELLGEN_HEADER;
     const double *const x_MT = weights;
-    weights += infer_group_size(I, 2 * H);
+    weights += bf16 ? infer_group_size_bf16(I, 2 * Hp) : infer_group_size(I, 2 * Hp);
     const double *const h_prev_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += bf16 ? infer_group_size_bf16(H, Hp) : infer_group_size(H, Hp);
     const double *const f_h_prev_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += bf16 ? infer_group_size_bf16(H, Hp) : infer_group_size(H, Hp);
     const double *const b_f = weights;
-    weights += H;
+    weights += Hp;
     const double *const b_h = weights;
-    weights += H;
+    weights += Hp;
     double *next = work;
     double *const x_products = next; /* W_f_x, W_h_x of up to 16 steps */
-    next += 32 * B * H;
+    next += 32 * B * Hp;
     double *const h_prev_products = next; /* U_f_h_prev, one step */
-    next += B * H;
+    next += B * Hp;
     double *const f_h_prev_products = next; /* U_h_f_h_prev, one step */
-    next += B * H;
+    next += B * Hp;
     double *const f_step = next; /* f of one step, for a later stage */
-    next += B * H;
+    next += B * Hp;
     double *const f_h_prev_step = next; /* f_h_prev of one step, for a later stage */
-    next += B * H;
-    double *const h_new = next; /* the new h of one step */
-    next += B * H;
+    next += B * Hp;
+    double *h_cur = next; /* h before the step */
+    next += B * Hp;
+    double *h_new = next; /* the new h of one step */
+    next += B * Hp;
+    for (size_t b = 0; b < B; ++b) {
+        infer_load_f64(H, Hp, h_state + b * H, h_cur + b * Hp);
+    }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
-        fill_f64(steps * B * 2 * H, 0.0, x_products);
         if (!reverse) {
-            infer_product_f64(steps * B, 2 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              x_products, 2 * H, x_products, 2 * H, 2 * H, x_products, 0, x_products, 0);
+            infer_product_w_f64(bf16, steps * B, 2 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              NULL, 0, x_products, 2 * Hp, 2 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    double *const row = x_products + ((t - t0) * B + b) * (2 * H);
+                    double *const row = x_products + ((t - t0) * B + b) * (2 * Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_f64(1, 2 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 2 * H, row, 2 * H, 2 * H, row, 0, row, 0);
+                    infer_product_w_f64(bf16, 1, 2 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 2 * Hp, 2 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            const double *const h_prev = h_state;
-            const double *const W_f_x = x_products + (t - t0) * B * 2 * H + 0 * H;
-            const double *const W_h_x = x_products + (t - t0) * B * 2 * H + 1 * H;
-            const double *const U_f_h_prev = h_prev_products + 0 * H;
-            const double *const U_h_f_h_prev = f_h_prev_products + 0 * H;
-            fill_f64(B * H, 0.0, h_prev_products);
-            infer_product_f64(B, H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
-                              h_prev_products, H, h_prev_products, H, H, h_prev_products, 0, h_prev_products, 0);
+            const double *const h_prev = h_cur;
+            const double *const W_f_x = x_products + (t - t0) * B * 2 * Hp + 0 * Hp;
+            const double *const W_h_x = x_products + (t - t0) * B * 2 * Hp + 1 * Hp;
+            const double *const U_f_h_prev = h_prev_products + 0 * Hp;
+            const double *const U_h_f_h_prev = f_h_prev_products + 0 * Hp;
+            infer_product_w_f64(bf16, B, Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+                              NULL, 0, h_prev_products, Hp, Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
-                    const double f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
-                    const double f = sigmoid_f64(f_pre);
-                    /* f_h_prev = f * h_prev */
-                    const double f_h_prev = f * h_prev[n];
-                    f_step[n] = f;
-                    f_h_prev_step[n] = f_h_prev;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    CELLGEN_IVDEP
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                        const double f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
+                        const double f = infer_sigmoid_f64(f_pre);
+                        /* f_h_prev = f * h_prev */
+                        const double f_h_prev = f * h_prev[n];
+                        f_step[n] = f;
+                        f_h_prev_step[n] = f_h_prev;
+                    }
                 }
             }
-            fill_f64(B * H, 0.0, f_h_prev_products);
-            infer_product_f64(B, H, f_h_prev_MT, H, 0, H, f_h_prev_step, H, 0, f_h_prev_step, 0,
-                              f_h_prev_products, H, f_h_prev_products, H, H, f_h_prev_products, 0, f_h_prev_products, 0);
+            infer_product_w_f64(bf16, B, Hp, f_h_prev_MT, H, 0, H, f_h_prev_step, Hp, 0, f_h_prev_step, 0,
+                              NULL, 0, f_h_prev_products, Hp, Hp, NULL, 0, f_h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
-                    const double h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
-                    const double h_hat = tanh_f64(h_hat_pre);
-                    /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
-                    const double h = f_step[n] * h_hat + h_prev[n] * (1.0 - f_step[n]);
-                    h_new[n] = h;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    CELLGEN_IVDEP
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
+                        const double h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
+                        const double h_hat = infer_tanh_f64(h_hat_pre);
+                        /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
+                        const double h = f_step[n] * h_hat + h_prev[n] * (1.0 - f_step[n]);
+                        h_new[n] = h;
+                    }
                 }
             }
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    infer_copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
                     if (ys) {
                         fill_f64(H, 0.0, ys + t * BH + b * H);
                     }
                     continue;
                 }
-                copy_f64(H, h_new + b * H, h_state + b * H);
                 if (ys) {
-                    copy_f64(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                    infer_copy_f64(H, h_new + b * Hp, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
                 }
             }
+            {
+                double *const swap = h_cur;
+                h_cur = h_new;
+                h_new = swap;
+            }
         }
+    }
+    for (size_t b = 0; b < B; ++b) {
+        infer_copy_f64(H, h_cur + b * Hp, h_state + b * H);
     }
 }
 
@@ -1176,16 +1354,16 @@ static inline float exp_f32(float x)
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
     x = x < -87.0F ? -87.0F : x;
     x = x > 88.0F ? 88.0F : x;
-    const float t = x * 1.44269504F + shift; /* shift + n, n = round(x / ln 2) */
+    const float t = CELLGEN_MADD_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
     const float n = t - shift;
-    const float r = (x - n * 0.693359375F) + n * 2.12194440e-4F;
+    const float r = CELLGEN_MADD_F32(n, 2.12194440e-4F, CELLGEN_MADD_F32(n, -0.693359375F, x));
     float p = 1.9875691500e-4F;
-    p = p * r + 1.3981999507e-3F;
-    p = p * r + 8.3334519073e-3F;
-    p = p * r + 4.1665795894e-2F;
-    p = p * r + 1.6666665459e-1F;
-    p = p * r + 5.0000001201e-1F;
-    p = p * r * r + r + 1.0F;
+    p = CELLGEN_MADD_F32(p, r, 1.3981999507e-3F);
+    p = CELLGEN_MADD_F32(p, r, 8.3334519073e-3F);
+    p = CELLGEN_MADD_F32(p, r, 4.1665795894e-2F);
+    p = CELLGEN_MADD_F32(p, r, 1.6666665459e-1F);
+    p = CELLGEN_MADD_F32(p, r, 5.0000001201e-1F);
+    p = CELLGEN_MADD_F32(p * r, r, r) + 1.0F;
     uint32_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
@@ -1207,11 +1385,70 @@ static inline float tanh_f32(float x)
 {
     const float a = x < 0.0F ? -x : x;
     const float z = x * x;
-    const float p = ((((-5.70498872745e-3F * z + 2.06390887954e-2F) * z - 5.37397155531e-2F) * z
-                      + 1.33314422036e-1F) * z - 3.33332819422e-1F) * z;
-    const float small = p * x + x;
+    float p = -5.70498872745e-3F;
+    p = CELLGEN_MADD_F32(p, z, 2.06390887954e-2F);
+    p = CELLGEN_MADD_F32(p, z, -5.37397155531e-2F);
+    p = CELLGEN_MADD_F32(p, z, 1.33314422036e-1F);
+    p = CELLGEN_MADD_F32(p, z, -3.33332819422e-1F);
+    const float small = CELLGEN_MADD_F32(p * z, x, x);
     const float large = 1.0F - 2.0F / (exp_f32(2.0F * a) + 1.0F);
     return a < 0.625F ? small : (x < 0.0F ? -large : large);
+}
+
+/* The same activations for inference, with FMA where the CPU has one (infer_*) */
+
+/* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
+ * exp(r) from Cephes' polynomial, times 2^n written into the exponent bits. x is clamped to
+ * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
+ * NaN. About 1 ulp. */
+static inline float infer_exp_parts_f32(float x, float *scale)
+{
+    const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
+    x = x < -87.0F ? -87.0F : x;
+    x = x > 88.0F ? 88.0F : x;
+    const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
+    const float n = t - shift;
+    const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
+    /* the same polynomial in Estrin's form: three short chains instead of one long one */
+    const float r2 = r * r;
+    const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
+    const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
+    const float c = CELLGEN_FMA_F32(1.6666665459e-1F, r, 5.0000001201e-1F);
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
+    memcpy(scale, &bits, sizeof *scale);
+    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r); /* exp(r) - 1 */
+}
+
+/* exp(x) = 2^n (1 + q) */
+static inline float infer_exp_f32(float x)
+{
+    float scale;
+    const float q = infer_exp_parts_f32(x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale);
+}
+
+/* exp(x) - 1 = 2^n q + (2^n - 1): no cancellation near 0, where n = 0 and the result is q. */
+static inline float infer_expm1_f32(float x)
+{
+    float scale;
+    const float q = infer_exp_parts_f32(x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale - 1.0F);
+}
+
+/* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
+static inline float infer_sigmoid_f32(float x)
+{
+    return 1.0F / (1.0F + infer_exp_f32(-x));
+}
+
+/* tanh(x) = e / (e + 2), e = exp(2 x) - 1: one exp-like evaluation and one division, no branch
+ * to choose (expm1 does not cancel near 0). About 2 ulp; NaN stays NaN. Inference's. */
+static inline float infer_tanh_f32(float x)
+{
+    const float e = infer_expm1_f32(2.0F * x);
+    return e / (e + 2.0F);
 }
 
 /* ---- float inference: packed product groups ----
@@ -1267,6 +1504,111 @@ static inline void infer_clear_f32(size_t n, float *restrict out)
     }
 }
 
+/* out[0..n) = in[0..n); with AVX-512, whole vectors and one masked tail, not a call to memcpy
+ * (a step copies rows of a few dozen numbers, where the call would cost more than the copy). */
+static inline void infer_copy_f32(size_t n, const float *restrict in, float *restrict out)
+{
+#if defined(CELLGEN_AVX512)
+    for (size_t k = 0; k < n; k += 16) { /* masked: no compiler turns it into memcpy */
+        const __mmask16 m = n - k >= 16 ? (__mmask16)~0u : (__mmask16)((1u << (n - k)) - 1u);
+        _mm512_mask_storeu_ps(out + k, m, _mm512_maskz_loadu_ps(m, in + k));
+    }
+#else
+    for (size_t k = 0; k < n; ++k) {
+        out[k] = in[k];
+    }
+#endif
+}
+
+/* out[0..Hp) = in[0..H) followed by zeros: a row padded to whole vectors. */
+static inline void infer_load_f32(size_t H, size_t Hp, const float *restrict in,
+                                  float *restrict out)
+{
+#if defined(CELLGEN_AVX512)
+    for (size_t k = 0; k < Hp; k += 16) {
+        const size_t left = H > k ? H - k : 0;
+        const __mmask16 m = left >= 16 ? (__mmask16)~0u : (__mmask16)((1u << left) - 1u);
+        _mm512_storeu_ps(out + k, left ? _mm512_maskz_loadu_ps(m, in + k) : _mm512_setzero_ps());
+    }
+#else
+    infer_copy_f32(H, in, out);
+    infer_clear_f32(Hp - H, out + H);
+#endif
+}
+
+
+/* Column n of a weight row (the dtype's own weights) */
+static inline float infer_wvalue_f32(const float *row, size_t n)
+{
+    return row[n];
+}
+#if defined(CELLGEN_AVX512)
+/* The vector of columns e..e+15 of a weight row */
+static CELLGEN_ALWAYS_INLINE __m512 infer_wload_f32(const float *row, size_t e)
+{
+    return _mm512_loadu_ps(row + e);
+}
+#endif
+
+/* bfloat16 weights (pack_bf16): the upper 16 bits of a float, so widening is exact (a shift);
+ * the products then run in float as with float weights. In a row, each block of 32 columns is
+ * stored interleaved, column i of the block at 2 i and column 16 + i at 2 i + 1, so that one
+ * 64-byte load widens to either vector by one shift or one mask: no shuffle. */
+static inline size_t infer_bf16_at(size_t n)
+{
+    const size_t i = n % 32;
+    return n - i + (i < 16 ? 2 * i : 2 * (i - 16) + 1);
+}
+
+/* Column n of a bfloat16 weight row, as float */
+static inline float infer_wvalue_bf16(const uint16_t *row, size_t n)
+{
+    uint16_t w;
+    memcpy(&w, row + infer_bf16_at(n), sizeof w);
+    const uint32_t bits = (uint32_t)w << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+/* x rounded to the nearest bfloat16 (ties to even); NaN stays NaN. */
+static inline void infer_bf16_store(float x, uint16_t *p)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0u) {
+        bits |= 0x00400000u; /* a quiet NaN that keeps a payload bit in the upper half */
+    } else {
+        bits += 0x7FFFu + ((bits >> 16) & 1u);
+    }
+    const uint16_t w = (uint16_t)(bits >> 16);
+    memcpy(p, &w, sizeof w);
+}
+#if defined(CELLGEN_AVX512)
+/* The vector of columns e..e+15 (e a multiple of 16) of a bfloat16 weight row, as float */
+static CELLGEN_ALWAYS_INLINE __m512 infer_wload_bf16(const uint16_t *row, size_t e)
+{
+    const __m512i w = _mm512_loadu_si512((const void *)(row + e - e % 32));
+    return _mm512_castsi512_ps(e % 32 ? _mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u))
+                                      : _mm512_slli_epi32(w, 16));
+}
+#endif
+/* infer_pack_f32 for a group stored as bfloat16 (P in 16-bit numbers; zeroed beforehand). */
+static inline void infer_pack_bf16_f32(size_t H, size_t K, const float *restrict M, size_t Kp, size_t N,
+                                       size_t k0, size_t n0, uint16_t *restrict P)
+{
+    for (size_t j = 0; j < H; ++j) {
+        const size_t n = n0 + j;
+        const size_t p0 = n - n % CELLGEN_PANEL_F32;
+        const size_t w = N - p0 < CELLGEN_PANEL_F32 ? N - p0 : CELLGEN_PANEL_F32;
+        uint16_t *const panel = P + Kp * p0;
+        const size_t wp = infer_pad32(w);
+        for (size_t k = 0; k < K; ++k) {
+            infer_bf16_store(M[j * K + k], panel + (k0 + k) * wp + infer_bf16_at(n - p0));
+        }
+    }
+}
+
 #if defined(CELLGEN_AVX512)
 /* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
  * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
@@ -1281,7 +1623,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
             for (size_t r = 0; r < R; ++r) {
                 const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
                 for (size_t v = 0; v < V; ++v) {
-                    e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                    e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
                 }
             }
         }
@@ -1301,8 +1643,8 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             const __m512 x1 = _mm512_set1_ps(a[r * lda + k + 1]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
-                o[r][v] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(row1 + v * 16), o[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
+                o[r][v] = _mm512_fmadd_ps(x1, infer_wload_f32(row1, v * 16), o[r][v]);
             }
         }
     }
@@ -1311,7 +1653,7 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
         for (size_t r = 0; r < R; ++r) {
             const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
             for (size_t v = 0; v < V; ++v) {
-                e[r][v] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(row0 + v * 16), e[r][v]);
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_f32(row0, v * 16), e[r][v]);
             }
         }
     }
@@ -1344,7 +1686,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
     }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
-            e[r][v] = _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16);
+            e[r][v] = init ? _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16)
+                           : _mm512_setzero_ps();
         }
     }
     infer_segment_f32(R, V, split, p, wp, K1, a1, lda1, e);
@@ -1353,7 +1696,8 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
             if (v >= apart) {
                 const __mmask16 m = v + 1 < V ? all : last;
                 _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
-                e[r][v] = _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16);
+                e[r][v] = init2 ? _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16)
+                                : _mm512_setzero_ps();
             }
         }
     }
@@ -1459,13 +1803,13 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, siz
     const float *const q = p + Kp * wp;
     __m512 e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = _mm512_loadu_ps(init + v * 16);
+        e[v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
     }
     for (size_t k = 0; k < K1 + K2; ++k) {
         const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
         for (size_t v = 0; v < 8; ++v) {
-            e[v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(p + k * wp + v * 16), e[v]);
-            e[v + 8] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + k * wp + v * 16), e[v + 8]);
+            e[v] = _mm512_fmadd_ps(x, infer_wload_f32(p + k * wp, v * 16), e[v]);
+            e[v + 8] = _mm512_fmadd_ps(x, infer_wload_f32(q + k * wp, v * 16), e[v + 8]);
         }
     }
     for (size_t v = 0; v < 16; ++v) {
@@ -1473,9 +1817,9 @@ static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, siz
     }
 }
 #else
-/* The products of one operand into the row c (w numbers), in the order stated above; o is
- * scratch for the odd k of a split panel. */
-static inline void infer_segment_f32(size_t w, const float *restrict p, size_t wp, size_t K,
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c0, size_t wp, size_t K,
     const float *restrict a, float *restrict c, float *restrict o)
 {
     size_t k = 0;
@@ -1484,7 +1828,7 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
             const float x0 = a[k];
             const float *const row0 = p + k * wp;
             for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
+                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
             }
         }
         return;
@@ -1497,15 +1841,15 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
         const float *const row0 = p + k * wp;
         const float *const row1 = row0 + wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
-            o[n] = CELLGEN_FMA_F32(x1, row1[n], o[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_f32(row1, c0 + n), o[n]);
         }
     }
     if (k < K) {
         const float x0 = a[k];
         const float *const row0 = p + k * wp;
         for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, row0[n], c[n]);
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
         }
     }
     if (K >= 2) {
@@ -1518,7 +1862,7 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t w
 
 /* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
  * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place) or a bias with ldi = 0. Each operand's products are summed
+ * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
  * in the order stated above; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
@@ -1536,7 +1880,8 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
 #if defined(CELLGEN_AVX512)
         if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
-            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init + n0, c + n0);
+            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                                   c + n0);
             n0 += CELLGEN_PANEL_F32;
             continue;
         }
@@ -1558,11 +1903,11 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
                 const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
                 const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
                 const float *const pv = p + v0 * 16;
-                const float *const iv = init + r * ldi + n0 + v0 * 16;
+                const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
                 float *const cv = c + r * ldc + n0 + v0 * 16;
                 const float *const b1 = a1 + r * lda1;
                 const float *const b2 = a2 + r * lda2;
-                const float *const i2 = init2 + r * ldi2 + qv;
+                const float *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 float *const c2v = c2 + r * ldc2 + qv;
                 if (left > 16) {
                     infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
@@ -1578,9 +1923,9 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
             const unsigned lanes = (unsigned)(w - (V - 1) * 16);
             const float *const b1 = a1 + r * lda1;
             const float *const b2 = a2 + r * lda2;
-            const float *const iv = init + r * ldi + n0;
+            const float *const iv = init ? init + r * ldi + n0 : NULL;
             float *const cv = c + r * ldc + n0;
-            const float *const i2 = init2 + r * ldi2 + q;
+            const float *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             float *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
@@ -1621,27 +1966,421 @@ static inline void infer_product_f32(size_t R, size_t N, const float *restrict P
         float o[CELLGEN_PANEL_F32];
         for (size_t r = 0; r < R; ++r) {
             float *const cr = c + r * ldc + n0;
-            const float *const ir = init + r * ldi + n0;
+            const float *const ir = init ? init + r * ldi + n0 : NULL;
             const float *const b2 = a2 + r * lda2;
             for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir[n];
+                cr[n] = ir ? ir[n] : 0.0F;
             }
-            infer_segment_f32(w, p, wp, K1, a1 + r * lda1, cr, o);
+            infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
             if (K2 == 0) {
                 continue;
             }
-            infer_segment_f32(ja, p + K1 * wp, wp, K2, b2, cr, o);
+            infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
             if (ja < w) {
                 float *const c2r = c2 + r * ldc2 + q;
-                const float *const i2r = init2 + r * ldi2 + q;
+                const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
                 for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r[n];
+                    c2r[n] = i2r ? i2r[n] : 0.0F;
                 }
-                infer_segment_f32(w - ja, p + K1 * wp + ja, wp, K2, b2, c2r, o);
+                infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
             }
         }
 #endif
     }
+}
+#if defined(CELLGEN_AVX512)
+/* The products of one operand (K rows of the panel from p, operand rows a, lda apart) into the
+ * accumulators e of a tile, in the order stated above: one chain, or (split) even k into e, odd
+ * k into o, then e += o. */
+static CELLGEN_ALWAYS_INLINE void infer_segment_bf16_f32(size_t R, size_t V, int split,
+    const uint16_t *restrict p, size_t wp, size_t K, const float *restrict a, size_t lda,
+    __m512 (*e)[8])
+{
+    if (!split) {
+        for (size_t k = 0; k < K; ++k) {
+            const uint16_t *const row0 = p + k * wp;
+            for (size_t r = 0; r < R; ++r) {
+                const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+                for (size_t v = 0; v < V; ++v) {
+                    e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
+                }
+            }
+        }
+        return;
+    }
+    __m512 o[4][8];
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            o[r][v] = _mm512_setzero_ps();
+        }
+    }
+    size_t k = 0;
+    for (; k + 2 <= K; k += 2) {
+        const uint16_t *const row0 = p + k * wp;
+        const uint16_t *const row1 = row0 + wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+            const __m512 x1 = _mm512_set1_ps(a[r * lda + k + 1]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
+                o[r][v] = _mm512_fmadd_ps(x1, infer_wload_bf16(row1, v * 16), o[r][v]);
+            }
+        }
+    }
+    if (k < K) {
+        const uint16_t *const row0 = p + k * wp;
+        for (size_t r = 0; r < R; ++r) {
+            const __m512 x0 = _mm512_set1_ps(a[r * lda + k]);
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_fmadd_ps(x0, infer_wload_bf16(row0, v * 16), e[r][v]);
+            }
+        }
+    }
+    if (K >= 2) {
+        for (size_t r = 0; r < R; ++r) {
+            for (size_t v = 0; v < V; ++v) {
+                e[r][v] = _mm512_add_ps(e[r][v], o[r][v]);
+            }
+        }
+    }
+}
+
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
+ * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
+ * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
+ * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+ * call, so that the accumulators live in registers. */
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsigned lanes,
+    const uint16_t *restrict p, size_t wp, size_t K1, const float *restrict a1, size_t lda1,
+    size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi,
+    float *c, size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2,
+    size_t ldc2)
+{
+    __m512 e[4][8];
+    const __mmask16 last = (__mmask16)((1u << lanes) - 1u);
+    const __mmask16 all = (__mmask16)~0u;
+    const int split = wp < 128;
+    if (K2 == 0) {
+        apart = V;
+    }
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            e[r][v] = init ? _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16)
+                           : _mm512_setzero_ps();
+        }
+    }
+    infer_segment_bf16_f32(R, V, split, p, wp, K1, a1, lda1, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
+            if (v >= apart) {
+                const __mmask16 m = v + 1 < V ? all : last;
+                _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
+                e[r][v] = init2 ? _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16)
+                                : _mm512_setzero_ps();
+            }
+        }
+    }
+    infer_segment_bf16_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
+    for (size_t r = 0; r < R; ++r) {
+        for (size_t v = 0; v < V; ++v) {
+            float *const out = v < apart ? c + r * ldc + v * 16
+                                         : c2 + r * ldc2 + (v - apart) * 16;
+            _mm512_mask_storeu_ps(out, v + 1 < V ? all : last, e[r][v]);
+        }
+    }
+}
+
+/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_4x1_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x8_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x7_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x6_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x5_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+static CELLGEN_NOINLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   init2, ldi2, c2, ldc2);
+}
+
+/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
+ * kept apart: the same order per element as two 1x8 tiles. */
+static CELLGEN_NOINLINE void infer_tile_bf16_2panels_f32(const uint16_t *restrict p, size_t Kp,
+    size_t K1, const float *restrict a1, size_t K2, const float *restrict a2,
+    const float *init, float *c)
+{
+    const size_t wp = CELLGEN_PANEL_F32;
+    const uint16_t *const q = p + Kp * wp;
+    __m512 e[16];
+    for (size_t v = 0; v < 16; ++v) {
+        e[v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+    }
+    for (size_t k = 0; k < K1 + K2; ++k) {
+        const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
+        for (size_t v = 0; v < 8; ++v) {
+            e[v] = _mm512_fmadd_ps(x, infer_wload_bf16(p + k * wp, v * 16), e[v]);
+            e[v + 8] = _mm512_fmadd_ps(x, infer_wload_bf16(q + k * wp, v * 16), e[v + 8]);
+        }
+    }
+    for (size_t v = 0; v < 16; ++v) {
+        _mm512_storeu_ps(c + v * 16, e[v]);
+    }
+}
+#else
+/* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
+ * p), in the order stated above; o is scratch for the odd k of a split panel. */
+static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, size_t c0, size_t wp, size_t K,
+    const float *restrict a, float *restrict c, float *restrict o)
+{
+    size_t k = 0;
+    if (wp >= 128) {
+        for (; k < K; ++k) {
+            const float x0 = a[k];
+            const uint16_t *const row0 = p + k * wp;
+            for (size_t n = 0; n < w; ++n) {
+                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
+            }
+        }
+        return;
+    }
+    for (size_t n = 0; n < w; ++n) {
+        o[n] = 0.0F;
+    }
+    for (; k + 2 <= K; k += 2) {
+        const float x0 = a[k], x1 = a[k + 1];
+        const uint16_t *const row0 = p + k * wp;
+        const uint16_t *const row1 = row0 + wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
+            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_bf16(row1, c0 + n), o[n]);
+        }
+    }
+    if (k < K) {
+        const float x0 = a[k];
+        const uint16_t *const row0 = p + k * wp;
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
+        }
+    }
+    if (K >= 2) {
+        for (size_t n = 0; n < w; ++n) {
+            c[n] = c[n] + o[n];
+        }
+    }
+}
+#endif
+
+/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
+ * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
+ * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
+ * in the order stated above; K1 or K2 may be 0 (one operand).
+ *
+ * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
+ * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ *
+ * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
+    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
+#if defined(CELLGEN_AVX512)
+        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
+            infer_tile_bf16_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                                   c + n0);
+            n0 += CELLGEN_PANEL_F32;
+            continue;
+        }
+#endif
+        const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
+        const size_t wp = infer_pad32(w);
+        const uint16_t *const p = P + Kp * n0 + k0 * wp;
+        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+        const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+        const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
+        size_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
+                const size_t left = w - v0 * 16;
+                const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
+                                                  : left > 16 ? left - 16 : left);
+                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
+                const uint16_t *const pv = p + v0 * 16;
+                const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
+                float *const cv = c + r * ldc + n0 + v0 * 16;
+                const float *const b1 = a1 + r * lda1;
+                const float *const b2 = a2 + r * lda2;
+                const float *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
+                float *const c2v = c2 + r * ldc2 + qv;
+                if (left > 16) {
+                    infer_tile_bf16_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart, i2, ldi2, c2v, ldc2);
+                } else {
+                    infer_tile_bf16_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                }
+            }
+        }
+        for (; r < R; ++r) {
+            const size_t V = (w + 15) / 16;
+            const unsigned lanes = (unsigned)(w - (V - 1) * 16);
+            const float *const b1 = a1 + r * lda1;
+            const float *const b2 = a2 + r * lda2;
+            const float *const iv = init ? init + r * ldi + n0 : NULL;
+            float *const cv = c + r * ldc + n0;
+            const float *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
+            float *const c2v = c2 + r * ldc2 + q;
+            switch (V) {
+            case 8:
+                infer_tile_bf16_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 7:
+                infer_tile_bf16_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 6:
+                infer_tile_bf16_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 5:
+                infer_tile_bf16_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 4:
+                infer_tile_bf16_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 3:
+                infer_tile_bf16_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            case 2:
+                infer_tile_bf16_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            default:
+                infer_tile_bf16_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                         i2, ldi2, c2v, ldc2);
+                break;
+            }
+        }
+#else
+        float o[CELLGEN_PANEL_F32];
+        for (size_t r = 0; r < R; ++r) {
+            float *const cr = c + r * ldc + n0;
+            const float *const ir = init ? init + r * ldi + n0 : NULL;
+            const float *const b2 = a2 + r * lda2;
+            for (size_t n = 0; n < w; ++n) {
+                cr[n] = ir ? ir[n] : 0.0F;
+            }
+            infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
+            if (K2 == 0) {
+                continue;
+            }
+            infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
+            if (ja < w) {
+                float *const c2r = c2 + r * ldc2 + q;
+                const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
+                for (size_t n = 0; n < w - ja; ++n) {
+                    c2r[n] = i2r ? i2r[n] : 0.0F;
+                }
+                infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
+            }
+        }
+#endif
+    }
+}
+
+/* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    if (bf16) {
+        infer_product_bf16_f32(R, N, (const uint16_t *)(const void *)P, Kp, k0, K1, a1, lda1, K2, a2,
+                               lda2, init, ldi, c, ldc, Na, init2, ldi2, c2, ldc2);
+        return;
+    }
+    infer_product_f32(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                      ldi2, c2, ldc2);
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -2059,27 +2798,66 @@ void cellgen_mgu_pack_f32(
     const float *b_h,
     float *packed)
 {
-    float *next = packed;
+    const size_t Hp = infer_pad(H);
+    infer_clear_f32(CELLGEN_HEADER, packed);
+    packed[0] = 0.0F; /* the header: which weights follow */
+    float *next = packed + CELLGEN_HEADER;
     /* W_f, W_h in panels, for the products of x */
-    infer_clear_f32(infer_group_size(I, 2 * H), next);
-    infer_pack_f32(H, I, W_f, I, 2 * H, 0, 0 * H, next);
-    infer_pack_f32(H, I, W_h, I, 2 * H, 0, 1 * H, next);
-    next += infer_group_size(I, 2 * H);
+    infer_clear_f32(infer_group_size(I, 2 * Hp), next);
+    infer_pack_f32(H, I, W_f, I, 2 * Hp, 0, 0 * Hp, next);
+    infer_pack_f32(H, I, W_h, I, 2 * Hp, 0, 1 * Hp, next);
+    next += infer_group_size(I, 2 * Hp);
     /* U_f in panels, for the products of h_prev */
-    infer_clear_f32(infer_group_size(H, H), next);
-    infer_pack_f32(H, H, U_f, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
+    infer_clear_f32(infer_group_size(H, Hp), next);
+    infer_pack_f32(H, H, U_f, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
     /* U_h in panels, for the products of f_h_prev */
-    infer_clear_f32(infer_group_size(H, H), next);
-    infer_pack_f32(H, H, U_h, H, H, 0, 0 * H, next);
-    next += infer_group_size(H, H);
-    copy_f32(H, b_f, next);
-    next += H;
-    copy_f32(H, b_h, next);
-    next += H;
+    infer_clear_f32(infer_group_size(H, Hp), next);
+    infer_pack_f32(H, H, U_h, H, Hp, 0, 0 * Hp, next);
+    next += infer_group_size(H, Hp);
+    infer_load_f32(H, Hp, b_f, next);
+    next += Hp;
+    infer_load_f32(H, Hp, b_h, next);
+    next += Hp;
     (void)I;
 }
 
+/* pack_f32 with the matrices stored as bfloat16 (rounded to nearest even): half the bytes for
+ * infer_f32 to stream per step, the arithmetic still float. */
+void cellgen_mgu_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W_f, const float *W_h, const float *U_f, const float *U_h, const float *b_f,
+    const float *b_h,
+    float *packed)
+{
+    const size_t Hp = infer_pad(H);
+    infer_clear_f32(CELLGEN_HEADER, packed);
+    packed[0] = 1.0F; /* the header: which weights follow */
+    float *next = packed + CELLGEN_HEADER;
+    /* W_f, W_h in panels, for the products of x */
+    infer_clear_f32(infer_group_size_bf16(I, 2 * Hp), next);
+    infer_pack_bf16_f32(H, I, W_f, I, 2 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, I, W_h, I, 2 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
+    next += infer_group_size_bf16(I, 2 * Hp);
+    /* U_f in panels, for the products of h_prev */
+    infer_clear_f32(infer_group_size_bf16(H, Hp), next);
+    infer_pack_bf16_f32(H, H, U_f, H, Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
+    next += infer_group_size_bf16(H, Hp);
+    /* U_h in panels, for the products of f_h_prev */
+    infer_clear_f32(infer_group_size_bf16(H, Hp), next);
+    infer_pack_bf16_f32(H, H, U_h, H, Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
+    next += infer_group_size_bf16(H, Hp);
+    infer_load_f32(H, Hp, b_f, next);
+    next += Hp;
+    infer_load_f32(H, Hp, b_h, next);
+    next += Hp;
+    (void)I;
+}
+
+/* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
+ * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
+ * reads. The states are copied in
+ * (padded with zeros) and out once per call; between steps a state's buffers swap. */
 void cellgen_mgu_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
@@ -2088,104 +2866,122 @@ void cellgen_mgu_infer_f32(
     float *ys, float *work)
 {
     const size_t BH = B * H;
-    const float *weights = packed;
+    const size_t Hp = infer_pad(H);
+    const int bf16 = packed[0] != 0.0F; /* bfloat16 weights (pack_bf16) */
+    const float *weights = packed + CELLGEN_HEADER;
     const float *const x_MT = weights;
-    weights += infer_group_size(I, 2 * H);
+    weights += bf16 ? infer_group_size_bf16(I, 2 * Hp) : infer_group_size(I, 2 * Hp);
     const float *const h_prev_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += bf16 ? infer_group_size_bf16(H, Hp) : infer_group_size(H, Hp);
     const float *const f_h_prev_MT = weights;
-    weights += infer_group_size(H, H);
+    weights += bf16 ? infer_group_size_bf16(H, Hp) : infer_group_size(H, Hp);
     const float *const b_f = weights;
-    weights += H;
+    weights += Hp;
     const float *const b_h = weights;
-    weights += H;
+    weights += Hp;
     float *next = work;
     float *const x_products = next; /* W_f_x, W_h_x of up to 16 steps */
-    next += 32 * B * H;
+    next += 32 * B * Hp;
     float *const h_prev_products = next; /* U_f_h_prev, one step */
-    next += B * H;
+    next += B * Hp;
     float *const f_h_prev_products = next; /* U_h_f_h_prev, one step */
-    next += B * H;
+    next += B * Hp;
     float *const f_step = next; /* f of one step, for a later stage */
-    next += B * H;
+    next += B * Hp;
     float *const f_h_prev_step = next; /* f_h_prev of one step, for a later stage */
-    next += B * H;
-    float *const h_new = next; /* the new h of one step */
-    next += B * H;
+    next += B * Hp;
+    float *h_cur = next; /* h before the step */
+    next += B * Hp;
+    float *h_new = next; /* the new h of one step */
+    next += B * Hp;
+    for (size_t b = 0; b < B; ++b) {
+        infer_load_f32(H, Hp, h_state + b * H, h_cur + b * Hp);
+    }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
         /* the input products of these steps at once */
-        fill_f32(steps * B * 2 * H, 0.0F, x_products);
         if (!reverse) {
-            infer_product_f32(steps * B, 2 * H, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              x_products, 2 * H, x_products, 2 * H, 2 * H, x_products, 0, x_products, 0);
+            infer_product_w_f32(bf16, steps * B, 2 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              NULL, 0, x_products, 2 * Hp, 2 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    float *const row = x_products + ((t - t0) * B + b) * (2 * H);
+                    float *const row = x_products + ((t - t0) * B + b) * (2 * Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_f32(1, 2 * H, x_MT, I, 0, I, x, I, 0, x, 0, row, 2 * H, row, 2 * H, 2 * H, row, 0, row, 0);
+                    infer_product_w_f32(bf16, 1, 2 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 2 * Hp, 2 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            const float *const h_prev = h_state;
-            const float *const W_f_x = x_products + (t - t0) * B * 2 * H + 0 * H;
-            const float *const W_h_x = x_products + (t - t0) * B * 2 * H + 1 * H;
-            const float *const U_f_h_prev = h_prev_products + 0 * H;
-            const float *const U_h_f_h_prev = f_h_prev_products + 0 * H;
-            fill_f32(B * H, 0.0F, h_prev_products);
-            infer_product_f32(B, H, h_prev_MT, H, 0, H, h_prev, H, 0, h_prev, 0,
-                              h_prev_products, H, h_prev_products, H, H, h_prev_products, 0, h_prev_products, 0);
+            const float *const h_prev = h_cur;
+            const float *const W_f_x = x_products + (t - t0) * B * 2 * Hp + 0 * Hp;
+            const float *const W_h_x = x_products + (t - t0) * B * 2 * Hp + 1 * Hp;
+            const float *const U_f_h_prev = h_prev_products + 0 * Hp;
+            const float *const U_h_f_h_prev = f_h_prev_products + 0 * Hp;
+            infer_product_w_f32(bf16, B, Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+                              NULL, 0, h_prev_products, Hp, Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
-                    const float f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
-                    const float f = sigmoid_f32(f_pre);
-                    /* f_h_prev = f * h_prev */
-                    const float f_h_prev = f * h_prev[n];
-                    f_step[n] = f;
-                    f_h_prev_step[n] = f_h_prev;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    CELLGEN_IVDEP
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        /* f = sigmoid(W_f @ x + U_f @ h_prev + b_f)  (forget gate) */
+                        const float f_pre = U_f_h_prev[n] + W_f_x[n2] + b_f[j];
+                        const float f = infer_sigmoid_f32(f_pre);
+                        /* f_h_prev = f * h_prev */
+                        const float f_h_prev = f * h_prev[n];
+                        f_step[n] = f;
+                        f_h_prev_step[n] = f_h_prev;
+                    }
                 }
             }
-            fill_f32(B * H, 0.0F, f_h_prev_products);
-            infer_product_f32(B, H, f_h_prev_MT, H, 0, H, f_h_prev_step, H, 0, f_h_prev_step, 0,
-                              f_h_prev_products, H, f_h_prev_products, H, H, f_h_prev_products, 0, f_h_prev_products, 0);
+            infer_product_w_f32(bf16, B, Hp, f_h_prev_MT, H, 0, H, f_h_prev_step, Hp, 0, f_h_prev_step, 0,
+                              NULL, 0, f_h_prev_products, Hp, Hp, NULL, 0, f_h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
                 }
-                for (size_t j = 0; j < H; ++j) {
-                    const size_t n = b * H + j;
-                    const size_t n2 = b * 2 * H + j;
-                    /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
-                    const float h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
-                    const float h_hat = tanh_f32(h_hat_pre);
-                    /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
-                    const float h = f_step[n] * h_hat + h_prev[n] * (1.0F - f_step[n]);
-                    h_new[n] = h;
+                for (size_t jb = 0; jb < Hp; jb += 16) { /* whole vectors: 16 lanes at a time */
+                    CELLGEN_IVDEP
+                    for (size_t j = jb; j < jb + 16; ++j) {
+                        const size_t n = b * Hp + j;
+                        const size_t n2 = b * 2 * Hp + j;
+                        /* h_hat = tanh(W_h @ x + U_h @ (f * h_prev) + b_h)  (candidate) */
+                        const float h_hat_pre = U_h_f_h_prev[n] + W_h_x[n2] + b_h[j];
+                        const float h_hat = infer_tanh_f32(h_hat_pre);
+                        /* h = f * h_hat + (1 - f) * h_prev  (hidden state) */
+                        const float h = f_step[n] * h_hat + h_prev[n] * (1.0F - f_step[n]);
+                        h_new[n] = h;
+                    }
                 }
             }
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
+                    infer_copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
                     if (ys) {
                         fill_f32(H, 0.0F, ys + t * BH + b * H);
                     }
                     continue;
                 }
-                copy_f32(H, h_new + b * H, h_state + b * H);
                 if (ys) {
-                    copy_f32(H, h_new + b * H, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
+                    infer_copy_f32(H, h_new + b * Hp, ys + ((reverse ? L - t - 1 : t) * B + b) * H);
                 }
             }
+            {
+                float *const swap = h_cur;
+                h_cur = h_new;
+                h_new = swap;
+            }
         }
+    }
+    for (size_t b = 0; b < B; ++b) {
+        infer_copy_f32(H, h_cur + b * Hp, h_state + b * H);
     }
 }

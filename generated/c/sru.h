@@ -106,6 +106,16 @@ void cellgen_sru_pack_f32(
     const float *b_f, const float *b_r,
     float *packed);
 
+/* pack_f32 with the weight matrices stored as bfloat16 (rounded to nearest even; the same
+ * packed_size is enough): infer_f32 reads half the bytes per step and computes in float as
+ * before. Results differ from float weights by the rounding of the weights (about 2^-9
+ * relative each). */
+void cellgen_sru_pack_bf16_f32(
+    size_t I, size_t H,
+    const float *W, const float *W_f, const float *W_r, const float *v_f, const float *v_r,
+    const float *b_f, const float *b_r,
+    float *packed);
+
 void cellgen_sru_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,

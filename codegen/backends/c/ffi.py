@@ -86,6 +86,9 @@ class CFunctions:
         self._pack = getattr(lib, f"{prefix}_pack_{suffix}")
         self._pack.argtypes = [size_t] * (n_sizes - 2) + [ptr] * (n_params + 1)
         self._pack.restype = None
+        self._pack_bf16 = getattr(lib, f"{prefix}_pack_bf16_{suffix}", None)  # float only
+        if self._pack_bf16 is not None:
+            self._pack_bf16.argtypes, self._pack_bf16.restype = self._pack.argtypes, None
         self._infer = getattr(lib, f"{prefix}_infer_{suffix}")
         self._infer.argtypes = [size_t] * n_sizes + [ptr] * 2 + rows + [ptr] * (n_states + 2)
         self._infer.restype = None
@@ -184,14 +187,20 @@ class CFunctions:
         return dxs, dstate0, dparams
 
     def pack(
-        self, params: dict, input_size: int, hidden_size: int, sizes: dict | None = None
+        self,
+        params: dict,
+        input_size: int,
+        hidden_size: int,
+        sizes: dict | None = None,
+        bf16: bool = False,
     ) -> np.ndarray:
         """The parameters in the C kernels' packed layout, for infer; `sizes`, the declared
-        sizes by name, when the cell has any."""
+        sizes by name, when the cell has any; bf16: the weight matrices stored as bfloat16."""
         extra = [(sizes or {})[n] for n in self.extra]
         n = self._packed_size(input_size, hidden_size, *extra)
         packed = np.empty(max(n, 1), self.dtype)
-        self._pack(
+        pack = self._pack_bf16 if bf16 else self._pack
+        pack(
             input_size,
             hidden_size,
             *extra,
@@ -199,6 +208,14 @@ class CFunctions:
             address(packed),
         )
         return packed
+
+    def pack_bfloat16(
+        self, params: dict, input_size: int, hidden_size: int, sizes: dict | None = None
+    ) -> np.ndarray:
+        """pack with the weight matrices stored as bfloat16 (float32 kernels only)."""
+        if self._pack_bf16 is None:
+            raise ValueError("weights='bfloat16' needs the float32 kernels")
+        return self.pack(params, input_size, hidden_size, sizes, bf16=True)
 
     def infer(
         self,

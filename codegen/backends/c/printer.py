@@ -17,7 +17,7 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name, size_symbol
-from ...kernel import INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Reduce, Role
+from ...kernel import HP, INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Reduce, Role, padded
 from ...names import Identifiers
 from ...reductions import units_size
 from ..infix import InfixPrinter
@@ -53,8 +53,8 @@ RESERVED = {
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
     "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
-    "ys_seq", "dys_t", "row_active", "int32_t", "lo", "hi", "NAN", "INFINITY", "HUGE_VAL",
-    "HUGE_VALF", "HUGE_VALL",
+    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "bf16", "int32_t", "uint16_t", "lo", "hi",
+    "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
 }  # fmt: skip
@@ -73,6 +73,7 @@ class CNames:
                     for a in s.assignments}  # fmt: skip
         sizes = kernel.cell.sizes  # size_t arguments, and the row strides B * size
         reserved = RESERVED | set(sizes) | {row_stride(size_symbol(z)) for z in sizes}
+        reserved |= {str(padded(size_symbol(z))) for z in sizes}  # inference's padded rows
         self.ids = Identifiers(symbols, reserved, RESERVED_PATTERN)
         self.kernel = kernel
 
@@ -103,6 +104,10 @@ class CNames:
         """Inference: a state's new value at step t, before it replaces the old."""
         return self.ids.derived(state, "_new")
 
+    def current_state(self, state: str) -> str:
+        """Inference: a state's value before step t, padded to Hp."""
+        return self.ids.derived(state, "_cur")
+
     def state_io(self, state: str) -> str:
         """Inference: the caller's state array, read as the initial and left as the final."""
         return self.ids.derived(state, "_state")
@@ -128,6 +133,8 @@ class CNames:
             return self(buf.symbol)
         if buf.kind == "new_state":
             return self.new_state(buf.symbol)
+        if buf.kind == "state":
+            return self.current_state(buf.symbol)
         if buf.kind == "loop_order":
             return self.ids.derived(buf.symbol, "_loop")
         if buf.kind == "loop_order_step":
@@ -138,9 +145,10 @@ class CNames:
 
 
 class CPrinter(InfixPrinter):
-    def __init__(self, real: RealType, symbol) -> None:
+    def __init__(self, real: RealType, symbol, prefix: str = "") -> None:
         super().__init__(symbol)
         self.real = real
+        self.prefix = prefix  # "infer_": the inference activations (FMA where the CPU has it)
 
     def number(self, value: sympy.Number) -> str:
         text = repr(float(value))
@@ -150,7 +158,7 @@ class CPrinter(InfixPrinter):
 
     def _print_Function(self, expr: sympy.Function) -> str:
         args = ", ".join(self._print(a) for a in expr.args)
-        return f"{type(expr).__name__}_{self.real.suffix}({args})"
+        return f"{self.prefix}{type(expr).__name__}_{self.real.suffix}({args})"
 
 
 def _factor_order(factor: sympy.Expr, order: list) -> tuple[int, str]:
@@ -177,7 +185,7 @@ def size_text(expr: sympy.Expr) -> str:
         return text
     if isinstance(expr, sympy.Mul):
         coeff, factors = expr.as_coeff_mul()
-        order = list(SIZES.values())
+        order = [*SIZES.values(), HP]
         expanded = []
         for f in factors:
             base, exp = f.as_base_exp()
@@ -218,7 +226,8 @@ def _block(
     A forward block reads each product from its group's buffer and keeps the ones the backward
     needs in `saved`; a backward block writes each product's adjoint once, into the buffer the
     plan gives it (adjoints that copy one value share one). An inference block keeps nothing:
-    new states go to buffers of one step, and values a later stage needs to step buffers.
+    new states go to buffers of one step, and values a later stage needs to step buffers, all
+    with rows Hp apart.
     """
     kernel = names.kernel
     defined = {a.name for a in block.assignments}
@@ -228,7 +237,8 @@ def _block(
 
     def index(group: Group | None) -> str:
         name = group.index if group else "n"
-        indices[name] = size_text(group.gemm.width if group else block.size)
+        size = group.gemm.width if group else block.size
+        indices[name] = size_text(padded(size) if infer else size)
         return name
 
     def at(sym: str) -> str:
@@ -261,7 +271,7 @@ def _block(
             return names(sym)  # a local defined at the top of the loop body
         return f"{used.use(names.step(sym))}[{at(sym)}]"  # from an earlier block
 
-    printer = CPrinter(real, read)
+    printer = CPrinter(real, read, "infer_" if infer else "")
     lines: list[str] = []
     incoming = {r.incoming: r for r in kernel.recurrences}
     for sym in block.reads:
@@ -314,8 +324,14 @@ def _block(
         index(None)
     ordered = sorted(indices.items(), key=lambda kv: (len(kv[0]), kv[0]))
     loop_indices = [{"name": k, "row": v} for k, v in ordered]
-    body = {"gemm": None, "reduce": None, "lines": lines, "indices": loop_indices}
-    body["size"] = size_text(block.size)
+    body = {
+        "gemm": None,
+        "reduce": None,
+        "lines": lines,
+        "indices": loop_indices,
+        "size": size_text(block.size),
+        "padded": size_text(padded(block.size)),
+    }
     return body, list(used.names)
 
 
@@ -337,9 +353,11 @@ def _reduce(names: CNames, r: Reduce, real: RealType, group_of: dict, infer: boo
         return used.use(names.step(sym))
 
     def operand(sym: str) -> dict:
-        """Its buffer, its units, and the numbers between its rows (G H in a product's)."""
+        """Its buffer, its units, and the numbers between its rows (G H in a product's; in
+        inference's buffers, rows padded to Hp)."""
         row = group_of[sym].gemm.width if sym in group_of else kernel.size(sym)
         units = size_text(kernel.size(sym))
+        row = padded(row) if infer else row
         return {"name": buffer(sym), "units": units, "row": size_text(row)}
 
     count = "" if r.kind == "sum" else f" / ({real.c})({size_text(r.count)})"
@@ -481,8 +499,10 @@ class _Context:
             "hoisted": g.hoisted,
             "size": "I" if g.hoisted else str(g.operand_size),
             "operand_stride": "BI" if g.hoisted else row_stride(g.operand_size),
+            "infer_operand_stride": "I" if g.hoisted else size_text(padded(g.operand_size)),
             "unit": unit,
             "width": size_text(g.width),
+            "infer_width": size_text(padded(g.width)),
             "operand": self.operand(g),
             "packed": self.buffer_of[("packed", g.operand)],
             "products": self.buffer_of[("products", g.operand)],
@@ -495,6 +515,7 @@ class _Context:
                     "matrix": names(m),
                     "product": names(p),
                     "offset": f"{k} * {unit}",
+                    "infer_offset": f"{k} * {padded(g.size)}",
                     "d_product": names(kernel.adjoint_buffer[d(p)]),
                     "d_product_all": names.buffer(
                         Buffer("adjoints", kernel.adjoint_buffer[d(p)], 0)
@@ -646,11 +667,13 @@ class _Context:
                 "d_next_a": names.buffer(Buffer("carried", s, 0, "a")),
                 "d_next_b": names.buffer(Buffer("carried", s, 0, "b")),
                 "io": names.state_io(s),
+                "cur": names.current_state(s),
                 "new": names.new_state(s),
                 "forward_prev": names(prev_name(s)) in self.forward_used,
                 "backward_prev": names(prev_name(s)) in self.backward_used,
                 "backward_new": names.at_t(s) in self.backward_used,
                 "size": str(self.kernel.size(s)),
+                "padded": str(padded(self.kernel.size(s))),
                 "stride": self.stride(s),
             }
             for s in self.cell.states
@@ -725,7 +748,10 @@ def context(kernel: Kernel) -> dict:
         "extra_casts": "".join(f", (double){z}" for z in cell.sizes),
         "extra_voids": "".join(f", (void){z}" for z in cell.sizes),
         "strides": [{"name": row_stride(size_symbol(z)), "size": z} for z in cell.sizes],
+        "paddings": _paddings(kernel),
         "output_size": str(kernel.size(cell.output)),
+        "output_padded": str(padded(kernel.size(cell.output))),
+        "input_padded": str(padded(kernel.size(cell.input))),
         "state_shapes": _state_shapes_text(kernel),
         "output_stride": c.stride(cell.output),
         "params": [
@@ -734,7 +760,12 @@ def context(kernel: Kernel) -> dict:
         ],
         "saved_size": size_text(kernel.saved_size),
         "forward_products": [
-            {"name": p["product"], "group": g, "offset": p["offset"]}
+            {
+                "name": p["product"],
+                "group": g,
+                "offset": p["offset"],
+                "infer_offset": p["infer_offset"],
+            }
             for g in c.gemms
             for p in g["pairs"]
             if p["product"] in c.forward_used
@@ -770,18 +801,19 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
         if part.kind == "matrices":
             g = next(g for g in kernel.gemms if g.operand == part.symbol)
             name = names.buffer(Buffer("packed", part.symbol, 0))
-            width_text, unit = size_text(g.width), str(g.size)
+            width_text, unit = size_text(padded(g.width)), str(g.size)
             K = "I" if g.hoisted else str(g.operand_size)
             entry = {
                 "kind": "matrices",
                 "name": name,
                 "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
                 "padded_size": f"infer_group_size({K}, {width_text})",
+                "bf16_size": f"infer_group_size_bf16({K}, {width_text})",
                 "size_dim": K,
                 "rows": unit,
                 "width": width_text,
                 "matrices": [
-                    {"name": names(m), "offset": f"{k} * {unit}"}
+                    {"name": names(m), "offset": f"{k} * {padded(g.size)}"}
                     for k, m in enumerate(part.matrices)
                 ],
             }
@@ -789,12 +821,25 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
             entry = {
                 "kind": "vector",
                 "name": names(part.symbol),
+                "rows": size_text(kernel.size(part.symbol)),
                 "padded_size": size_text(part.size),
             }
         entry["offset"] = size_text(offset) if offset != 0 else "0"
         entry["size"] = size_text(part.size)
         out.append(entry)
         offset += part.size
+    return out
+
+
+def _paddings(kernel: Kernel) -> list[dict]:
+    """Inference's padded row of each size (Hp = infer_pad(H), ...) and which of the size
+    formulas name it (the others cast it to void)."""
+    out = []
+    for z in ("H", *kernel.cell.sizes):
+        name = padded(size_symbol(z))
+        packed = name in kernel.packed_size.free_symbols
+        work = name in kernel.infer_work_size.free_symbols
+        out.append({"name": str(name), "size": z, "packed": packed, "work": work})
     return out
 
 
