@@ -129,3 +129,19 @@ def test_a_count_that_does_not_fit_in_size_t_is_refused():
     assert k._functions.numbers("forward", 2**62, 1, 1, 1) is None
     with pytest.raises(ValueError, match=r"forward at T=4611686018427387904.*does not even fit"):
         k._check_memory("forward", 2**62, 1, 1, 1, np.float64)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstmp", "sru", "ln_lstm"])
+def test_the_numpy_count_of_what_forward_keeps_is_what_its_cache_holds(cell):
+    """Each saved series counted at its own size: per-row scalars (ln_lstm's means) as 1, a
+    projection as P, an output equation's state (sru's c) besides ys."""
+    k = codegen.load(cell, "numpy")
+    rng = np.random.default_rng(0)
+    T, B, H = 6, 2, 7
+    I = H if cell == "sru" else 5  # sru adds x to h: I = H
+    extra = {n: 3 for n in k.sizes}
+    params = {n: rng.standard_normal(s) for n, s in k.param_shapes(I, H, **extra).items()}
+    state0 = {s: rng.standard_normal(z) for s, z in k.state_shapes(B, H, **extra).items()}
+    _, _, cache = k.forward(rng.standard_normal((T, B, I)), state0, params)
+    kept = sum(a.size for a in cache["saved"].values())
+    assert k._functions.numbers("forward", T, B, I, H, *extra.values()) == kept

@@ -26,6 +26,13 @@ PARAM_SHAPES = {
     "b_h": ("H",),
 }
 SAVED = ("z", "r", "h_prev_r", "h_hat")
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "z": "H",
+    "r": "H",
+    "h_prev_r": "H",
+    "h_hat": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

@@ -27,6 +27,13 @@ PARAM_SHAPES = {
     "b_hn": ("H",),
 }
 SAVED = ("r", "z", "n", "U_n_h_prev")
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "r": "H",
+    "z": "H",
+    "n": "H",
+    "U_n_h_prev": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

@@ -20,6 +20,9 @@ PARAM_SHAPES = {
     "b": ("H",),
 }
 SAVED = ()
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

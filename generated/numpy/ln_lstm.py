@@ -39,6 +39,29 @@ PARAM_SHAPES = {
     "beta_c": ("H",),
 }
 SAVED = ("mu_x", "s_x", "mu_h", "s_h", "f", "i", "c_tilde", "o", "mu_c", "s_c", "tanh_h_pre", "W_f_x", "W_i_x", "W_c_x", "W_o_x", "U_f_h_prev", "U_i_h_prev", "U_c_h_prev", "U_o_h_prev")
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "mu_x": "1",
+    "s_x": "1",
+    "mu_h": "1",
+    "s_h": "1",
+    "f": "H",
+    "i": "H",
+    "c_tilde": "H",
+    "o": "H",
+    "mu_c": "1",
+    "s_c": "1",
+    "tanh_h_pre": "H",
+    "W_f_x": "H",
+    "W_i_x": "H",
+    "W_c_x": "H",
+    "W_o_x": "H",
+    "U_f_h_prev": "H",
+    "U_i_h_prev": "H",
+    "U_c_h_prev": "H",
+    "U_o_h_prev": "H",
+    "c": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

@@ -30,6 +30,16 @@ PARAM_SHAPES = {
     "W_p": ("P", "H"),
 }
 SAVED = ("f", "i", "c_tilde", "o", "tanh_c", "m")
+SIZES = ("P",)  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "f": "H",
+    "i": "H",
+    "c_tilde": "H",
+    "o": "H",
+    "tanh_c": "H",
+    "m": "H",
+    "c": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

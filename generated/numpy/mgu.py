@@ -23,6 +23,12 @@ PARAM_SHAPES = {
     "b_h": ("H",),
 }
 SAVED = ("f", "f_h_prev", "h_hat")
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "f": "H",
+    "f_h_prev": "H",
+    "h_hat": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

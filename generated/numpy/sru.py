@@ -24,6 +24,14 @@ PARAM_SHAPES = {
     "b_r": ("H",),
 }
 SAVED = ("f", "r", "h", "W_x")
+SIZES = ()  # declared besides I and H
+SERIES_SIZES = {  # units per row of each series forward keeps
+    "f": "H",
+    "r": "H",
+    "h": "H",
+    "W_x": "H",
+    "c": "H",
+}
 WORK_KEPT = 1 << 26  # bytes: the most a Work keeps between calls (64 MiB)
 
 

@@ -26,11 +26,14 @@ class NumpyFunctions:
             work = self._local.work = self.module.Work(self.work_limit)
         return work
 
-    def numbers(self, what: str, T: int, B: int, I: int, H: int, *_sizes: int) -> int:
-        """Numbers a call allocates besides its results, at least: forward saves a series
-        of each SAVED value and of each state besides the output (ys)."""
+    def numbers(self, what: str, T: int, B: int, I: int, H: int, *declared: int) -> int:
+        """Numbers a call allocates besides its results, at least: forward keeps a series of
+        each saved value and of each state besides the output (ys), each of its own size."""
         module = self.module
-        return (len(module.SAVED) + len(module.STATES) - 1) * T * B * H if what == "forward" else 0
+        if what != "forward":
+            return 0
+        sizes = {"1": 1, "I": I, "H": H, **dict(zip(module.SIZES, declared, strict=True))}
+        return T * B * sum(sizes[z] for z in module.SERIES_SIZES.values())
 
     def forward(self, xs, state0: dict, params: dict, lengths=None, reverse=False):
         return self.module.forward(xs, state0, params, lengths, reverse, work=self._work())

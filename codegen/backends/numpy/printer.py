@@ -375,6 +375,8 @@ def context(kernel: Kernel) -> dict:
         "cell": cell,
         "state_names": _tuple(cell.states),
         "saved_names": _tuple(kernel.saved),
+        "series_sizes": _series_sizes(kernel),
+        "declared_sizes": _tuple(cell.sizes),
         # lengths and direction, over arrays t (T, 1) and L (1, B)
         "active": sympy.pycode(kernel.sequencing.active),
         "reverse_step": sympy.pycode(kernel.sequencing.reverse_step),
@@ -516,6 +518,13 @@ def _cache_reads(kernel: Kernel, layout: Layout, series, in_gates: set[str], gat
         out.append(f'{gates_seq} = cache["saved"]["(gates)"]')
     out += [f'{series(v)} = cache["saved"]["{v}"]' for v in kernel.saved if v not in in_gates]
     return out
+
+
+def _series_sizes(kernel: Kernel) -> list[tuple[str, str]]:
+    """The units per row of each series forward keeps: the saved values and the states besides
+    the output (which is ys), for the memory check."""
+    kept = [*kernel.saved, *(s for s in kernel.cell.states if s != kernel.cell.output)]
+    return [(v, str(kernel.size(v))) for v in kept]
 
 
 def _tuple(names: tuple[str, ...]) -> str:
