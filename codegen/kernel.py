@@ -309,12 +309,12 @@ class Kernel:
     @property
     def functions(self) -> set[str]:
         """The activations and indicators the kernels call, by name."""
-        used: set[str] = set()
-        for step in self.forward + self.backward:
-            if isinstance(step, Block):
-                for a in step.assignments:
-                    used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
-        return used
+        return _functions(self.forward + self.backward)
+
+    @property
+    def forward_functions(self) -> set[str]:
+        """The activations the forward pass (and so inference) calls, by name."""
+        return _functions(self.forward)
 
     @property
     def saved_size(self) -> sympy.Expr:
@@ -381,6 +381,16 @@ class Kernel:
     def adjoint_buffers(self) -> list[str]:
         """The product adjoints that own a buffer, in order."""
         return list(dict.fromkeys(self.adjoint_buffer.values()))
+
+
+def _functions(steps: tuple) -> set[str]:
+    """The functions the blocks among `steps` call, by name."""
+    used: set[str] = set()
+    for step in steps:
+        if isinstance(step, Block):
+            for a in step.assignments:
+                used |= {type(f).__name__ for f in a.expr.atoms(sympy.Function)}
+    return used
 
 
 def adjoint_copies(kernel: Kernel) -> dict[str, str]:

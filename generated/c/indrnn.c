@@ -184,13 +184,6 @@ static inline double relu_f64(double x)
 
 /* The same activations for inference, with FMA where the CPU has one (infer_*) */
 
-/* 1 where y > 0, else 0: relu's derivative from its output; NaN for a NaN (carried on, as
- * every other derivative carries it, rather than turned into a zero gradient). */
-static inline double infer_positive_f64(double y)
-{
-    return y > 0.0 ? 1.0 : (y == y ? 0.0 : y);
-}
-
 /* max(x, 0), keeping NaN. */
 static inline double infer_relu_f64(double x)
 {
@@ -1116,13 +1109,6 @@ static inline float relu_f32(float x)
 }
 
 /* The same activations for inference, with FMA where the CPU has one (infer_*) */
-
-/* 1 where y > 0, else 0: relu's derivative from its output; NaN for a NaN (carried on, as
- * every other derivative carries it, rather than turned into a zero gradient). */
-static inline float infer_positive_f32(float y)
-{
-    return y > 0.0F ? 1.0F : (y == y ? 0.0F : y);
-}
 
 /* max(x, 0), keeping NaN. */
 static inline float infer_relu_f32(float x)

@@ -1339,14 +1339,6 @@ static inline float infer_exp_f32(float x)
     return CELLGEN_FMA_F32(scale, q, scale);
 }
 
-/* exp(x) - 1 = 2^n q + (2^n - 1): no cancellation near 0, where n = 0 and the result is q. */
-static inline float infer_expm1_f32(float x)
-{
-    float scale;
-    const float q = infer_exp_parts_f32(x, &scale);
-    return CELLGEN_FMA_F32(scale, q, scale - 1.0F);
-}
-
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
 static inline float infer_sigmoid_f32(float x)
 {

@@ -791,6 +791,7 @@ def context(kernel: Kernel) -> dict:
         "backward_work": size_text(kernel.backward_work_size),
         "types": c.types,
         "helpers": helpers(kernel.functions),
+        "infer_helpers": helpers(kernel.forward_functions),  # inference runs the forward only
     }
 
 
