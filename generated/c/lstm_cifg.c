@@ -38,9 +38,11 @@
 #if defined(__GNUC__)
 #define CELLGEN_ALWAYS_INLINE __attribute__((always_inline)) inline
 #define CELLGEN_NOINLINE __attribute__((noinline, unused))
+#define CELLGEN_MAYBE_UNUSED __attribute__((unused))
 #else
 #define CELLGEN_ALWAYS_INLINE inline
 #define CELLGEN_NOINLINE
+#define CELLGEN_MAYBE_UNUSED
 #endif
 
 /* Before a pointwise loop of inference whose iterations touch only their own elements: no
@@ -641,10 +643,12 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -1429,15 +1433,18 @@ static inline float tanh_f32(float x)
  * exp(r) from Cephes' polynomial, times 2^n written into the exponent bits. x is clamped to
  * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
  * NaN. About 1 ulp. */
+/* Inference's: the same reduction with a shorter dependency chain (an inference step is bound
+ * by latency). Both clamps compare the input itself, so that the two compares run side by side
+ * (the same values as clamping twice in turn; NaN stays NaN); the polynomial is summed as
+ * r + c r^2 + (b + a r^2) r^4, whose longest chain is four operations after r. */
 static inline float infer_exp_parts_f32(float x, float *scale)
 {
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
-    x = x < -87.0F ? -87.0F : x;
-    x = x > 88.0F ? 88.0F : x;
+    const float low = x < -87.0F ? -87.0F : x;
+    x = x > 88.0F ? 88.0F : low;
     const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
     const float n = t - shift;
     const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
-    /* the same polynomial in Estrin's form: three short chains instead of one long one */
     const float r2 = r * r;
     const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
     const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
@@ -1446,37 +1453,40 @@ static inline float infer_exp_parts_f32(float x, float *scale)
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
     memcpy(scale, &bits, sizeof *scale);
-    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r); /* exp(r) - 1 */
+    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2, b), r2 * r2, CELLGEN_FMA_F32(c, r2, r)); /* exp(r) - 1 */
 }
 
-/* exp(x) = 2^n (1 + q) */
-static inline float infer_exp_f32(float x)
+/* exp(x) = 2^n (1 + q); unused in a cell whose only exp is sigmoid's or tanh's */
+static inline CELLGEN_MAYBE_UNUSED float infer_exp_f32(float x)
 {
     float scale;
     const float q = infer_exp_parts_f32(x, &scale);
     return CELLGEN_FMA_F32(scale, q, scale);
 }
 
-/* exp(x) - 1 = 2^n q + (2^n - 1): no cancellation near 0, where n = 0 and the result is q. */
-static inline float infer_expm1_f32(float x)
+/* 1 + exp(x) = 2^n q + (2^n + 1): the 1 added beside the product, not after it (one
+ * operation less in series; one rounding less); unused without sigmoid */
+static inline CELLGEN_MAYBE_UNUSED float infer_exp_plus1_f32(float x)
 {
     float scale;
     const float q = infer_exp_parts_f32(x, &scale);
-    return CELLGEN_FMA_F32(scale, q, scale - 1.0F);
+    return CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
 static inline float infer_sigmoid_f32(float x)
 {
-    return 1.0F / (1.0F + infer_exp_f32(-x));
+    return 1.0F / infer_exp_plus1_f32(-x); /* 1 + exp(-x) with one rounding less */
 }
 
-/* tanh(x) = e / (e + 2), e = exp(2 x) - 1: one exp-like evaluation and one division, no branch
- * to choose (expm1 does not cancel near 0). About 2 ulp; NaN stays NaN. Inference's. */
+/* tanh(x) = e / (e + 2), e = exp(2 x) - 1 = 2^n q + (2^n - 1): one exp-like evaluation and one
+ * division, no branch to choose (expm1 does not cancel near 0); e + 2 = 2^n q + (2^n + 1) is
+ * formed beside e, not after it (a shorter chain). About 2 ulp; NaN stays NaN. Inference's. */
 static inline float infer_tanh_f32(float x)
 {
-    const float e = infer_expm1_f32(2.0F * x);
-    return e / (e + 2.0F);
+    float scale;
+    const float q = infer_exp_parts_f32(2.0F * x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale - 1.0F) / CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
 /* ---- float inference: packed product groups ----
@@ -1897,10 +1907,12 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2276,10 +2288,12 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
