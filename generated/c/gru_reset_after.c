@@ -1230,8 +1230,9 @@ void cellgen_gru_reset_after_pack_f64(
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap. */
-void cellgen_gru_reset_after_infer_f64(
+ * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * cellgen_gru_reset_after_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes. */
+static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f64(size_t Hp,
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
     const int32_t *lengths, int reverse,
@@ -1239,7 +1240,6 @@ void cellgen_gru_reset_after_infer_f64(
     double *ys, double *work)
 {
     const size_t BH = B * H;
-    const size_t Hp = infer_pad(H);
     const int bf16 = 0; /* bfloat16 weights (pack_bf16) */
     const double *weights = packed + CELLGEN_HEADER;
     const double *const x_MT = weights;
@@ -1339,6 +1339,26 @@ void cellgen_gru_reset_after_infer_f64(
     }
     for (size_t b = 0; b < B; ++b) {
         infer_copy_f64(H, h_cur + b * Hp, h_state + b * H);
+    }
+}
+
+/* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
+ * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
+ * is otherwise partly loop and dispatch overhead). The arithmetic is the same in every copy. */
+void cellgen_gru_reset_after_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
+    double *h_state,
+    double *ys, double *work)
+{
+    const size_t Hp = infer_pad(H);
+    if (Hp == 16) {
+        cellgen_gru_reset_after_infer_body_f64(16, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
+    } else if (Hp == 32) {
+        cellgen_gru_reset_after_infer_body_f64(32, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
+    } else {
+        cellgen_gru_reset_after_infer_body_f64(Hp, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
     }
 }
 
@@ -2878,8 +2898,9 @@ void cellgen_gru_reset_after_pack_bf16_f32(
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap. */
-void cellgen_gru_reset_after_infer_f32(
+ * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * cellgen_gru_reset_after_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes. */
+static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f32(size_t Hp,
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
     const int32_t *lengths, int reverse,
@@ -2887,7 +2908,6 @@ void cellgen_gru_reset_after_infer_f32(
     float *ys, float *work)
 {
     const size_t BH = B * H;
-    const size_t Hp = infer_pad(H);
     const int bf16 = packed[0] != 0.0F; /* bfloat16 weights (pack_bf16) */
     const float *weights = packed + CELLGEN_HEADER;
     const float *const x_MT = weights;
@@ -2987,5 +3007,25 @@ void cellgen_gru_reset_after_infer_f32(
     }
     for (size_t b = 0; b < B; ++b) {
         infer_copy_f32(H, h_cur + b * Hp, h_state + b * H);
+    }
+}
+
+/* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
+ * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
+ * is otherwise partly loop and dispatch overhead). The arithmetic is the same in every copy. */
+void cellgen_gru_reset_after_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
+    float *h_state,
+    float *ys, float *work)
+{
+    const size_t Hp = infer_pad(H);
+    if (Hp == 16) {
+        cellgen_gru_reset_after_infer_body_f32(16, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
+    } else if (Hp == 32) {
+        cellgen_gru_reset_after_infer_body_f32(32, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
+    } else {
+        cellgen_gru_reset_after_infer_body_f32(Hp, T, B, I, H, packed, xs, lengths, reverse, h_state, ys, work);
     }
 }
