@@ -485,7 +485,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
@@ -534,7 +536,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -542,7 +544,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -550,7 +552,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -558,7 +560,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -1809,7 +1811,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -1858,7 +1862,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1866,7 +1870,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1874,7 +1878,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1882,7 +1886,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2190,7 +2194,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsign
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -2239,7 +2245,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x5_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2247,7 +2253,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2255,7 +2261,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2263,7 +2269,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)

@@ -453,7 +453,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
@@ -502,7 +504,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -510,7 +512,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -518,7 +520,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -526,7 +528,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -1641,7 +1643,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -1690,7 +1694,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1698,7 +1702,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1706,7 +1710,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1714,7 +1718,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2022,7 +2026,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsign
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -2071,7 +2077,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x5_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2079,7 +2085,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2087,7 +2093,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2095,7 +2101,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
