@@ -88,12 +88,14 @@ static inline size_t infer_group_size(size_t Kp, size_t N)
     return Kp * infer_pad(N);
 }
 
-/* Over several steps, infer computes the input products of CELLGEN_CHUNK steps as one product
+/* Over several steps, infer computes the input products of a chunk of steps as one product
  * (each weight loaded serves 4 rows) when the input weights are large enough to be worth it (at
- * least CELLGEN_HOIST_MIN numbers: below, a step is bound by latency, not by loading weights);
- * the work buffer holds the pre-activations of CELLGEN_CHUNK steps, whatever T. Either way each
- * element is summed in the same order, so the results do not depend on the choice. */
-enum { CELLGEN_CHUNK = 32, CELLGEN_HOIST_MIN = 8192 };
+ * least CELLGEN_HOIST_MIN numbers: below, a step is bound by latency, not by loading weights,
+ * and a step's own input product, computed as the step begins, overlaps the previous step's
+ * latency, as it does when streaming); the work buffer holds the input products of a chunk,
+ * whatever T. Either way each element is summed in the same order, so the results do not
+ * depend on the choice. */
+enum { CELLGEN_HOIST_MIN = 8192 };
 
 /* Lengths and direction (NULL lengths: every row has T steps). Row b is active at loop step t
  * while t < L, and then reads and writes time step t, or L - t - 1 reversed; a
@@ -1048,8 +1050,11 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f64(size_t Hp,
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once */
-        if (!reverse) {
+        /* the input products of these steps at once (one step: the same as its own), when their
+         * weights are large enough for a product over several rows to save time; below, each
+         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
+        const int hoist_x_products = steps == 1 || I * (Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_x_products) {
             infer_product_w_f64(bf16, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, Hp, Hp, NULL, 0, x_products, 0);
         }
@@ -1064,6 +1069,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f64(size_t Hp,
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            if (!reverse && !hoist_x_products) { /* this step's input products */
+                infer_product_w_f64(bf16, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                                  x_products + (t - t0) * B * (Hp), Hp, Hp, NULL, 0, x_products, 0);
+            }
             const double *const h_prev = h_cur;
             const double *const W_x = x_products + (t - t0) * B * Hp + 0 * Hp;
             for (size_t b = 0; b < B; ++b) {
@@ -2474,8 +2483,11 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f32(size_t Hp,
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once */
-        if (!reverse) {
+        /* the input products of these steps at once (one step: the same as its own), when their
+         * weights are large enough for a product over several rows to save time; below, each
+         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
+        const int hoist_x_products = steps == 1 || I * (Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_x_products) {
             infer_product_w_f32(bf16, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, Hp, Hp, NULL, 0, x_products, 0);
         }
@@ -2490,6 +2502,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f32(size_t Hp,
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            if (!reverse && !hoist_x_products) { /* this step's input products */
+                infer_product_w_f32(bf16, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                                  x_products + (t - t0) * B * (Hp), Hp, Hp, NULL, 0, x_products, 0);
+            }
             const float *const h_prev = h_cur;
             const float *const W_x = x_products + (t - t0) * B * Hp + 0 * Hp;
             for (size_t b = 0; b < B; ++b) {
