@@ -780,6 +780,32 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t
                       ldi2, c2, ldc2);
 }
 
+/* infer_product_w_f64, not inlined: for the copy of the inference body whose sizes are not
+ * constants, where a step is long (one copy of the product's code, not one per call). */
+static CELLGEN_NOINLINE void infer_product_n_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+    size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                        ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f64 inlined (inline_products, a constant at every call) or called */
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f64(int inline_products, int bf16, size_t R, size_t N,
+    const double *P, size_t Kp, size_t k0, size_t K1, const double *restrict a1, size_t lda1,
+    size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    if (inline_products) {
+        infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    } else {
+        infer_product_n_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    }
+}
+
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
  * the hidden units, and the matrices of one fused product sit side by side. */
 static void transpose_f64(size_t H, size_t K, const double *restrict M, double *restrict MT,
@@ -1253,8 +1279,9 @@ void cellgen_lstm_cifg_pack_f64(
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
  * (padded with zeros) and out once per call; between steps a state's buffers swap.
- * cellgen_lstm_cifg_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes. */
-static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp,
+ * cellgen_lstm_cifg_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes,
+ * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
+static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp, int inline_products,
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
     const int32_t *lengths, int reverse,
@@ -1298,7 +1325,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp,
          * step's own as the step begins (see CELLGEN_HOIST_MIN) */
         const int hoist_x_products = steps == 1 || I * (3 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
-            infer_product_w_f64(bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+            infer_product_c_f64(inline_products, bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -1307,13 +1334,13 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp,
                 if (row_active(lengths, t, b)) {
                     double *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_w_f64(bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f64(inline_products, bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
             if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_w_f64(bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                infer_product_c_f64(inline_products, bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
                                   x_products + (t - t0) * B * (3 * Hp), 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
             }
             const double *const h_prev = h_cur;
@@ -1324,7 +1351,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp,
             const double *const U_i_h_prev = h_prev_products + 0 * Hp;
             const double *const U_c_h_prev = h_prev_products + 1 * Hp;
             const double *const U_o_h_prev = h_prev_products + 2 * Hp;
-            infer_product_w_f64(bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+            infer_product_c_f64(inline_products, bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
                               NULL, 0, h_prev_products, 3 * Hp, 3 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
@@ -1388,7 +1415,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f64(size_t Hp,
 
 /* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
  * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
- * is otherwise partly loop and dispatch overhead). The arithmetic is the same in every copy. */
+ * is otherwise partly loop and dispatch overhead). The other sizes share one copy that calls
+ * the products (one copy of their code, not one per call). The arithmetic is the same in
+ * every copy. */
 void cellgen_lstm_cifg_infer_f64(
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
@@ -1398,11 +1427,11 @@ void cellgen_lstm_cifg_infer_f64(
 {
     const size_t Hp = infer_pad(H);
     if (Hp == 16) {
-        cellgen_lstm_cifg_infer_body_f64(16, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f64(16, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     } else if (Hp == 32) {
-        cellgen_lstm_cifg_infer_body_f64(32, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f64(32, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     } else {
-        cellgen_lstm_cifg_infer_body_f64(Hp, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f64(Hp, 0, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     }
 }
 
@@ -2460,6 +2489,32 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t
                       ldi2, c2, ldc2);
 }
 
+/* infer_product_w_f32, not inlined: for the copy of the inference body whose sizes are not
+ * constants, where a step is long (one copy of the product's code, not one per call). */
+static CELLGEN_NOINLINE void infer_product_n_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                        ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f32 inlined (inline_products, a constant at every call) or called */
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f32(int inline_products, int bf16, size_t R, size_t N,
+    const float *P, size_t Kp, size_t k0, size_t K1, const float *restrict a1, size_t lda1,
+    size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    if (inline_products) {
+        infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    } else {
+        infer_product_n_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    }
+}
+
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
  * the hidden units, and the matrices of one fused product sit side by side. */
 static void transpose_f32(size_t H, size_t K, const float *restrict M, float *restrict MT,
@@ -2963,8 +3018,9 @@ void cellgen_lstm_cifg_pack_bf16_f32(
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
  * (padded with zeros) and out once per call; between steps a state's buffers swap.
- * cellgen_lstm_cifg_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes. */
-static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp,
+ * cellgen_lstm_cifg_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes,
+ * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
+static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp, int inline_products,
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
     const int32_t *lengths, int reverse,
@@ -3008,7 +3064,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp,
          * step's own as the step begins (see CELLGEN_HOIST_MIN) */
         const int hoist_x_products = steps == 1 || I * (3 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
-            infer_product_w_f32(bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+            infer_product_c_f32(inline_products, bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -3017,13 +3073,13 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp,
                 if (row_active(lengths, t, b)) {
                     float *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_w_f32(bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f32(inline_products, bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
             if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_w_f32(bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                infer_product_c_f32(inline_products, bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
                                   x_products + (t - t0) * B * (3 * Hp), 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
             }
             const float *const h_prev = h_cur;
@@ -3034,7 +3090,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp,
             const float *const U_i_h_prev = h_prev_products + 0 * Hp;
             const float *const U_c_h_prev = h_prev_products + 1 * Hp;
             const float *const U_o_h_prev = h_prev_products + 2 * Hp;
-            infer_product_w_f32(bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+            infer_product_c_f32(inline_products, bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
                               NULL, 0, h_prev_products, 3 * Hp, 3 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
@@ -3098,7 +3154,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstm_cifg_infer_body_f32(size_t Hp,
 
 /* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
  * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
- * is otherwise partly loop and dispatch overhead). The arithmetic is the same in every copy. */
+ * is otherwise partly loop and dispatch overhead). The other sizes share one copy that calls
+ * the products (one copy of their code, not one per call). The arithmetic is the same in
+ * every copy. */
 void cellgen_lstm_cifg_infer_f32(
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
@@ -3108,10 +3166,10 @@ void cellgen_lstm_cifg_infer_f32(
 {
     const size_t Hp = infer_pad(H);
     if (Hp == 16) {
-        cellgen_lstm_cifg_infer_body_f32(16, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f32(16, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     } else if (Hp == 32) {
-        cellgen_lstm_cifg_infer_body_f32(32, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f32(32, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     } else {
-        cellgen_lstm_cifg_infer_body_f32(Hp, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+        cellgen_lstm_cifg_infer_body_f32(Hp, 0, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     }
 }
