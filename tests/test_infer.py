@@ -55,6 +55,32 @@ def test_infer_equals_forward_and_streaming_equals_one_call(cell, backend, dtype
     assert np.array_equal(ys_again, got_ys)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "lstmp"])
+def test_every_copy_of_the_c_body_infers_like_forward_and_streams_bit_for_bit(cell, dtype):
+    """infer_<s> runs its body with Hp = 16 or 32 a constant, or Hp from H: each copy (H = 9,
+    32 and 40) equals forward, and streaming one step per call gives one call's bits, also with
+    the input products of a chunk of steps computed at once (I = 90: at least
+    CELLGEN_HOIST_MIN input weights) rather than each step's as it begins."""
+    k = _kernel(cell, "c", dtype)
+    for I, H in ((3, 9), (3, 32), (3, 40), (90, 32)):
+        T = 19  # more than one chunk of input products
+        xs, state0, params, _, _ = make_problem(
+            k, T=T, B=2, I=I, H=H, seed=4, dtype=np.dtype(dtype)
+        )
+        ys, final, _ = k.forward(xs, state0, params)
+        packed = k.pack(params)
+        got_ys, got_final = k.infer(xs, state0, packed)
+        assert rel_err(got_ys, ys) <= TOLERANCE[dtype], H
+        assert all(rel_err(got_final[s], final[s]) <= TOLERANCE[dtype] for s in k.states), H
+        state, steps = state0, []
+        for t in range(T):
+            y, state = k.infer(xs[t : t + 1], state, packed)
+            steps.append(y)
+        assert np.concatenate(steps).tobytes() == got_ys.tobytes(), H
+        assert all(state[s].tobytes() == got_final[s].tobytes() for s in k.states), H
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_infer_checks_its_arguments(backend):
     k = codegen.load("lstm", backend)

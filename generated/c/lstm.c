@@ -38,9 +38,11 @@
 #if defined(__GNUC__)
 #define CELLGEN_ALWAYS_INLINE __attribute__((always_inline)) inline
 #define CELLGEN_NOINLINE __attribute__((noinline, unused))
+#define CELLGEN_MAYBE_UNUSED __attribute__((unused))
 #else
 #define CELLGEN_ALWAYS_INLINE inline
 #define CELLGEN_NOINLINE
+#define CELLGEN_MAYBE_UNUSED
 #endif
 
 /* Before a pointwise loop of inference whose iterations touch only their own elements: no
@@ -86,12 +88,14 @@ static inline size_t infer_group_size(size_t Kp, size_t N)
     return Kp * infer_pad(N);
 }
 
-/* Over several steps, infer computes the input products of CELLGEN_CHUNK steps as one product
+/* Over several steps, infer computes the input products of a chunk of steps as one product
  * (each weight loaded serves 4 rows) when the input weights are large enough to be worth it (at
- * least CELLGEN_HOIST_MIN numbers: below, a step is bound by latency, not by loading weights);
- * the work buffer holds the pre-activations of CELLGEN_CHUNK steps, whatever T. Either way each
- * element is summed in the same order, so the results do not depend on the choice. */
-enum { CELLGEN_CHUNK = 32, CELLGEN_HOIST_MIN = 8192 };
+ * least CELLGEN_HOIST_MIN numbers: below, a step is bound by latency, not by loading weights,
+ * and a step's own input product, computed as the step begins, overlaps the previous step's
+ * latency, as it does when streaming); the work buffer holds the input products of a chunk,
+ * whatever T. Either way each element is summed in the same order, so the results do not
+ * depend on the choice. */
+enum { CELLGEN_HOIST_MIN = 8192 };
 
 /* Lengths and direction (NULL lengths: every row has T steps). Row b is active at loop step t
  * while t < L, and then reads and writes time step t, or L - t - 1 reversed; a
@@ -483,7 +487,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
@@ -532,7 +538,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -540,7 +546,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -548,7 +554,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -556,7 +562,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f64(unsigned lanes, const double *re
     infer_tile_f64(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -641,10 +647,12 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
@@ -770,6 +778,32 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t
     (void)bf16;
     infer_product_f64(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
                       ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f64, not inlined: for the copy of the inference body whose sizes are not
+ * constants, where a step is long (one copy of the product's code, not one per call). */
+static CELLGEN_NOINLINE void infer_product_n_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+    size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                        ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f64 inlined (inline_products, a constant at every call) or called */
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f64(int inline_products, int bf16, size_t R, size_t N,
+    const double *P, size_t Kp, size_t k0, size_t K1, const double *restrict a1, size_t lda1,
+    size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+{
+    if (inline_products) {
+        infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    } else {
+        infer_product_n_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    }
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -1277,8 +1311,10 @@ void cellgen_lstm_pack_f64(
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap. */
-void cellgen_lstm_infer_f64(
+ * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * cellgen_lstm_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes,
+ * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
+static CELLGEN_ALWAYS_INLINE void cellgen_lstm_infer_body_f64(size_t Hp, int inline_products,
     size_t T, size_t B, size_t I, size_t H,
     const double *packed, const double *xs,
     const int32_t *lengths, int reverse,
@@ -1286,7 +1322,6 @@ void cellgen_lstm_infer_f64(
     double *ys, double *work)
 {
     const size_t BH = B * H;
-    const size_t Hp = infer_pad(H);
     const int bf16 = 0; /* bfloat16 weights (pack_bf16) */
     const double *weights = packed + CELLGEN_HEADER;
     const double *const x_MT = weights;
@@ -1320,9 +1355,12 @@ void cellgen_lstm_infer_f64(
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once */
-        if (!reverse) {
-            infer_product_w_f64(bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+        /* the input products of these steps at once (one step: the same as its own), when their
+         * weights are large enough for a product over several rows to save time; below, each
+         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
+        const int hoist_x_products = steps == 1 || I * (4 * Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_x_products) {
+            infer_product_c_f64(inline_products, bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 4 * Hp, 4 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -1331,11 +1369,15 @@ void cellgen_lstm_infer_f64(
                 if (row_active(lengths, t, b)) {
                     double *const row = x_products + ((t - t0) * B + b) * (4 * Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_w_f64(bf16, 1, 4 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 4 * Hp, 4 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f64(inline_products, bf16, 1, 4 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 4 * Hp, 4 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            if (!reverse && !hoist_x_products) { /* this step's input products */
+                infer_product_c_f64(inline_products, bf16, B, 4 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                                  x_products + (t - t0) * B * (4 * Hp), 4 * Hp, 4 * Hp, NULL, 0, x_products, 0);
+            }
             const double *const h_prev = h_cur;
             const double *const c_prev = c_cur;
             const double *const W_f_x = x_products + (t - t0) * B * 4 * Hp + 0 * Hp;
@@ -1346,7 +1388,7 @@ void cellgen_lstm_infer_f64(
             const double *const U_i_h_prev = h_prev_products + 1 * Hp;
             const double *const U_c_h_prev = h_prev_products + 2 * Hp;
             const double *const U_o_h_prev = h_prev_products + 3 * Hp;
-            infer_product_w_f64(bf16, B, 4 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+            infer_product_c_f64(inline_products, bf16, B, 4 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
                               NULL, 0, h_prev_products, 4 * Hp, 4 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
@@ -1411,6 +1453,28 @@ void cellgen_lstm_infer_f64(
     }
 }
 
+/* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
+ * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
+ * is otherwise partly loop and dispatch overhead). The other sizes share one copy that calls
+ * the products (one copy of their code, not one per call). The arithmetic is the same in
+ * every copy. */
+void cellgen_lstm_infer_f64(
+    size_t T, size_t B, size_t I, size_t H,
+    const double *packed, const double *xs,
+    const int32_t *lengths, int reverse,
+    double *h_state, double *c_state,
+    double *ys, double *work)
+{
+    const size_t Hp = infer_pad(H);
+    if (Hp == 16) {
+        cellgen_lstm_infer_body_f64(16, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+    } else if (Hp == 32) {
+        cellgen_lstm_infer_body_f64(32, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+    } else {
+        cellgen_lstm_infer_body_f64(Hp, 0, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+    }
+}
+
 /* ---- float ---- */
 
 /* exp(x), branch-free so that loops calling it vectorize: x = n ln 2 + r with |r| <= ln(2) / 2,
@@ -1469,15 +1533,18 @@ static inline float tanh_f32(float x)
  * exp(r) from Cephes' polynomial, times 2^n written into the exponent bits. x is clamped to
  * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
  * NaN. About 1 ulp. */
+/* Inference's: the same reduction with a shorter dependency chain (an inference step is bound
+ * by latency). Both clamps compare the input itself, so that the two compares run side by side
+ * (the same values as clamping twice in turn; NaN stays NaN); the polynomial is summed as
+ * r + c r^2 + (b + a r^2) r^4, whose longest chain is four operations after r. */
 static inline float infer_exp_parts_f32(float x, float *scale)
 {
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
-    x = x < -87.0F ? -87.0F : x;
-    x = x > 88.0F ? 88.0F : x;
+    const float low = x < -87.0F ? -87.0F : x;
+    x = x > 88.0F ? 88.0F : low;
     const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
     const float n = t - shift;
     const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
-    /* the same polynomial in Estrin's form: three short chains instead of one long one */
     const float r2 = r * r;
     const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
     const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
@@ -1486,37 +1553,40 @@ static inline float infer_exp_parts_f32(float x, float *scale)
     memcpy(&bits, &t, sizeof bits);
     bits = (bits + 127u) << 23; /* n, the low bits of t, moved into the exponent field */
     memcpy(scale, &bits, sizeof *scale);
-    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2 * r2, CELLGEN_FMA_F32(b, r2, c)), r2, r); /* exp(r) - 1 */
+    return CELLGEN_FMA_F32(CELLGEN_FMA_F32(a, r2, b), r2 * r2, CELLGEN_FMA_F32(c, r2, r)); /* exp(r) - 1 */
 }
 
-/* exp(x) = 2^n (1 + q) */
-static inline float infer_exp_f32(float x)
+/* exp(x) = 2^n (1 + q); unused in a cell whose only exp is sigmoid's or tanh's */
+static inline CELLGEN_MAYBE_UNUSED float infer_exp_f32(float x)
 {
     float scale;
     const float q = infer_exp_parts_f32(x, &scale);
     return CELLGEN_FMA_F32(scale, q, scale);
 }
 
-/* exp(x) - 1 = 2^n q + (2^n - 1): no cancellation near 0, where n = 0 and the result is q. */
-static inline float infer_expm1_f32(float x)
+/* 1 + exp(x) = 2^n q + (2^n + 1): the 1 added beside the product, not after it (one
+ * operation less in series; one rounding less); unused without sigmoid */
+static inline CELLGEN_MAYBE_UNUSED float infer_exp_plus1_f32(float x)
 {
     float scale;
     const float q = infer_exp_parts_f32(x, &scale);
-    return CELLGEN_FMA_F32(scale, q, scale - 1.0F);
+    return CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
 static inline float infer_sigmoid_f32(float x)
 {
-    return 1.0F / (1.0F + infer_exp_f32(-x));
+    return 1.0F / infer_exp_plus1_f32(-x); /* 1 + exp(-x) with one rounding less */
 }
 
-/* tanh(x) = e / (e + 2), e = exp(2 x) - 1: one exp-like evaluation and one division, no branch
- * to choose (expm1 does not cancel near 0). About 2 ulp; NaN stays NaN. Inference's. */
+/* tanh(x) = e / (e + 2), e = exp(2 x) - 1 = 2^n q + (2^n - 1): one exp-like evaluation and one
+ * division, no branch to choose (expm1 does not cancel near 0); e + 2 = 2^n q + (2^n + 1) is
+ * formed beside e, not after it (a shorter chain). About 2 ulp; NaN stays NaN. Inference's. */
 static inline float infer_tanh_f32(float x)
 {
-    const float e = infer_expm1_f32(2.0F * x);
-    return e / (e + 2.0F);
+    float scale;
+    const float q = infer_exp_parts_f32(2.0F * x, &scale);
+    return CELLGEN_FMA_F32(scale, q, scale - 1.0F) / CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
 /* ---- float inference: packed product groups ----
@@ -1779,7 +1849,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -1828,7 +1900,7 @@ static CELLGEN_NOINLINE void infer_tile_1x5_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1836,7 +1908,7 @@ static CELLGEN_NOINLINE void infer_tile_1x4_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1844,7 +1916,7 @@ static CELLGEN_NOINLINE void infer_tile_1x3_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1852,7 +1924,7 @@ static CELLGEN_NOINLINE void infer_tile_1x2_f32(unsigned lanes, const float *res
     infer_tile_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -1937,10 +2009,12 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2158,7 +2232,9 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsign
     }
 }
 
-/* The tile shapes the product uses, each its own function: one register allocation per shape. */
+/* The tile shapes the product uses, each its own function: one register allocation per shape.
+ * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
+ * inlined instead: there the call itself is a good part of the product's time. */
 static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -2207,7 +2283,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x5_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2215,7 +2291,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2223,7 +2299,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2231,7 +2307,7 @@ static CELLGEN_NOINLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint1
     infer_tile_bf16_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
                    init2, ldi2, c2, ldc2);
 }
-static CELLGEN_NOINLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
+static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2316,10 +2392,12 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
  *
+ * Always inlined: at each call most arguments are constants (one row, no columns apart, no
+ * second operand), which removes their branches and the call of 19 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
  * over n that the compiler vectorises. */
-static inline void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
@@ -2449,6 +2527,32 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t
     }
     infer_product_f32(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
                       ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f32, not inlined: for the copy of the inference body whose sizes are not
+ * constants, where a step is long (one copy of the product's code, not one per call). */
+static CELLGEN_NOINLINE void infer_product_n_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
+                        ldi2, c2, ldc2);
+}
+
+/* infer_product_w_f32 inlined (inline_products, a constant at every call) or called */
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f32(int inline_products, int bf16, size_t R, size_t N,
+    const float *P, size_t Kp, size_t k0, size_t K1, const float *restrict a1, size_t lda1,
+    size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+{
+    if (inline_products) {
+        infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    } else {
+        infer_product_n_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+                            init2, ldi2, c2, ldc2);
+    }
 }
 
 /* MT (K, H) = M (H, K) transposed, with rows ld apart: products then run with unit stride over
@@ -2994,8 +3098,10 @@ void cellgen_lstm_pack_bf16_f32(
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
  * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap. */
-void cellgen_lstm_infer_f32(
+ * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * cellgen_lstm_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes,
+ * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
+static CELLGEN_ALWAYS_INLINE void cellgen_lstm_infer_body_f32(size_t Hp, int inline_products,
     size_t T, size_t B, size_t I, size_t H,
     const float *packed, const float *xs,
     const int32_t *lengths, int reverse,
@@ -3003,7 +3109,6 @@ void cellgen_lstm_infer_f32(
     float *ys, float *work)
 {
     const size_t BH = B * H;
-    const size_t Hp = infer_pad(H);
     const int bf16 = packed[0] != 0.0F; /* bfloat16 weights (pack_bf16) */
     const float *weights = packed + CELLGEN_HEADER;
     const float *const x_MT = weights;
@@ -3037,9 +3142,12 @@ void cellgen_lstm_infer_f32(
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once */
-        if (!reverse) {
-            infer_product_w_f32(bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+        /* the input products of these steps at once (one step: the same as its own), when their
+         * weights are large enough for a product over several rows to save time; below, each
+         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
+        const int hoist_x_products = steps == 1 || I * (4 * Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_x_products) {
+            infer_product_c_f32(inline_products, bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 4 * Hp, 4 * Hp, NULL, 0, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -3048,11 +3156,15 @@ void cellgen_lstm_infer_f32(
                 if (row_active(lengths, t, b)) {
                     float *const row = x_products + ((t - t0) * B + b) * (4 * Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_w_f32(bf16, 1, 4 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 4 * Hp, 4 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f32(inline_products, bf16, 1, 4 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 4 * Hp, 4 * Hp, NULL, 0, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            if (!reverse && !hoist_x_products) { /* this step's input products */
+                infer_product_c_f32(inline_products, bf16, B, 4 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                                  x_products + (t - t0) * B * (4 * Hp), 4 * Hp, 4 * Hp, NULL, 0, x_products, 0);
+            }
             const float *const h_prev = h_cur;
             const float *const c_prev = c_cur;
             const float *const W_f_x = x_products + (t - t0) * B * 4 * Hp + 0 * Hp;
@@ -3063,7 +3175,7 @@ void cellgen_lstm_infer_f32(
             const float *const U_i_h_prev = h_prev_products + 1 * Hp;
             const float *const U_c_h_prev = h_prev_products + 2 * Hp;
             const float *const U_o_h_prev = h_prev_products + 3 * Hp;
-            infer_product_w_f32(bf16, B, 4 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
+            infer_product_c_f32(inline_products, bf16, B, 4 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
                               NULL, 0, h_prev_products, 4 * Hp, 4 * Hp, NULL, 0, h_prev_products, 0);
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
@@ -3125,5 +3237,27 @@ void cellgen_lstm_infer_f32(
     for (size_t b = 0; b < B; ++b) {
         infer_copy_f32(H, h_cur + b * Hp, h_state + b * H);
         infer_copy_f32(H, c_cur + b * Hp, c_state + b * H);
+    }
+}
+
+/* Small sizes get their own copy of the body with Hp a constant: its loops over whole vectors
+ * unroll and the product's choices of tile are made at compile time (a step of a few dozen ns
+ * is otherwise partly loop and dispatch overhead). The other sizes share one copy that calls
+ * the products (one copy of their code, not one per call). The arithmetic is the same in
+ * every copy. */
+void cellgen_lstm_infer_f32(
+    size_t T, size_t B, size_t I, size_t H,
+    const float *packed, const float *xs,
+    const int32_t *lengths, int reverse,
+    float *h_state, float *c_state,
+    float *ys, float *work)
+{
+    const size_t Hp = infer_pad(H);
+    if (Hp == 16) {
+        cellgen_lstm_infer_body_f32(16, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+    } else if (Hp == 32) {
+        cellgen_lstm_infer_body_f32(32, 1, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
+    } else {
+        cellgen_lstm_infer_body_f32(Hp, 0, T, B, I, H, packed, xs, lengths, reverse, h_state, c_state, ys, work);
     }
 }

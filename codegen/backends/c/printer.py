@@ -428,6 +428,7 @@ def signatures(names: CNames, real: RealType) -> dict[str, str]:
         "backward": _wrap(backward),
         "pack": _wrap(pack),
         "infer": _wrap(infer),
+        "infer_args": ", ".join(p.rsplit(" ", 1)[-1].lstrip("*") for g in infer for p in g),
     }
 
 
