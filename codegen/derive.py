@@ -128,7 +128,7 @@ class Derivation:
     @property
     def scalars(self) -> frozenset[str]:
         """The forward's per-row scalars (size 1): reductions and arithmetic on them only."""
-        return frozenset(n for n, size in self.sizes.items() if size == "1")
+        return per_row_scalars(self.sizes)
 
     def size(self, name: str) -> sympy.Expr:
         """Units per batch row of a forward or backward symbol: that of what an adjoint is the
@@ -160,11 +160,16 @@ class Derivation:
 def derive(cell: CellSpec) -> Derivation:
     forward = lift(cell)
     sizes = unit_sizes(cell, forward)
-    scalars = frozenset(n for n, size in sizes.items() if size == "1")
+    scalars = per_row_scalars(sizes)
     level = levels(cell, forward, scalars)
     names = AdjointNames(cell, forward, scalars)
     backward = adjoints(cell, forward, names, sizes)
     return Derivation(cell, forward, level, backward, names, sizes)
+
+
+def per_row_scalars(sizes: dict[str, str]) -> frozenset[str]:
+    """The symbols of size 1 among `sizes`: reductions, and arithmetic on them only."""
+    return frozenset(n for n, size in sizes.items() if size == "1")
 
 
 def unit_sizes(cell: CellSpec, forward: tuple[Primitive, ...]) -> dict[str, str]:
@@ -322,7 +327,7 @@ def adjoints(
 ) -> tuple[Adjoint, ...]:
     """Reverse-mode adjoints of one step, in evaluation order (last equation first)."""
     sizes = sizes or {}
-    scalars = {n for n, size in sizes.items() if size == "1"}
+    scalars = per_row_scalars(sizes)
 
     def is_vector(term: sympy.Expr) -> bool:
         """Whether a term has units (else it is a per-row scalar, broadcast)."""
