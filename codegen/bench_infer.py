@@ -409,10 +409,10 @@ def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     total = 16 * 4
     for part in build_kernel(load_cell(cell)).packed:
         numbers = int(part.size.subs({I: size.I, H: size.H, HP: hp}))
-        if part.kind != "matrices":
+        if part.kind not in ("matrices", "fused"):
             total += 4 * numbers
             continue
-        N = len(part.matrices) * hp  # columns: panels of 128, the last padded to 32
+        N = int(part.columns.subs({HP: hp}))  # columns: panels of 128, the last padded to 32
         total += 2 * numbers // N * (N - N % 128 + -(-(N % 128) // 32) * 32)
     return total
 

@@ -20,6 +20,7 @@ import sympy
 
 from .cell import CellSpec, prev_name, size_symbol
 from .derive import Adjoint, AdjointNames, Derivation, derive
+from .names import NameRegistry
 from .reductions import Reduction
 from .text import equation_text
 
@@ -99,7 +100,52 @@ class Reduce:
     level: int
 
 
-Step = Gemm | Reduce | Block
+@dataclass(frozen=True)
+class FusedBlock:
+    """One gate's columns in inference's fused product: W x beside U h. `value` (together)
+    names their sum with `bias` (or "": none folded in); apart, U h keeps a buffer of its own."""
+
+    x_matrix: str
+    x_product: str
+    h_matrix: str
+    h_product: str
+    value: str = ""
+    bias: str = ""
+
+
+@dataclass(frozen=True)
+class FusedProduct:
+    """Inference's products of the input and of the previous state as one product per step.
+
+    The input's matrices are stacked over the recurrent ones (rows 0..I-1, then K rows of
+    h_prev), so that a step streams its weights once. A gate whose pre-activation is
+    W x + U h + b (+ other terms) is `together`: one accumulator starts at b and sums both
+    products, and the pointwise stage reads that one value. A gate that uses U h otherwise
+    (GRU's n gate: W x + b + r * (U h + b')) is `apart`: the product writes W x and U h to
+    buffers of their own. Together gates come first. Planned only when the two groups pair
+    gate for gate, each pair read by one assignment and nothing else."""
+
+    input: Gemm
+    recurrent: Gemm
+    together: tuple[FusedBlock, ...]
+    apart: tuple[FusedBlock, ...]
+
+    @property
+    def blocks(self) -> tuple[FusedBlock, ...]:
+        return self.together + self.apart
+
+    @property
+    def size(self) -> sympy.Expr:
+        """Units of each gate."""
+        return self.input.size
+
+    @property
+    def rows(self) -> sympy.Expr:
+        """Rows of the stacked weights: I + K."""
+        return self.input.operand_size + self.recurrent.operand_size
+
+
+Step = Gemm | Reduce | Block | FusedProduct
 
 
 @dataclass(frozen=True)
@@ -168,13 +214,17 @@ class Buffer:
 
 @dataclass(frozen=True)
 class PackedPart:
-    """A piece of the inference weights, rearranged once by `pack`: the matrices of a fused
-    product (kind "matrices", for operand `symbol`), transposed side by side, or a vector."""
+    """A piece of the inference weights, rearranged once by `pack`: the matrices of a product
+    (kind "matrices", for operand `symbol`) transposed side by side in `columns` (padded)
+    columns; inference's fused product (kind "fused": the input's matrices, then the recurrent
+    ones, stacked over k) and its initial values (kind "init": each gate's folded bias, "" for
+    zeros); or a vector parameter."""
 
     kind: str
     symbol: str
     size: sympy.Expr
     matrices: tuple[str, ...] = ()
+    columns: sympy.Expr = sympy.S.Zero
 
 
 T, B = sympy.symbols("T B", integer=True, positive=True)
@@ -260,6 +310,8 @@ class Kernel:
     backward_buffers: tuple[Buffer, ...]
     packed: tuple[PackedPart, ...]  # the inference weights, in order
     infer_buffers: tuple[Buffer, ...]  # scratch of the inference pass, independent of T
+    infer_steps: tuple[Step, ...] = ()  # the forward's step for inference (with `fused`)
+    fused: FusedProduct | None = None  # inference's one product of x and h_prev, if planned
     sequencing: Sequencing = SEQUENCING  # what lengths and reverse mean
     sizes: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)  # every symbol's
 
@@ -350,11 +402,11 @@ class Kernel:
         """Values of one inference step that a later stage reads or multiplies: what the
         forward would read back from `saved`, inference keeps for the step only."""
         out = []
-        for k, step in enumerate(self.forward):
+        for k, step in enumerate(self.infer_steps):
             if not isinstance(step, Block):
                 continue
             later: set[str] = set()
-            for other in self.forward[k + 1 :]:
+            for other in self.infer_steps[k + 1 :]:
                 later |= _reads(other)
             out += [
                 a.name
@@ -362,9 +414,9 @@ class Kernel:
                 if (a.name in later or a.name == self.cell.output)  # ys copies the output
                 and self.role(a.name) in (Role.SAVED, Role.TEMP)
             ]
-        for k, step in enumerate(self.forward):  # the reductions' results a later stage reads
+        for k, step in enumerate(self.infer_steps):  # the reductions' results a later stage reads
             if isinstance(step, Reduce) and any(
-                step.result in _reads(other) for other in self.forward[k + 1 :]
+                step.result in _reads(other) for other in self.infer_steps[k + 1 :]
             ):
                 out.append(step.result)
         return out
@@ -437,6 +489,8 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
     forward = _with_reads_and_writes(forward, roles)
     backward = _with_reads_and_writes(_without_unread(backward, roles), roles)
     adjoint_buffer = _adjoint_buffers(gemms, d.names, _adjoint_copies(backward, roles))
+    taken |= {a.name for s in forward + backward if isinstance(s, Block) for a in s.assignments}
+    fused, infer_steps = _fused_product(forward, gemms, roles, sizes, taken)
     plan = Kernel(
         cell, d, tuple(gemms), forward, backward, saved, roles,
         series=tuple(s for s in cell.states if s != cell.output)
@@ -448,6 +502,7 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
         adjoint_buffer=adjoint_buffer,
         weight_gradients=_weight_gradients(cell, gemms, d.names, adjoint_buffer, saved),
         forward_buffers=(), backward_buffers=(), packed=(), infer_buffers=(), sizes=sizes,
+        infer_steps=infer_steps, fused=fused,
     )  # fmt: skip
     return dataclasses.replace(
         plan,
@@ -456,6 +511,73 @@ def build_kernel(cell: CellSpec, derivation: Derivation | None = None) -> Kernel
         packed=_packed(plan),
         infer_buffers=_infer_buffers(plan),
     )
+
+
+def _fused_product(
+    forward: tuple[Step, ...], gemms: list[Gemm], roles: dict, sizes: dict, taken: set[str]
+) -> tuple[FusedProduct | None, tuple[Step, ...]]:
+    """Inference's steps: the forward's, with the input's products and the first recurrent
+    ones as one FusedProduct where they pair gate for gate (see FusedProduct), the pointwise
+    stages reading each together gate's sum; otherwise the forward's steps unchanged."""
+    inputs = [g for g in gemms if g.hoisted]
+    first = forward[0] if forward else None
+    if len(inputs) != 1 or not isinstance(first, Gemm):
+        return None, forward
+    gx, gh = inputs[0], first
+    if gh.operand_role is not Role.STATE_PREV or gx.size != gh.size:
+        return None, forward
+    if len(gx.products) != len(gh.products):
+        return None, forward
+    readers: dict[str, list[tuple[int, int]]] = {p: [] for p in gx.products + gh.products}
+    for i, step in enumerate(forward):
+        if not isinstance(step, Block):
+            if _reads(step) & readers.keys():  # multiplied or reduced: not a gate's sum
+                return None, forward
+            continue
+        for j, a in enumerate(step.assignments):
+            for name in {sym.name for sym in a.expr.free_symbols} & readers.keys():
+                readers[name].append((i, j))
+    if any(len(r) != 1 for r in readers.values()):
+        return None, forward
+    h_of = {readers[p][0]: (m, p) for m, p in zip(gh.matrices, gh.products, strict=True)}
+    if len(h_of) != len(gh.products):
+        return None, forward
+    names = NameRegistry(taken)
+    together, apart, rewrites = [], [], {}
+    for x_matrix, x_product in zip(gx.matrices, gx.products, strict=True):
+        at = readers[x_product][0]
+        if at not in h_of:
+            return None, forward
+        h_matrix, h_product = h_of[at]
+        a = forward[at[0]].assignments[at[1]]
+        terms = list(sympy.Add.make_args(a.expr))
+        product_terms = [t for t in terms if getattr(t, "name", None) in (x_product, h_product)]
+        if len(product_terms) != 2:
+            apart.append(FusedBlock(x_matrix, x_product, h_matrix, h_product))
+            continue
+        biases = [
+            t for t in terms
+            if roles.get(getattr(t, "name", None)) is Role.PARAM and sizes[t.name] == gx.size
+        ]  # fmt: skip
+        bias = biases[0] if len(biases) == 1 else None
+        value = names.make(("fused", a.name), f"{a.name}_sum")
+        roles[value], sizes[value] = Role.PRODUCT, gx.size
+        rest = [t for t in terms if t not in product_terms and t is not bias]
+        rewrites[at] = sympy.Add(sympy.Symbol(value), *rest)
+        together.append(
+            FusedBlock(x_matrix, x_product, h_matrix, h_product, value, bias.name if bias else "")
+        )
+    fused = FusedProduct(gx, gh, tuple(together), tuple(apart))
+    steps: list[Step] = [fused]
+    for i, step in enumerate(forward[1:], start=1):
+        if isinstance(step, Block):
+            assigns = tuple(
+                dataclasses.replace(a, expr=rewrites.get((i, j), a.expr))
+                for j, a in enumerate(step.assignments)
+            )
+            step = dataclasses.replace(step, assignments=assigns)
+        steps.append(step)
+    return fused, _with_reads_and_writes(steps, roles)
 
 
 def _sizes(cell: CellSpec, d: Derivation) -> dict[str, sympy.Expr]:
@@ -766,6 +888,8 @@ def _reads(step: Step) -> set[str]:
     """The symbols a step reads."""
     if isinstance(step, Gemm):
         return {step.operand}
+    if isinstance(step, FusedProduct):
+        return {step.input.operand, step.recurrent.operand}
     if isinstance(step, Reduce):
         return set(step.operands)
     return {s.name for a in step.assignments for s in a.expr.free_symbols}
@@ -826,13 +950,27 @@ def _with_reads_and_writes(steps: list[Step], roles: dict[str, Role]) -> tuple:
 
 
 def _packed(plan: Kernel) -> tuple[PackedPart, ...]:
-    """The inference weights: each fused product's matrices transposed side by side, so that
-    a product runs with unit stride, then the vector parameters."""
-    out = [
-        PackedPart("matrices", g.operand, g.operand_size * padded(g.width), g.matrices)
+    """The inference weights: each product's matrices transposed side by side, so that a
+    product runs with unit stride (the fused product's stacked, with its initial values), then
+    the vector parameters."""
+    f = plan.fused
+    out = []
+    if f:
+        columns = padded(len(f.blocks) * f.size)
+        matrices = tuple(b.x_matrix for b in f.blocks) + tuple(b.h_matrix for b in f.blocks)
+        out.append(PackedPart("fused", "", f.rows * columns, matrices, columns))
+        biases = tuple(b.bias for b in f.blocks)
+        out.append(PackedPart("init", "", columns, biases, columns))
+    out += [
+        PackedPart("matrices", g.operand, g.operand_size * padded(g.width), g.matrices,
+                   padded(g.width))
         for g in plan.gemms
-    ]
-    vectors = [p.name for p in plan.cell.params if p.kind == "vector"]
+        if not (f and g in (f.input, f.recurrent))
+    ]  # fmt: skip
+    read: set[str] = set()  # a bias folded into the fused product's initial values is not
+    for step in plan.infer_steps:
+        read |= _reads(step)
+    vectors = [p.name for p in plan.cell.params if p.kind == "vector" and p.name in read]
     out += [PackedPart("vector", p, padded(plan.size(p))) for p in vectors]
     return tuple(out)
 
@@ -842,7 +980,18 @@ def _infer_buffers(plan: Kernel) -> tuple[Buffer, ...]:
     products of INFER_CHUNK steps), values handed between stages, and each state's current and
     new value (swapped after a step); every row padded to Hp."""
     out = []
+    f = plan.fused
+    if f:
+        values = ", ".join(b.value or b.x_product for b in f.blocks)
+        doc = f"{values} of up to {INFER_CHUNK} steps"
+        rows = INFER_CHUNK * B * padded(len(f.blocks) * f.size)
+        out.append(Buffer("fused_products", "", rows, doc=doc))
+        if f.apart:
+            doc = f"{', '.join(b.h_product for b in f.apart)}, one step"
+            out.append(Buffer("apart_products", "", B * padded(len(f.apart) * f.size), doc=doc))
     for g in plan.gemms:
+        if f and g in (f.input, f.recurrent):
+            continue
         products = ", ".join(g.products)
         rows = INFER_CHUNK * B if g.hoisted else B
         doc = f"{products} of up to {INFER_CHUNK} steps" if g.hoisted else f"{products}, one step"

@@ -60,13 +60,14 @@ def test_infer_equals_forward_and_streaming_equals_one_call(cell, backend, dtype
 def test_every_copy_of_the_c_body_infers_like_forward_and_streams_bit_for_bit(cell, dtype):
     """infer_<s> runs its body with Hp = 16 or 32 a constant, or Hp from H: each copy (H = 9,
     32 and 40) equals forward, and streaming one step per call gives one call's bits, also with
-    the input products of a chunk of steps computed at once (I = 90: at least
-    CELLGEN_HOIST_MIN input weights) rather than each step's as it begins."""
+    the input products of a chunk of steps computed at once (I = 90, or I = 40 at H = 64: at
+    least CELLGEN_HOIST_MIN input weights) rather than with each step's recurrent products, and
+    with one row over two whole panels at a time (B = 1 from H = 64)."""
     k = _kernel(cell, "c", dtype)
-    for I, H in ((3, 9), (3, 32), (3, 40), (90, 32)):
+    for I, H, B in ((3, 9, 2), (3, 32, 2), (3, 40, 2), (90, 32, 2), (40, 64, 1), (3, 128, 1)):
         T = 19  # more than one chunk of input products
         xs, state0, params, _, _ = make_problem(
-            k, T=T, B=2, I=I, H=H, seed=4, dtype=np.dtype(dtype)
+            k, T=T, B=B, I=I, H=H, seed=4, dtype=np.dtype(dtype)
         )
         ys, final, _ = k.forward(xs, state0, params)
         packed = k.pack(params)

@@ -98,3 +98,30 @@ def test_the_lstm_plan_states_what_each_backend_used_to_decide():
     (w_f,) = [w for w in plan.weight_gradients if w.matrix == "W_f"]
     assert [s.source for s in w_f.segments] == [Role.INPUT] and w_f.size == "I"
     assert plan.series == ("c", "f", "i", "c_tilde", "o", "tanh_c")
+
+
+def test_inference_fuses_the_input_and_recurrent_products_where_they_pair_gate_for_gate():
+    """Inference's one product per step: each LSTM gate's W x + U h + b is one value; GRU's n
+    gate (r multiplies U h + b_hn) keeps U h apart; where the groups do not pair gate for gate
+    (gru: U_h multiplies r * h later; ln_lstm: each group is normalised; sru, indrnn: no U h),
+    the products stay as the forward has them."""
+    lstm = build_kernel(load_cell("lstm"))
+    f = lstm.fused
+    assert [(b.x_product, b.h_product, b.bias) for b in f.together] == [
+        (f"W_{g}_x", f"U_{g}_h_prev", f"b_{g}") for g in ("f", "i", "c", "o")
+    ]
+    assert f.apart == () and f.rows == SIZES["I"] + SIZES["H"]
+    block = lstm.infer_steps[1]
+    pre = {a.name: a.expr for a in block.assignments}
+    assert str(pre["f_pre"]) == f.together[0].value  # the pre-activation reads the one sum
+    assert not {"W_f_x", "U_f_h_prev", "b_f"} & set(block.reads)
+    assert [p.kind for p in lstm.packed] == ["fused", "init"]  # no bias is read elsewhere
+
+    gru = build_kernel(load_cell("gru_reset_after")).fused
+    assert [b.x_product for b in gru.together] == ["W_r_x", "W_z_x"]
+    assert [(b.x_product, b.h_product, b.value) for b in gru.apart] == [
+        ("W_n_x", "U_n_h_prev", "")
+    ]
+    for cell in ("gru", "mgu", "ln_lstm", "sru", "indrnn"):
+        plan = build_kernel(load_cell(cell))
+        assert plan.fused is None and plan.infer_steps == plan.forward, cell

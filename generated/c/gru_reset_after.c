@@ -62,6 +62,10 @@ enum { CELLGEN_HEADER = 16 };
 /* Panel width in numbers: 8 vectors of 64 bytes. */
 enum { CELLGEN_PANEL_F32 = 128, CELLGEN_PANEL_F64 = 64 };
 
+/* How a sum of products meets its row (the portable products): continues from its values,
+ * is added to them, or replaces them. */
+enum { CELLGEN_ONTO, CELLGEN_ADD, CELLGEN_STORE };
+
 /* n rounded up to a multiple of 16 numbers (64 bytes of float): row pitch of packed panels. */
 static inline size_t infer_pad(size_t n)
 {
@@ -146,15 +150,15 @@ static double packed_estimate(double I, double H)
 {
     const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)I, (void)H;
-    return 4 * Hp + 3 * H * Hp + 3 * I * Hp;
+    return 5 * Hp + 3 * (H + I) * Hp;
 }
 
 size_t cellgen_gru_reset_after_packed_size(size_t I, size_t H)
 {
     const size_t Hp = infer_pad(H);
-    const size_t size = CELLGEN_HEADER + infer_group_size(I, 3 * Hp) + infer_group_size(H, 3 * Hp) + Hp + Hp + Hp + Hp;
+    const size_t size = CELLGEN_HEADER + infer_group_size(I + H, 3 * Hp) + 3 * Hp + Hp + Hp;
     /* the padding adds at most 16 numbers per row of a group */
-    const double pad = 16.0 * ((double)I + (double)H);
+    const double pad = 16.0 * ((double)(I + H));
     return checked_size(packed_estimate((double)I, (double)H) + pad + CELLGEN_HEADER, size);
 }
 
@@ -162,13 +166,13 @@ static double infer_work_estimate(double B, double I, double H)
 {
     const double Hp = H + 15.0; /* at least infer_pad(H) */
     (void)B, (void)I, (void)H;
-    return 53 * B * Hp;
+    return 51 * B * Hp;
 }
 
 size_t cellgen_gru_reset_after_infer_work_size(size_t B, size_t I, size_t H)
 {
     const size_t Hp = infer_pad(H);
-    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 53 * B * Hp);
+    return checked_size(infer_work_estimate((double)B, (double)I, (double)H), 51 * B * Hp);
 }
 
 /* ---- double ---- */
@@ -292,8 +296,9 @@ static inline double infer_tanh_f64(double x)
  * A product group is the gate matrices that one operand multiplies, side by side: column
  * g * H + j for unit j of gate g (or any order the cell's pointwise stage reads). A fused group
  * stacks two operands over k: x's matrices in rows 0..I-1, h's in rows I..I+H-1, for gates whose
- * pre-activation is W x + U h + b, which then take both products in one accumulator. Columns
- * from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n gate).
+ * pre-activation is W x + U h + b, which a step then computes in one pass over the weights.
+ * Columns from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n
+ * gate).
  *
  * Packed layout of a group of Kp rows: panels of 64 columns (8 AVX-512
  * vectors of double), the last one narrower; a panel of width w is stored k-major, Kp rows of
@@ -302,12 +307,14 @@ static inline double infer_tanh_f64(double x)
  * infer_group_size(Kp, N) numbers, a multiple of 16, so that groups packed one after another stay
  * 64-byte aligned if the first is.
  *
- * Arithmetic order: for each output element and each operand (x, then h), the products are
- * added one at a time, in increasing k, each with a single rounding (FMA), to the running value
- * e (its initial value: a bias, or an earlier product). In a panel narrower than 8 vectors
- * (where too few accumulators would leave the FMA units waiting on each other's latency) the
- * chain is split: even k into e, odd k likewise into o, which starts at zero, and then, if the
- * operand has two rows or more, e = e + o. The order depends only on the packed layout: no path
+ * Arithmetic order: for each output element, the first operand's products (x) are added one
+ * at a time, in increasing k, each with a single rounding (FMA), to the running value e (its
+ * initial value: a bias, or zero); the second operand's (h) likewise to a sum of their own that
+ * starts at zero, which is then added to e: (init + x products) + h products, so that the
+ * recurrent part of a step waits for nothing but h. In a panel narrower than 8 vectors (where
+ * too few accumulators would leave the FMA units waiting on each other's latency) each chain is
+ * split: even k into it, odd k likewise into o, which starts at zero, and then, if the operand
+ * has two rows or more, the chain's value plus o. The order depends only on the packed layout: no path
  * (vector width, rows per tile, tail, input products hoisted over a chunk of steps or not)
  * changes it, so streaming one step per call gives the same bits as one call over the sequence.
  * Without hardware FMA (FP_FAST_FMA undefined) the same order runs as
@@ -442,47 +449,38 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f64(size_t R, size_t V, int spli
     }
 }
 
-/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
- * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
- * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
- * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`): from the
+ * initial values at init (rows ldi apart) over K1 panel rows with a1, plus, in accumulators of
+ * their own, the products of the K2 rows that follow with a2. From vector `apart` on (V: none)
+ * the a2 sums are not added: they go to c2 (rows ldc2 apart). R and V are constants at every
  * call, so that the accumulators live in registers. */
 static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned lanes,
     const double *restrict p, size_t wp, size_t K1, const double *restrict a1, size_t lda1,
     size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi,
-    double *c, size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2,
-    size_t ldc2)
+    double *c, size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
-    __m512d e[4][8];
+    __m512d e[4][8], f[4][8];
     const __mmask8 last = (__mmask8)((1u << lanes) - 1u);
     const __mmask8 all = (__mmask8)~0u;
     const int split = wp < 64;
-    if (K2 == 0) {
-        apart = V;
-    }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
             e[r][v] = init ? _mm512_maskz_loadu_pd(v + 1 < V ? all : last, init + r * ldi + v * 8)
                            : _mm512_setzero_pd();
+            f[r][v] = _mm512_setzero_pd();
         }
     }
     infer_segment_f64(R, V, split, p, wp, K1, a1, lda1, e);
+    infer_segment_f64(R, V, split, p + K1 * wp, wp, K2, a2, lda2, f);
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
-            if (v >= apart) {
-                const __mmask8 m = v + 1 < V ? all : last;
-                _mm512_mask_storeu_pd(c + r * ldc + v * 8, m, e[r][v]);
-                e[r][v] = init2 ? _mm512_maskz_loadu_pd(m, init2 + r * ldi2 + (v - apart) * 8)
-                                : _mm512_setzero_pd();
+            const __mmask8 m = v + 1 < V ? all : last;
+            if (K2 > 0 && v >= apart) {
+                _mm512_mask_storeu_pd(c2 + r * ldc2 + (v - apart) * 8, m, f[r][v]);
+            } else if (K2 > 0) {
+                e[r][v] = _mm512_add_pd(e[r][v], f[r][v]);
             }
-        }
-    }
-    infer_segment_f64(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
-    for (size_t r = 0; r < R; ++r) {
-        for (size_t v = 0; v < V; ++v) {
-            double *const out = v < apart ? c + r * ldc + v * 8
-                                         : c2 + r * ldc2 + (v - apart) * 8;
-            _mm512_mask_storeu_pd(out, v + 1 < V ? all : last, e[r][v]);
+            _mm512_mask_storeu_pd(c + r * ldc + v * 8, m, e[r][v]);
         }
     }
 }
@@ -493,183 +491,207 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
 static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_4x1_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x8_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x7_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x6_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x5_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t apart, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
 {
     infer_tile_f64(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 
-/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
- * kept apart: the same order per element as two 1x8 tiles. */
+/* One row over two whole panels at once, p and the one apart_by panels after it (16
+ * accumulators, two weight streams), without columns kept apart: the same order per element
+ * as two 1x8 tiles. */
 static CELLGEN_NOINLINE void infer_tile_2panels_f64(const double *restrict p, size_t Kp,
     size_t K1, const double *restrict a1, size_t K2, const double *restrict a2,
-    const double *init, double *c)
+    const double *init, double *c, size_t apart_by)
 {
     const size_t wp = CELLGEN_PANEL_F64;
-    const double *const q = p + Kp * wp;
+    const double *const q = p + apart_by * Kp * wp;
     __m512d e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = init ? _mm512_loadu_pd(init + v * 8) : _mm512_setzero_pd();
+        e[v] = init ? _mm512_loadu_pd(init + (v < 8 ? v : v - 8 + 8 * apart_by) * 8) : _mm512_setzero_pd();
     }
-    for (size_t k = 0; k < K1 + K2; ++k) {
-        const __m512d x = _mm512_set1_pd(k < K1 ? a1[k] : a2[k - K1]);
+    for (size_t k = 0; k < K1; ++k) {
+        const __m512d x = _mm512_set1_pd(a1[k]);
         for (size_t v = 0; v < 8; ++v) {
             e[v] = _mm512_fmadd_pd(x, infer_wload_f64(p + k * wp, v * 8), e[v]);
             e[v + 8] = _mm512_fmadd_pd(x, infer_wload_f64(q + k * wp, v * 8), e[v + 8]);
         }
     }
+    if (K2 > 0) { /* a2's sums from zero, then added: the a1 sums wait in c */
+        for (size_t v = 0; v < 16; ++v) {
+            _mm512_storeu_pd(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 8, e[v]);
+            e[v] = _mm512_setzero_pd();
+        }
+        for (size_t k = K1; k < K1 + K2; ++k) {
+            const __m512d x = _mm512_set1_pd(a2[k - K1]);
+            for (size_t v = 0; v < 8; ++v) {
+                e[v] = _mm512_fmadd_pd(x, infer_wload_f64(p + k * wp, v * 8), e[v]);
+                e[v + 8] = _mm512_fmadd_pd(x, infer_wload_f64(q + k * wp, v * 8), e[v + 8]);
+            }
+        }
+        for (size_t v = 0; v < 16; ++v) {
+            e[v] = _mm512_add_pd(_mm512_loadu_pd(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 8), e[v]);
+        }
+    }
     for (size_t v = 0; v < 16; ++v) {
-        _mm512_storeu_pd(c + v * 8, e[v]);
+        _mm512_storeu_pd(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 8, e[v]);
     }
 }
 #else
 /* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
- * p), in the order stated above; o is scratch for the odd k of a split panel. */
+ * p), in the order stated above: onto c (CELLGEN_ONTO), or from zero and then added to c
+ * (CELLGEN_ADD) or stored in it (CELLGEN_STORE). The chains run 16 columns at a time, in arrays of
+ * 16 that stay in registers. */
 static inline void infer_segment_f64(size_t w, const double *restrict p, size_t c0, size_t wp, size_t K,
-    const double *restrict a, double *restrict c, double *restrict o)
+    const double *restrict a, double *restrict c, int how)
 {
-    size_t k = 0;
-    if (wp >= 64) {
+    const int split = wp < 64;
+    for (size_t n0 = 0; n0 < w; n0 += 16) {
+        const size_t m = w - n0 < 16 ? w - n0 : 16;
+        double e[16], o[16];
+        for (size_t n = 0; n < m; ++n) {
+            e[n] = how == CELLGEN_ONTO ? c[n0 + n] : 0.0;
+            o[n] = 0.0;
+        }
+        size_t k = 0;
+        for (; split && k + 2 <= K; k += 2) {
+            const double x0 = a[k], x1 = a[k + 1];
+            const double *const row0 = p + k * wp;
+            const double *const row1 = row0 + wp;
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n0 + n), e[n]);
+                o[n] = CELLGEN_FMA_F64(x1, infer_wvalue_f64(row1, c0 + n0 + n), o[n]);
+            }
+        }
         for (; k < K; ++k) {
             const double x0 = a[k];
             const double *const row0 = p + k * wp;
-            for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n0 + n), e[n]);
             }
         }
-        return;
-    }
-    for (size_t n = 0; n < w; ++n) {
-        o[n] = 0.0;
-    }
-    for (; k + 2 <= K; k += 2) {
-        const double x0 = a[k], x1 = a[k + 1];
-        const double *const row0 = p + k * wp;
-        const double *const row1 = row0 + wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F64(x1, infer_wvalue_f64(row1, c0 + n), o[n]);
-        }
-    }
-    if (k < K) {
-        const double x0 = a[k];
-        const double *const row0 = p + k * wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F64(x0, infer_wvalue_f64(row0, c0 + n), c[n]);
-        }
-    }
-    if (K >= 2) {
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = c[n] + o[n];
+        for (size_t n = 0; n < m; ++n) {
+            const double sum = split && K >= 2 ? e[n] + o[n] : e[n];
+            c[n0 + n] = how == CELLGEN_ADD ? c[n0 + n] + sum : sum;
         }
     }
 }
 #endif
 
-/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
- * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
- * in the order stated above; K1 or K2 may be 0 (one operand).
+/* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
+ * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
+ * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
+ * for zeros. Each operand's products are summed in the order stated above, a1's onto init,
+ * a2's from zero, and then the two sums are added; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
- * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 19 arguments from a step.
+ * second operand), which removes their branches and the call of 17 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
- * over n that the compiler vectorises. */
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
+ * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
+#if defined(CELLGEN_AVX512)
+    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
+     * with j + half. (Measured: with two weight streams that end where the next call's begin,
+     * panels j and j + 1, a product streams from L2 at half the speed.) */
+    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F64 : 0;
+    const size_t half = (whole + 1) / 2;
+    for (size_t j = 0; j < whole / 2; ++j) {
+        const size_t n0 = j * CELLGEN_PANEL_F64;
+        infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                               c + n0, half);
+    }
+#endif
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
 #if defined(CELLGEN_AVX512)
-        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F64 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F64 || K2 == 0)) {
-            infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                                   c + n0);
-            n0 += CELLGEN_PANEL_F64;
-            continue;
+        if (n0 / CELLGEN_PANEL_F64 < whole && n0 / CELLGEN_PANEL_F64 % half < whole / 2) {
+            continue; /* done in pairs above */
         }
 #endif
         const size_t w = N - n0 < CELLGEN_PANEL_F64 ? N - n0 : CELLGEN_PANEL_F64;
         const size_t wp = infer_pad(w);
         const double *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
         const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
         const size_t q = ja < w ? n0 + ja - Na : 0;
 #if defined(CELLGEN_AVX512)
@@ -687,14 +709,13 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const do
                 double *const cv = c + r * ldc + n0 + v0 * 8;
                 const double *const b1 = a1 + r * lda1;
                 const double *const b2 = a2 + r * lda2;
-                const double *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 double *const c2v = c2 + r * ldc2 + qv;
                 if (left > 8) {
                     infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, i2, ldi2, c2v, ldc2);
+                                       apart, c2v, ldc2);
                 } else {
                     infer_tile_4x1_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                                       apart < 1 ? apart : 1, c2v, ldc2);
                 }
             }
         }
@@ -705,45 +726,43 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const do
             const double *const b2 = a2 + r * lda2;
             const double *const iv = init ? init + r * ldi + n0 : NULL;
             double *const cv = c + r * ldc + n0;
-            const double *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             double *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
                 infer_tile_1x8_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 7:
                 infer_tile_1x7_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 6:
                 infer_tile_1x6_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 5:
                 infer_tile_1x5_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 4:
                 infer_tile_1x4_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 3:
                 infer_tile_1x3_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 2:
                 infer_tile_1x2_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             default:
                 infer_tile_1x1_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             }
         }
 #else
-        double o[CELLGEN_PANEL_F64];
         for (size_t r = 0; r < R; ++r) {
             double *const cr = c + r * ldc + n0;
             const double *const ir = init ? init + r * ldi + n0 : NULL;
@@ -751,18 +770,10 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const do
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0;
             }
-            infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
-            if (K2 == 0) {
-                continue;
-            }
-            infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
-            if (ja < w) {
-                double *const c2r = c2 + r * ldc2 + q;
-                const double *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
-                for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r ? i2r[n] : 0.0;
-                }
-                infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
+            infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+            if (K2 > 0) {
+                infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+                infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
             }
         }
 #endif
@@ -773,11 +784,11 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const do
 static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
     (void)bf16;
-    infer_product_f64(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
-                      ldi2, c2, ldc2);
+    infer_product_f64(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+                      ldc2);
 }
 
 /* infer_product_w_f64, not inlined: for the copy of the inference body whose sizes are not
@@ -785,24 +796,24 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t
 static CELLGEN_NOINLINE void infer_product_n_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
-    infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
-                        ldi2, c2, ldc2);
+    infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+                        ldc2);
 }
 
 /* infer_product_w_f64 inlined (inline_products, a constant at every call) or called */
 static CELLGEN_ALWAYS_INLINE void infer_product_c_f64(int inline_products, int bf16, size_t R, size_t N,
     const double *P, size_t Kp, size_t k0, size_t K1, const double *restrict a1, size_t lda1,
     size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t Na, const double *init2, size_t ldi2, double *c2, size_t ldc2)
+    size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
     if (inline_products) {
         infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
-                            init2, ldi2, c2, ldc2);
+                            c2, ldc2);
     } else {
         infer_product_n_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
-                            init2, ldi2, c2, ldc2);
+                            c2, ldc2);
     }
 }
 
@@ -1234,22 +1245,20 @@ void cellgen_gru_reset_after_pack_f64(
     infer_clear_f64(CELLGEN_HEADER, packed);
     packed[0] = 0.0; /* the header: which weights follow */
     double *next = packed + CELLGEN_HEADER;
-    /* W_r, W_z, W_n in panels, for the products of x */
-    infer_clear_f64(infer_group_size(I, 3 * Hp), next);
-    infer_pack_f64(H, I, W_r, I, 3 * Hp, 0, 0 * Hp, next);
-    infer_pack_f64(H, I, W_z, I, 3 * Hp, 0, 1 * Hp, next);
-    infer_pack_f64(H, I, W_n, I, 3 * Hp, 0, 2 * Hp, next);
-    next += infer_group_size(I, 3 * Hp);
-    /* U_r, U_z, U_n in panels, for the products of h_prev */
-    infer_clear_f64(infer_group_size(H, 3 * Hp), next);
-    infer_pack_f64(H, H, U_r, H, 3 * Hp, 0, 0 * Hp, next);
-    infer_pack_f64(H, H, U_z, H, 3 * Hp, 0, 1 * Hp, next);
-    infer_pack_f64(H, H, U_n, H, 3 * Hp, 0, 2 * Hp, next);
-    next += infer_group_size(H, 3 * Hp);
-    infer_load_f64(H, Hp, b_r, next);
-    next += Hp;
-    infer_load_f64(H, Hp, b_z, next);
-    next += Hp;
+    /* W_r, W_z, W_n, U_r, U_z, U_n in panels, for the fused product of x and h_prev */
+    infer_clear_f64(infer_group_size(I + H, 3 * Hp), next);
+    infer_pack_f64(H, I, W_r, I + H, 3 * Hp, 0, 0 * Hp, next);
+    infer_pack_f64(H, I, W_z, I + H, 3 * Hp, 0, 1 * Hp, next);
+    infer_pack_f64(H, I, W_n, I + H, 3 * Hp, 0, 2 * Hp, next);
+    infer_pack_f64(H, H, U_r, I + H, 3 * Hp, I, 0 * Hp, next);
+    infer_pack_f64(H, H, U_z, I + H, 3 * Hp, I, 1 * Hp, next);
+    infer_pack_f64(H, H, U_n, I + H, 3 * Hp, I, 2 * Hp, next);
+    next += infer_group_size(I + H, 3 * Hp);
+    /* each gate's initial value in the fused product: its bias, or zeros */
+    infer_clear_f64(3 * Hp, next);
+    infer_copy_f64(H, b_r, next + 0 * Hp);
+    infer_copy_f64(H, b_z, next + 1 * Hp);
+    next += 3 * Hp;
     infer_load_f64(H, Hp, b_in, next);
     next += Hp;
     infer_load_f64(H, Hp, b_hn, next);
@@ -1273,23 +1282,19 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f64(size_t 
     const size_t BH = B * H;
     const int bf16 = 0; /* bfloat16 weights (pack_bf16) */
     const double *weights = packed + CELLGEN_HEADER;
-    const double *const x_MT = weights;
-    weights += bf16 ? infer_group_size_bf16(I, 3 * Hp) : infer_group_size(I, 3 * Hp);
-    const double *const h_prev_MT = weights;
-    weights += bf16 ? infer_group_size_bf16(H, 3 * Hp) : infer_group_size(H, 3 * Hp);
-    const double *const b_r = weights;
-    weights += Hp;
-    const double *const b_z = weights;
-    weights += Hp;
+    const double *const fused_MT = weights;
+    weights += bf16 ? infer_group_size_bf16(I + H, 3 * Hp) : infer_group_size(I + H, 3 * Hp);
+    const double *const fused_init = weights;
+    weights += 3 * Hp;
     const double *const b_in = weights;
     weights += Hp;
     const double *const b_hn = weights;
     weights += Hp;
     double *next = work;
-    double *const x_products = next; /* W_r_x, W_z_x, W_n_x of up to 16 steps */
+    double *const fused_products = next; /* r_pre_sum, z_pre_sum, W_n_x of up to 16 steps */
     next += 48 * B * Hp;
-    double *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev, one step */
-    next += 3 * B * Hp;
+    double *const apart_products = next; /* U_n_h_prev, one step */
+    next += B * Hp;
     double *h_cur = next; /* h before the step */
     next += B * Hp;
     double *h_new = next; /* the new h of one step */
@@ -1299,38 +1304,38 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f64(size_t 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once (one step: the same as its own), when their
-         * weights are large enough for a product over several rows to save time; below, each
-         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
-        const int hoist_x_products = steps == 1 || I * (3 * Hp) >= CELLGEN_HOIST_MIN;
-        if (!reverse && hoist_x_products) {
-            infer_product_c_f64(inline_products, bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
+        /* the input's part of the fused products of these steps at once, from the initial
+         * values, when their weights are large enough for a product over several rows to save
+         * time (see CELLGEN_HOIST_MIN); otherwise each step takes both parts in one pass */
+        const int hoist_fused_products = steps > 1 && I * (3 * Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_fused_products) {
+            infer_product_c_f64(inline_products, bf16, steps * B, 3 * Hp, fused_MT, I + H, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              fused_init, 0, fused_products, 3 * Hp, 3 * Hp, fused_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    double *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
+                    double *const row = fused_products + ((t - t0) * B + b) * (3 * Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_c_f64(inline_products, bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f64(inline_products, bf16, 1, 3 * Hp, fused_MT, I + H, 0, I, x, I, 0, x, 0, fused_init, 0, row, 3 * Hp, 3 * Hp, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_c_f64(inline_products, bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
-                                  x_products + (t - t0) * B * (3 * Hp), 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
-            }
             const double *const h_prev = h_cur;
-            const double *const W_r_x = x_products + (t - t0) * B * 3 * Hp + 0 * Hp;
-            const double *const W_z_x = x_products + (t - t0) * B * 3 * Hp + 1 * Hp;
-            const double *const W_n_x = x_products + (t - t0) * B * 3 * Hp + 2 * Hp;
-            const double *const U_r_h_prev = h_prev_products + 0 * Hp;
-            const double *const U_z_h_prev = h_prev_products + 1 * Hp;
-            const double *const U_n_h_prev = h_prev_products + 2 * Hp;
-            infer_product_c_f64(inline_products, bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
-                              NULL, 0, h_prev_products, 3 * Hp, 3 * Hp, NULL, 0, h_prev_products, 0);
+            const double *const r_pre_sum = fused_products + (t - t0) * B * 3 * Hp + 0 * Hp; /* W_r_x + U_r_h_prev + b_r */
+            const double *const z_pre_sum = fused_products + (t - t0) * B * 3 * Hp + 1 * Hp; /* W_z_x + U_z_h_prev + b_z */
+            const double *const W_n_x = fused_products + (t - t0) * B * 3 * Hp + 2 * Hp;
+            const double *const U_n_h_prev = apart_products + 0 * Hp;
+            double *const fused_products_t = fused_products + (t - t0) * B * 3 * Hp;
+            if (reverse || hoist_fused_products) { /* the recurrent part, onto the input's */
+                infer_product_c_f64(inline_products, bf16, B, 3 * Hp, fused_MT, I + H, I, 0, h_prev, Hp, H, h_prev, Hp,
+                                  fused_products_t, 3 * Hp, fused_products_t, 3 * Hp, 2 * Hp, apart_products, Hp);
+            } else { /* both parts in one pass over the weights */
+                infer_product_c_f64(inline_products, bf16, B, 3 * Hp, fused_MT, I + H, 0, I, xs + t * B * I, I, H, h_prev, Hp,
+                                  fused_init, 0, fused_products_t, 3 * Hp, 2 * Hp, apart_products, Hp);
+            }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
@@ -1341,13 +1346,13 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f64(size_t 
                         const size_t n = b * Hp + j;
                         const size_t n3 = b * 3 * Hp + j;
                         /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
-                        const double r_pre = U_r_h_prev[n3] + W_r_x[n3] + b_r[j];
+                        const double r_pre = r_pre_sum[n3];
                         const double r = infer_sigmoid_f64(r_pre);
                         /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
-                        const double z_pre = U_z_h_prev[n3] + W_z_x[n3] + b_z[j];
+                        const double z_pre = z_pre_sum[n3];
                         const double z = infer_sigmoid_f64(z_pre);
                         /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
-                        const double n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
+                        const double n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n] + b_hn[j]);
                         const double n2 = infer_tanh_f64(n_pre);
                         /* h = z * h_prev + n * (1 - z)  (hidden state) */
                         const double h = h_prev[n] * z + n2 * (1.0 - z);
@@ -1521,8 +1526,9 @@ static inline float infer_tanh_f32(float x)
  * A product group is the gate matrices that one operand multiplies, side by side: column
  * g * H + j for unit j of gate g (or any order the cell's pointwise stage reads). A fused group
  * stacks two operands over k: x's matrices in rows 0..I-1, h's in rows I..I+H-1, for gates whose
- * pre-activation is W x + U h + b, which then take both products in one accumulator. Columns
- * from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n gate).
+ * pre-activation is W x + U h + b, which a step then computes in one pass over the weights.
+ * Columns from Na on (a multiple of 16) may keep the two operands' products apart (GRU's n
+ * gate).
  *
  * Packed layout of a group of Kp rows: panels of 128 columns (8 AVX-512
  * vectors of float), the last one narrower; a panel of width w is stored k-major, Kp rows of
@@ -1531,12 +1537,14 @@ static inline float infer_tanh_f32(float x)
  * infer_group_size(Kp, N) numbers, a multiple of 16, so that groups packed one after another stay
  * 64-byte aligned if the first is.
  *
- * Arithmetic order: for each output element and each operand (x, then h), the products are
- * added one at a time, in increasing k, each with a single rounding (FMA), to the running value
- * e (its initial value: a bias, or an earlier product). In a panel narrower than 8 vectors
- * (where too few accumulators would leave the FMA units waiting on each other's latency) the
- * chain is split: even k into e, odd k likewise into o, which starts at zero, and then, if the
- * operand has two rows or more, e = e + o. The order depends only on the packed layout: no path
+ * Arithmetic order: for each output element, the first operand's products (x) are added one
+ * at a time, in increasing k, each with a single rounding (FMA), to the running value e (its
+ * initial value: a bias, or zero); the second operand's (h) likewise to a sum of their own that
+ * starts at zero, which is then added to e: (init + x products) + h products, so that the
+ * recurrent part of a step waits for nothing but h. In a panel narrower than 8 vectors (where
+ * too few accumulators would leave the FMA units waiting on each other's latency) each chain is
+ * split: even k into it, odd k likewise into o, which starts at zero, and then, if the operand
+ * has two rows or more, the chain's value plus o. The order depends only on the packed layout: no path
  * (vector width, rows per tile, tail, input products hoisted over a chunk of steps or not)
  * changes it, so streaming one step per call gives the same bits as one call over the sequence.
  * Without hardware FMA (FP_FAST_FMAF undefined) the same order runs as
@@ -1731,47 +1739,38 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_f32(size_t R, size_t V, int spli
     }
 }
 
-/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
- * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
- * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
- * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`): from the
+ * initial values at init (rows ldi apart) over K1 panel rows with a1, plus, in accumulators of
+ * their own, the products of the K2 rows that follow with a2. From vector `apart` on (V: none)
+ * the a2 sums are not added: they go to c2 (rows ldc2 apart). R and V are constants at every
  * call, so that the accumulators live in registers. */
 static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned lanes,
     const float *restrict p, size_t wp, size_t K1, const float *restrict a1, size_t lda1,
     size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi,
-    float *c, size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2,
-    size_t ldc2)
+    float *c, size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
-    __m512 e[4][8];
+    __m512 e[4][8], f[4][8];
     const __mmask16 last = (__mmask16)((1u << lanes) - 1u);
     const __mmask16 all = (__mmask16)~0u;
     const int split = wp < 128;
-    if (K2 == 0) {
-        apart = V;
-    }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
             e[r][v] = init ? _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16)
                            : _mm512_setzero_ps();
+            f[r][v] = _mm512_setzero_ps();
         }
     }
     infer_segment_f32(R, V, split, p, wp, K1, a1, lda1, e);
+    infer_segment_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, f);
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
-            if (v >= apart) {
-                const __mmask16 m = v + 1 < V ? all : last;
-                _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
-                e[r][v] = init2 ? _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16)
-                                : _mm512_setzero_ps();
+            const __mmask16 m = v + 1 < V ? all : last;
+            if (K2 > 0 && v >= apart) {
+                _mm512_mask_storeu_ps(c2 + r * ldc2 + (v - apart) * 16, m, f[r][v]);
+            } else if (K2 > 0) {
+                e[r][v] = _mm512_add_ps(e[r][v], f[r][v]);
             }
-        }
-    }
-    infer_segment_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
-    for (size_t r = 0; r < R; ++r) {
-        for (size_t v = 0; v < V; ++v) {
-            float *const out = v < apart ? c + r * ldc + v * 16
-                                         : c2 + r * ldc2 + (v - apart) * 16;
-            _mm512_mask_storeu_ps(out, v + 1 < V ? all : last, e[r][v]);
+            _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
         }
     }
 }
@@ -1782,183 +1781,207 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
 static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_4x1_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x8_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x7_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x6_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_1x5_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x4_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x3_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_1x1_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_f32(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 
-/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
- * kept apart: the same order per element as two 1x8 tiles. */
+/* One row over two whole panels at once, p and the one apart_by panels after it (16
+ * accumulators, two weight streams), without columns kept apart: the same order per element
+ * as two 1x8 tiles. */
 static CELLGEN_NOINLINE void infer_tile_2panels_f32(const float *restrict p, size_t Kp,
     size_t K1, const float *restrict a1, size_t K2, const float *restrict a2,
-    const float *init, float *c)
+    const float *init, float *c, size_t apart_by)
 {
     const size_t wp = CELLGEN_PANEL_F32;
-    const float *const q = p + Kp * wp;
+    const float *const q = p + apart_by * Kp * wp;
     __m512 e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+        e[v] = init ? _mm512_loadu_ps(init + (v < 8 ? v : v - 8 + 8 * apart_by) * 16) : _mm512_setzero_ps();
     }
-    for (size_t k = 0; k < K1 + K2; ++k) {
-        const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
+    for (size_t k = 0; k < K1; ++k) {
+        const __m512 x = _mm512_set1_ps(a1[k]);
         for (size_t v = 0; v < 8; ++v) {
             e[v] = _mm512_fmadd_ps(x, infer_wload_f32(p + k * wp, v * 16), e[v]);
             e[v + 8] = _mm512_fmadd_ps(x, infer_wload_f32(q + k * wp, v * 16), e[v + 8]);
         }
     }
+    if (K2 > 0) { /* a2's sums from zero, then added: the a1 sums wait in c */
+        for (size_t v = 0; v < 16; ++v) {
+            _mm512_storeu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16, e[v]);
+            e[v] = _mm512_setzero_ps();
+        }
+        for (size_t k = K1; k < K1 + K2; ++k) {
+            const __m512 x = _mm512_set1_ps(a2[k - K1]);
+            for (size_t v = 0; v < 8; ++v) {
+                e[v] = _mm512_fmadd_ps(x, infer_wload_f32(p + k * wp, v * 16), e[v]);
+                e[v + 8] = _mm512_fmadd_ps(x, infer_wload_f32(q + k * wp, v * 16), e[v + 8]);
+            }
+        }
+        for (size_t v = 0; v < 16; ++v) {
+            e[v] = _mm512_add_ps(_mm512_loadu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16), e[v]);
+        }
+    }
     for (size_t v = 0; v < 16; ++v) {
-        _mm512_storeu_ps(c + v * 16, e[v]);
+        _mm512_storeu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16, e[v]);
     }
 }
 #else
 /* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
- * p), in the order stated above; o is scratch for the odd k of a split panel. */
+ * p), in the order stated above: onto c (CELLGEN_ONTO), or from zero and then added to c
+ * (CELLGEN_ADD) or stored in it (CELLGEN_STORE). The chains run 16 columns at a time, in arrays of
+ * 16 that stay in registers. */
 static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c0, size_t wp, size_t K,
-    const float *restrict a, float *restrict c, float *restrict o)
+    const float *restrict a, float *restrict c, int how)
 {
-    size_t k = 0;
-    if (wp >= 128) {
+    const int split = wp < 128;
+    for (size_t n0 = 0; n0 < w; n0 += 16) {
+        const size_t m = w - n0 < 16 ? w - n0 : 16;
+        float e[16], o[16];
+        for (size_t n = 0; n < m; ++n) {
+            e[n] = how == CELLGEN_ONTO ? c[n0 + n] : 0.0F;
+            o[n] = 0.0F;
+        }
+        size_t k = 0;
+        for (; split && k + 2 <= K; k += 2) {
+            const float x0 = a[k], x1 = a[k + 1];
+            const float *const row0 = p + k * wp;
+            const float *const row1 = row0 + wp;
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n0 + n), e[n]);
+                o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_f32(row1, c0 + n0 + n), o[n]);
+            }
+        }
         for (; k < K; ++k) {
             const float x0 = a[k];
             const float *const row0 = p + k * wp;
-            for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n0 + n), e[n]);
             }
         }
-        return;
-    }
-    for (size_t n = 0; n < w; ++n) {
-        o[n] = 0.0F;
-    }
-    for (; k + 2 <= K; k += 2) {
-        const float x0 = a[k], x1 = a[k + 1];
-        const float *const row0 = p + k * wp;
-        const float *const row1 = row0 + wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_f32(row1, c0 + n), o[n]);
-        }
-    }
-    if (k < K) {
-        const float x0 = a[k];
-        const float *const row0 = p + k * wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_f32(row0, c0 + n), c[n]);
-        }
-    }
-    if (K >= 2) {
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = c[n] + o[n];
+        for (size_t n = 0; n < m; ++n) {
+            const float sum = split && K >= 2 ? e[n] + o[n] : e[n];
+            c[n0 + n] = how == CELLGEN_ADD ? c[n0 + n] + sum : sum;
         }
     }
 }
 #endif
 
-/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
- * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
- * in the order stated above; K1 or K2 may be 0 (one operand).
+/* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
+ * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
+ * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
+ * for zeros. Each operand's products are summed in the order stated above, a1's onto init,
+ * a2's from zero, and then the two sums are added; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
- * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 19 arguments from a step.
+ * second operand), which removes their branches and the call of 17 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
- * over n that the compiler vectorises. */
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
+ * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
+#if defined(CELLGEN_AVX512)
+    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
+     * with j + half. (Measured: with two weight streams that end where the next call's begin,
+     * panels j and j + 1, a product streams from L2 at half the speed.) */
+    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32 : 0;
+    const size_t half = (whole + 1) / 2;
+    for (size_t j = 0; j < whole / 2; ++j) {
+        const size_t n0 = j * CELLGEN_PANEL_F32;
+        infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                               c + n0, half);
+    }
+#endif
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
 #if defined(CELLGEN_AVX512)
-        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
-            infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                                   c + n0);
-            n0 += CELLGEN_PANEL_F32;
-            continue;
+        if (n0 / CELLGEN_PANEL_F32 < whole && n0 / CELLGEN_PANEL_F32 % half < whole / 2) {
+            continue; /* done in pairs above */
         }
 #endif
         const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
         const size_t wp = infer_pad(w);
         const float *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
         const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
         const size_t q = ja < w ? n0 + ja - Na : 0;
 #if defined(CELLGEN_AVX512)
@@ -1976,14 +1999,13 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const fl
                 float *const cv = c + r * ldc + n0 + v0 * 16;
                 const float *const b1 = a1 + r * lda1;
                 const float *const b2 = a2 + r * lda2;
-                const float *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 float *const c2v = c2 + r * ldc2 + qv;
                 if (left > 16) {
                     infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, i2, ldi2, c2v, ldc2);
+                                       apart, c2v, ldc2);
                 } else {
                     infer_tile_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                                       apart < 1 ? apart : 1, c2v, ldc2);
                 }
             }
         }
@@ -1994,45 +2016,43 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const fl
             const float *const b2 = a2 + r * lda2;
             const float *const iv = init ? init + r * ldi + n0 : NULL;
             float *const cv = c + r * ldc + n0;
-            const float *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             float *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
                 infer_tile_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 7:
                 infer_tile_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 6:
                 infer_tile_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 5:
                 infer_tile_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 4:
                 infer_tile_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 3:
                 infer_tile_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 2:
                 infer_tile_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             default:
                 infer_tile_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             }
         }
 #else
-        float o[CELLGEN_PANEL_F32];
         for (size_t r = 0; r < R; ++r) {
             float *const cr = c + r * ldc + n0;
             const float *const ir = init ? init + r * ldi + n0 : NULL;
@@ -2040,18 +2060,10 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const fl
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0F;
             }
-            infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
-            if (K2 == 0) {
-                continue;
-            }
-            infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
-            if (ja < w) {
-                float *const c2r = c2 + r * ldc2 + q;
-                const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
-                for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r ? i2r[n] : 0.0F;
-                }
-                infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
+            infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+            if (K2 > 0) {
+                infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+                infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
             }
         }
 #endif
@@ -2114,47 +2126,38 @@ static CELLGEN_ALWAYS_INLINE void infer_segment_bf16_f32(size_t R, size_t V, int
     }
 }
 
-/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`), from the
- * initial values at init (rows ldi apart), over K1 panel rows with a1 then K2 with a2. From
- * vector `apart` on (V: none), when K2 > 0, the a1 sums go to c and the a2 products start again
- * from init2 (rows ldi2 apart) and go to c2 (rows ldc2 apart). R and V are constants at every
+/* One tile of the product: R rows of c by V vectors (the last one masked to `lanes`): from the
+ * initial values at init (rows ldi apart) over K1 panel rows with a1, plus, in accumulators of
+ * their own, the products of the K2 rows that follow with a2. From vector `apart` on (V: none)
+ * the a2 sums are not added: they go to c2 (rows ldc2 apart). R and V are constants at every
  * call, so that the accumulators live in registers. */
 static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsigned lanes,
     const uint16_t *restrict p, size_t wp, size_t K1, const float *restrict a1, size_t lda1,
     size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi,
-    float *c, size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2,
-    size_t ldc2)
+    float *c, size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
-    __m512 e[4][8];
+    __m512 e[4][8], f[4][8];
     const __mmask16 last = (__mmask16)((1u << lanes) - 1u);
     const __mmask16 all = (__mmask16)~0u;
     const int split = wp < 128;
-    if (K2 == 0) {
-        apart = V;
-    }
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) {
             e[r][v] = init ? _mm512_maskz_loadu_ps(v + 1 < V ? all : last, init + r * ldi + v * 16)
                            : _mm512_setzero_ps();
+            f[r][v] = _mm512_setzero_ps();
         }
     }
     infer_segment_bf16_f32(R, V, split, p, wp, K1, a1, lda1, e);
+    infer_segment_bf16_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, f);
     for (size_t r = 0; r < R; ++r) {
         for (size_t v = 0; v < V; ++v) { /* from 0, so that the loop unrolls: e stays in registers */
-            if (v >= apart) {
-                const __mmask16 m = v + 1 < V ? all : last;
-                _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
-                e[r][v] = init2 ? _mm512_maskz_loadu_ps(m, init2 + r * ldi2 + (v - apart) * 16)
-                                : _mm512_setzero_ps();
+            const __mmask16 m = v + 1 < V ? all : last;
+            if (K2 > 0 && v >= apart) {
+                _mm512_mask_storeu_ps(c2 + r * ldc2 + (v - apart) * 16, m, f[r][v]);
+            } else if (K2 > 0) {
+                e[r][v] = _mm512_add_ps(e[r][v], f[r][v]);
             }
-        }
-    }
-    infer_segment_bf16_f32(R, V, split, p + K1 * wp, wp, K2, a2, lda2, e);
-    for (size_t r = 0; r < R; ++r) {
-        for (size_t v = 0; v < V; ++v) {
-            float *const out = v < apart ? c + r * ldc + v * 16
-                                         : c2 + r * ldc2 + (v - apart) * 16;
-            _mm512_mask_storeu_ps(out, v + 1 < V ? all : last, e[r][v]);
+            _mm512_mask_storeu_ps(c + r * ldc + v * 16, m, e[r][v]);
         }
     }
 }
@@ -2165,183 +2168,207 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsign
 static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(4, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_bf16_4x1_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(4, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_bf16_1x8_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_bf16_1x7_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 7, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_bf16_1x6_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 6, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_NOINLINE void infer_tile_bf16_1x5_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 5, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x4_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 4, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x3_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 3, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 2, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_1x1_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t apart, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
 {
     infer_tile_bf16_f32(1, 1, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
-                   init2, ldi2, c2, ldc2);
+                   c2, ldc2);
 }
 
-/* One row over two whole panels at once (16 accumulators, two weight streams), without columns
- * kept apart: the same order per element as two 1x8 tiles. */
+/* One row over two whole panels at once, p and the one apart_by panels after it (16
+ * accumulators, two weight streams), without columns kept apart: the same order per element
+ * as two 1x8 tiles. */
 static CELLGEN_NOINLINE void infer_tile_bf16_2panels_f32(const uint16_t *restrict p, size_t Kp,
     size_t K1, const float *restrict a1, size_t K2, const float *restrict a2,
-    const float *init, float *c)
+    const float *init, float *c, size_t apart_by)
 {
     const size_t wp = CELLGEN_PANEL_F32;
-    const uint16_t *const q = p + Kp * wp;
+    const uint16_t *const q = p + apart_by * Kp * wp;
     __m512 e[16];
     for (size_t v = 0; v < 16; ++v) {
-        e[v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+        e[v] = init ? _mm512_loadu_ps(init + (v < 8 ? v : v - 8 + 8 * apart_by) * 16) : _mm512_setzero_ps();
     }
-    for (size_t k = 0; k < K1 + K2; ++k) {
-        const __m512 x = _mm512_set1_ps(k < K1 ? a1[k] : a2[k - K1]);
+    for (size_t k = 0; k < K1; ++k) {
+        const __m512 x = _mm512_set1_ps(a1[k]);
         for (size_t v = 0; v < 8; ++v) {
             e[v] = _mm512_fmadd_ps(x, infer_wload_bf16(p + k * wp, v * 16), e[v]);
             e[v + 8] = _mm512_fmadd_ps(x, infer_wload_bf16(q + k * wp, v * 16), e[v + 8]);
         }
     }
+    if (K2 > 0) { /* a2's sums from zero, then added: the a1 sums wait in c */
+        for (size_t v = 0; v < 16; ++v) {
+            _mm512_storeu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16, e[v]);
+            e[v] = _mm512_setzero_ps();
+        }
+        for (size_t k = K1; k < K1 + K2; ++k) {
+            const __m512 x = _mm512_set1_ps(a2[k - K1]);
+            for (size_t v = 0; v < 8; ++v) {
+                e[v] = _mm512_fmadd_ps(x, infer_wload_bf16(p + k * wp, v * 16), e[v]);
+                e[v + 8] = _mm512_fmadd_ps(x, infer_wload_bf16(q + k * wp, v * 16), e[v + 8]);
+            }
+        }
+        for (size_t v = 0; v < 16; ++v) {
+            e[v] = _mm512_add_ps(_mm512_loadu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16), e[v]);
+        }
+    }
     for (size_t v = 0; v < 16; ++v) {
-        _mm512_storeu_ps(c + v * 16, e[v]);
+        _mm512_storeu_ps(c + (v < 8 ? v : v - 8 + 8 * apart_by) * 16, e[v]);
     }
 }
 #else
 /* The products of one operand into the row c (w numbers, from column c0 of the panel's rows at
- * p), in the order stated above; o is scratch for the odd k of a split panel. */
+ * p), in the order stated above: onto c (CELLGEN_ONTO), or from zero and then added to c
+ * (CELLGEN_ADD) or stored in it (CELLGEN_STORE). The chains run 16 columns at a time, in arrays of
+ * 16 that stay in registers. */
 static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, size_t c0, size_t wp, size_t K,
-    const float *restrict a, float *restrict c, float *restrict o)
+    const float *restrict a, float *restrict c, int how)
 {
-    size_t k = 0;
-    if (wp >= 128) {
+    const int split = wp < 128;
+    for (size_t n0 = 0; n0 < w; n0 += 16) {
+        const size_t m = w - n0 < 16 ? w - n0 : 16;
+        float e[16], o[16];
+        for (size_t n = 0; n < m; ++n) {
+            e[n] = how == CELLGEN_ONTO ? c[n0 + n] : 0.0F;
+            o[n] = 0.0F;
+        }
+        size_t k = 0;
+        for (; split && k + 2 <= K; k += 2) {
+            const float x0 = a[k], x1 = a[k + 1];
+            const uint16_t *const row0 = p + k * wp;
+            const uint16_t *const row1 = row0 + wp;
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n0 + n), e[n]);
+                o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_bf16(row1, c0 + n0 + n), o[n]);
+            }
+        }
         for (; k < K; ++k) {
             const float x0 = a[k];
             const uint16_t *const row0 = p + k * wp;
-            for (size_t n = 0; n < w; ++n) {
-                c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
+            for (size_t n = 0; n < m; ++n) {
+                e[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n0 + n), e[n]);
             }
         }
-        return;
-    }
-    for (size_t n = 0; n < w; ++n) {
-        o[n] = 0.0F;
-    }
-    for (; k + 2 <= K; k += 2) {
-        const float x0 = a[k], x1 = a[k + 1];
-        const uint16_t *const row0 = p + k * wp;
-        const uint16_t *const row1 = row0 + wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
-            o[n] = CELLGEN_FMA_F32(x1, infer_wvalue_bf16(row1, c0 + n), o[n]);
-        }
-    }
-    if (k < K) {
-        const float x0 = a[k];
-        const uint16_t *const row0 = p + k * wp;
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = CELLGEN_FMA_F32(x0, infer_wvalue_bf16(row0, c0 + n), c[n]);
-        }
-    }
-    if (K >= 2) {
-        for (size_t n = 0; n < w; ++n) {
-            c[n] = c[n] + o[n];
+        for (size_t n = 0; n < m; ++n) {
+            const float sum = split && K >= 2 ? e[n] + o[n] : e[n];
+            c[n0 + n] = how == CELLGEN_ADD ? c[n0 + n] + sum : sum;
         }
     }
 }
 #endif
 
-/* c (R, N) = init (R, N) + [a1 (R, K1) | a2 (R, K2)] @ rows k0..k0+K1+K2-1 of the packed group P
- * (Kp rows, N columns); rows of a1, a2, init and c are lda1, lda2, ldi and ldc apart. init may
- * be c itself (accumulate in place), a bias with ldi = 0, or NULL for zeros. Each operand's products are summed
- * in the order stated above; K1 or K2 may be 0 (one operand).
+/* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
+ * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
+ * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
+ * for zeros. Each operand's products are summed in the order stated above, a1's onto init,
+ * a2's from zero, and then the two sums are added; K1 or K2 may be 0 (one operand).
  *
  * Columns Na..N-1 (Na a multiple of 16; Na = N for none) keep the two operands apart, for a
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
- * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = init2 (rows ldi2 apart) + a2 @ P.
+ * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 19 arguments from a step.
+ * second operand), which removes their branches and the call of 17 arguments from a step.
  * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
- * over n that the compiler vectorises. */
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
+ * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
+#if defined(CELLGEN_AVX512)
+    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
+     * with j + half. (Measured: with two weight streams that end where the next call's begin,
+     * panels j and j + 1, a product streams from L2 at half the speed.) */
+    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32 : 0;
+    const size_t half = (whole + 1) / 2;
+    for (size_t j = 0; j < whole / 2; ++j) {
+        const size_t n0 = j * CELLGEN_PANEL_F32;
+        infer_tile_bf16_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
+                               c + n0, half);
+    }
+#endif
     for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
 #if defined(CELLGEN_AVX512)
-        if (R == 1 && n0 + 2 * CELLGEN_PANEL_F32 <= N && (Na >= n0 + 2 * CELLGEN_PANEL_F32 || K2 == 0)) {
-            infer_tile_bf16_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                                   c + n0);
-            n0 += CELLGEN_PANEL_F32;
-            continue;
+        if (n0 / CELLGEN_PANEL_F32 < whole && n0 / CELLGEN_PANEL_F32 % half < whole / 2) {
+            continue; /* done in pairs above */
         }
 #endif
         const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
         const size_t wp = infer_pad32(w);
         const uint16_t *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 and init2 start at q */
+        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
         const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
         const size_t q = ja < w ? n0 + ja - Na : 0;
 #if defined(CELLGEN_AVX512)
@@ -2359,14 +2386,13 @@ static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, con
                 float *const cv = c + r * ldc + n0 + v0 * 16;
                 const float *const b1 = a1 + r * lda1;
                 const float *const b2 = a2 + r * lda2;
-                const float *const i2 = init2 ? init2 + r * ldi2 + qv : NULL;
                 float *const c2v = c2 + r * ldc2 + qv;
                 if (left > 16) {
                     infer_tile_bf16_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, i2, ldi2, c2v, ldc2);
+                                       apart, c2v, ldc2);
                 } else {
                     infer_tile_bf16_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, i2, ldi2, c2v, ldc2);
+                                       apart < 1 ? apart : 1, c2v, ldc2);
                 }
             }
         }
@@ -2377,45 +2403,43 @@ static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, con
             const float *const b2 = a2 + r * lda2;
             const float *const iv = init ? init + r * ldi + n0 : NULL;
             float *const cv = c + r * ldc + n0;
-            const float *const i2 = init2 ? init2 + r * ldi2 + q : NULL;
             float *const c2v = c2 + r * ldc2 + q;
             switch (V) {
             case 8:
                 infer_tile_bf16_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 7:
                 infer_tile_bf16_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 6:
                 infer_tile_bf16_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 5:
                 infer_tile_bf16_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 4:
                 infer_tile_bf16_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 3:
                 infer_tile_bf16_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             case 2:
                 infer_tile_bf16_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             default:
                 infer_tile_bf16_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         i2, ldi2, c2v, ldc2);
+                                         c2v, ldc2);
                 break;
             }
         }
 #else
-        float o[CELLGEN_PANEL_F32];
         for (size_t r = 0; r < R; ++r) {
             float *const cr = c + r * ldc + n0;
             const float *const ir = init ? init + r * ldi + n0 : NULL;
@@ -2423,18 +2447,10 @@ static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, con
             for (size_t n = 0; n < w; ++n) {
                 cr[n] = ir ? ir[n] : 0.0F;
             }
-            infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, o);
-            if (K2 == 0) {
-                continue;
-            }
-            infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, o);
-            if (ja < w) {
-                float *const c2r = c2 + r * ldc2 + q;
-                const float *const i2r = init2 ? init2 + r * ldi2 + q : NULL;
-                for (size_t n = 0; n < w - ja; ++n) {
-                    c2r[n] = i2r ? i2r[n] : 0.0F;
-                }
-                infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2r, o);
+            infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+            if (K2 > 0) {
+                infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+                infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
             }
         }
 #endif
@@ -2445,15 +2461,15 @@ static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, con
 static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
     if (bf16) {
         infer_product_bf16_f32(R, N, (const uint16_t *)(const void *)P, Kp, k0, K1, a1, lda1, K2, a2,
-                               lda2, init, ldi, c, ldc, Na, init2, ldi2, c2, ldc2);
+                               lda2, init, ldi, c, ldc, Na, c2, ldc2);
         return;
     }
-    infer_product_f32(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
-                      ldi2, c2, ldc2);
+    infer_product_f32(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+                      ldc2);
 }
 
 /* infer_product_w_f32, not inlined: for the copy of the inference body whose sizes are not
@@ -2461,24 +2477,24 @@ static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t
 static CELLGEN_NOINLINE void infer_product_n_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
-    infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, init2,
-                        ldi2, c2, ldc2);
+    infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+                        ldc2);
 }
 
 /* infer_product_w_f32 inlined (inline_products, a constant at every call) or called */
 static CELLGEN_ALWAYS_INLINE void infer_product_c_f32(int inline_products, int bf16, size_t R, size_t N,
     const float *P, size_t Kp, size_t k0, size_t K1, const float *restrict a1, size_t lda1,
     size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, const float *init2, size_t ldi2, float *c2, size_t ldc2)
+    size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
     if (inline_products) {
         infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
-                            init2, ldi2, c2, ldc2);
+                            c2, ldc2);
     } else {
         infer_product_n_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
-                            init2, ldi2, c2, ldc2);
+                            c2, ldc2);
     }
 }
 
@@ -2907,22 +2923,20 @@ void cellgen_gru_reset_after_pack_f32(
     infer_clear_f32(CELLGEN_HEADER, packed);
     packed[0] = 0.0F; /* the header: which weights follow */
     float *next = packed + CELLGEN_HEADER;
-    /* W_r, W_z, W_n in panels, for the products of x */
-    infer_clear_f32(infer_group_size(I, 3 * Hp), next);
-    infer_pack_f32(H, I, W_r, I, 3 * Hp, 0, 0 * Hp, next);
-    infer_pack_f32(H, I, W_z, I, 3 * Hp, 0, 1 * Hp, next);
-    infer_pack_f32(H, I, W_n, I, 3 * Hp, 0, 2 * Hp, next);
-    next += infer_group_size(I, 3 * Hp);
-    /* U_r, U_z, U_n in panels, for the products of h_prev */
-    infer_clear_f32(infer_group_size(H, 3 * Hp), next);
-    infer_pack_f32(H, H, U_r, H, 3 * Hp, 0, 0 * Hp, next);
-    infer_pack_f32(H, H, U_z, H, 3 * Hp, 0, 1 * Hp, next);
-    infer_pack_f32(H, H, U_n, H, 3 * Hp, 0, 2 * Hp, next);
-    next += infer_group_size(H, 3 * Hp);
-    infer_load_f32(H, Hp, b_r, next);
-    next += Hp;
-    infer_load_f32(H, Hp, b_z, next);
-    next += Hp;
+    /* W_r, W_z, W_n, U_r, U_z, U_n in panels, for the fused product of x and h_prev */
+    infer_clear_f32(infer_group_size(I + H, 3 * Hp), next);
+    infer_pack_f32(H, I, W_r, I + H, 3 * Hp, 0, 0 * Hp, next);
+    infer_pack_f32(H, I, W_z, I + H, 3 * Hp, 0, 1 * Hp, next);
+    infer_pack_f32(H, I, W_n, I + H, 3 * Hp, 0, 2 * Hp, next);
+    infer_pack_f32(H, H, U_r, I + H, 3 * Hp, I, 0 * Hp, next);
+    infer_pack_f32(H, H, U_z, I + H, 3 * Hp, I, 1 * Hp, next);
+    infer_pack_f32(H, H, U_n, I + H, 3 * Hp, I, 2 * Hp, next);
+    next += infer_group_size(I + H, 3 * Hp);
+    /* each gate's initial value in the fused product: its bias, or zeros */
+    infer_clear_f32(3 * Hp, next);
+    infer_copy_f32(H, b_r, next + 0 * Hp);
+    infer_copy_f32(H, b_z, next + 1 * Hp);
+    next += 3 * Hp;
     infer_load_f32(H, Hp, b_in, next);
     next += Hp;
     infer_load_f32(H, Hp, b_hn, next);
@@ -2942,22 +2956,20 @@ void cellgen_gru_reset_after_pack_bf16_f32(
     infer_clear_f32(CELLGEN_HEADER, packed);
     packed[0] = 1.0F; /* the header: which weights follow */
     float *next = packed + CELLGEN_HEADER;
-    /* W_r, W_z, W_n in panels, for the products of x */
-    infer_clear_f32(infer_group_size_bf16(I, 3 * Hp), next);
-    infer_pack_bf16_f32(H, I, W_r, I, 3 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
-    infer_pack_bf16_f32(H, I, W_z, I, 3 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
-    infer_pack_bf16_f32(H, I, W_n, I, 3 * Hp, 0, 2 * Hp, (uint16_t *)(void *)next);
-    next += infer_group_size_bf16(I, 3 * Hp);
-    /* U_r, U_z, U_n in panels, for the products of h_prev */
-    infer_clear_f32(infer_group_size_bf16(H, 3 * Hp), next);
-    infer_pack_bf16_f32(H, H, U_r, H, 3 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
-    infer_pack_bf16_f32(H, H, U_z, H, 3 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
-    infer_pack_bf16_f32(H, H, U_n, H, 3 * Hp, 0, 2 * Hp, (uint16_t *)(void *)next);
-    next += infer_group_size_bf16(H, 3 * Hp);
-    infer_load_f32(H, Hp, b_r, next);
-    next += Hp;
-    infer_load_f32(H, Hp, b_z, next);
-    next += Hp;
+    /* W_r, W_z, W_n, U_r, U_z, U_n in panels, for the fused product of x and h_prev */
+    infer_clear_f32(infer_group_size_bf16(I + H, 3 * Hp), next);
+    infer_pack_bf16_f32(H, I, W_r, I + H, 3 * Hp, 0, 0 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, I, W_z, I + H, 3 * Hp, 0, 1 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, I, W_n, I + H, 3 * Hp, 0, 2 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, H, U_r, I + H, 3 * Hp, I, 0 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, H, U_z, I + H, 3 * Hp, I, 1 * Hp, (uint16_t *)(void *)next);
+    infer_pack_bf16_f32(H, H, U_n, I + H, 3 * Hp, I, 2 * Hp, (uint16_t *)(void *)next);
+    next += infer_group_size_bf16(I + H, 3 * Hp);
+    /* each gate's initial value in the fused product: its bias, or zeros */
+    infer_clear_f32(3 * Hp, next);
+    infer_copy_f32(H, b_r, next + 0 * Hp);
+    infer_copy_f32(H, b_z, next + 1 * Hp);
+    next += 3 * Hp;
     infer_load_f32(H, Hp, b_in, next);
     next += Hp;
     infer_load_f32(H, Hp, b_hn, next);
@@ -2981,23 +2993,19 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f32(size_t 
     const size_t BH = B * H;
     const int bf16 = packed[0] != 0.0F; /* bfloat16 weights (pack_bf16) */
     const float *weights = packed + CELLGEN_HEADER;
-    const float *const x_MT = weights;
-    weights += bf16 ? infer_group_size_bf16(I, 3 * Hp) : infer_group_size(I, 3 * Hp);
-    const float *const h_prev_MT = weights;
-    weights += bf16 ? infer_group_size_bf16(H, 3 * Hp) : infer_group_size(H, 3 * Hp);
-    const float *const b_r = weights;
-    weights += Hp;
-    const float *const b_z = weights;
-    weights += Hp;
+    const float *const fused_MT = weights;
+    weights += bf16 ? infer_group_size_bf16(I + H, 3 * Hp) : infer_group_size(I + H, 3 * Hp);
+    const float *const fused_init = weights;
+    weights += 3 * Hp;
     const float *const b_in = weights;
     weights += Hp;
     const float *const b_hn = weights;
     weights += Hp;
     float *next = work;
-    float *const x_products = next; /* W_r_x, W_z_x, W_n_x of up to 16 steps */
+    float *const fused_products = next; /* r_pre_sum, z_pre_sum, W_n_x of up to 16 steps */
     next += 48 * B * Hp;
-    float *const h_prev_products = next; /* U_r_h_prev, U_z_h_prev, U_n_h_prev, one step */
-    next += 3 * B * Hp;
+    float *const apart_products = next; /* U_n_h_prev, one step */
+    next += B * Hp;
     float *h_cur = next; /* h before the step */
     next += B * Hp;
     float *h_new = next; /* the new h of one step */
@@ -3007,38 +3015,38 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f32(size_t 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once (one step: the same as its own), when their
-         * weights are large enough for a product over several rows to save time; below, each
-         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
-        const int hoist_x_products = steps == 1 || I * (3 * Hp) >= CELLGEN_HOIST_MIN;
-        if (!reverse && hoist_x_products) {
-            infer_product_c_f32(inline_products, bf16, steps * B, 3 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
-                              NULL, 0, x_products, 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
+        /* the input's part of the fused products of these steps at once, from the initial
+         * values, when their weights are large enough for a product over several rows to save
+         * time (see CELLGEN_HOIST_MIN); otherwise each step takes both parts in one pass */
+        const int hoist_fused_products = steps > 1 && I * (3 * Hp) >= CELLGEN_HOIST_MIN;
+        if (!reverse && hoist_fused_products) {
+            infer_product_c_f32(inline_products, bf16, steps * B, 3 * Hp, fused_MT, I + H, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+                              fused_init, 0, fused_products, 3 * Hp, 3 * Hp, fused_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (row_active(lengths, t, b)) {
-                    float *const row = x_products + ((t - t0) * B + b) * (3 * Hp);
+                    float *const row = fused_products + ((t - t0) * B + b) * (3 * Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_c_f32(inline_products, bf16, 1, 3 * Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, 3 * Hp, 3 * Hp, NULL, 0, row, 0);
+                    infer_product_c_f32(inline_products, bf16, 1, 3 * Hp, fused_MT, I + H, 0, I, x, I, 0, x, 0, fused_init, 0, row, 3 * Hp, 3 * Hp, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
-            if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_c_f32(inline_products, bf16, B, 3 * Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
-                                  x_products + (t - t0) * B * (3 * Hp), 3 * Hp, 3 * Hp, NULL, 0, x_products, 0);
-            }
             const float *const h_prev = h_cur;
-            const float *const W_r_x = x_products + (t - t0) * B * 3 * Hp + 0 * Hp;
-            const float *const W_z_x = x_products + (t - t0) * B * 3 * Hp + 1 * Hp;
-            const float *const W_n_x = x_products + (t - t0) * B * 3 * Hp + 2 * Hp;
-            const float *const U_r_h_prev = h_prev_products + 0 * Hp;
-            const float *const U_z_h_prev = h_prev_products + 1 * Hp;
-            const float *const U_n_h_prev = h_prev_products + 2 * Hp;
-            infer_product_c_f32(inline_products, bf16, B, 3 * Hp, h_prev_MT, H, 0, H, h_prev, Hp, 0, h_prev, 0,
-                              NULL, 0, h_prev_products, 3 * Hp, 3 * Hp, NULL, 0, h_prev_products, 0);
+            const float *const r_pre_sum = fused_products + (t - t0) * B * 3 * Hp + 0 * Hp; /* W_r_x + U_r_h_prev + b_r */
+            const float *const z_pre_sum = fused_products + (t - t0) * B * 3 * Hp + 1 * Hp; /* W_z_x + U_z_h_prev + b_z */
+            const float *const W_n_x = fused_products + (t - t0) * B * 3 * Hp + 2 * Hp;
+            const float *const U_n_h_prev = apart_products + 0 * Hp;
+            float *const fused_products_t = fused_products + (t - t0) * B * 3 * Hp;
+            if (reverse || hoist_fused_products) { /* the recurrent part, onto the input's */
+                infer_product_c_f32(inline_products, bf16, B, 3 * Hp, fused_MT, I + H, I, 0, h_prev, Hp, H, h_prev, Hp,
+                                  fused_products_t, 3 * Hp, fused_products_t, 3 * Hp, 2 * Hp, apart_products, Hp);
+            } else { /* both parts in one pass over the weights */
+                infer_product_c_f32(inline_products, bf16, B, 3 * Hp, fused_MT, I + H, 0, I, xs + t * B * I, I, H, h_prev, Hp,
+                                  fused_init, 0, fused_products_t, 3 * Hp, 2 * Hp, apart_products, Hp);
+            }
             for (size_t b = 0; b < B; ++b) {
                 if (!row_active(lengths, t, b)) {
                     continue;
@@ -3049,13 +3057,13 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f32(size_t 
                         const size_t n = b * Hp + j;
                         const size_t n3 = b * 3 * Hp + j;
                         /* r = sigmoid(W_r @ x + U_r @ h_prev + b_r)  (reset gate) */
-                        const float r_pre = U_r_h_prev[n3] + W_r_x[n3] + b_r[j];
+                        const float r_pre = r_pre_sum[n3];
                         const float r = infer_sigmoid_f32(r_pre);
                         /* z = sigmoid(W_z @ x + U_z @ h_prev + b_z)  (update gate) */
-                        const float z_pre = U_z_h_prev[n3] + W_z_x[n3] + b_z[j];
+                        const float z_pre = z_pre_sum[n3];
                         const float z = infer_sigmoid_f32(z_pre);
                         /* n = tanh(W_n @ x + r * (U_n @ h_prev + b_hn) + b_in)  (candidate) */
-                        const float n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n3] + b_hn[j]);
+                        const float n_pre = W_n_x[n3] + b_in[j] + r * (U_n_h_prev[n] + b_hn[j]);
                         const float n2 = infer_tanh_f32(n_pre);
                         /* h = z * h_prev + n * (1 - z)  (hidden state) */
                         const float h = h_prev[n] * z + n2 * (1.0F - z);

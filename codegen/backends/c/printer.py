@@ -17,7 +17,19 @@ import sympy
 
 from ...activations import helpers
 from ...cell import prev_name, size_symbol
-from ...kernel import HP, INFER_CHUNK, SIZES, Block, Buffer, Gemm, Kernel, Reduce, Role, padded
+from ...kernel import (
+    HP,
+    INFER_CHUNK,
+    SIZES,
+    Block,
+    Buffer,
+    FusedProduct,
+    Gemm,
+    Kernel,
+    Reduce,
+    Role,
+    padded,
+)
 from ...names import Identifiers
 from ...reductions import units_size
 from ..infix import InfixPrinter
@@ -59,7 +71,7 @@ RESERVED = {
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
 }  # fmt: skip
 RESERVED_PATTERN = (
-    r"_.*|cellgen_.*|.*_f(32|64)|(U?INT|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT"
+    r"_.*|cellgen_.*|CELLGEN_\w*|.*_f(32|64)|(U?INT|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT"
     r"|SIG_ATOMIC|FP|M|MATH)_\w*|[EF]_?\w*_[A-Z]+"
 )
 
@@ -123,6 +135,8 @@ class CNames:
     def buffer(self, buf: Buffer) -> str:
         if buf.kind == "packed":
             return self.ids.derived(buf.symbol, "_MT")
+        if buf.kind in ("fused_MT", "fused_init", "fused_products", "apart_products"):
+            return self.ids.local(buf.kind)
         if buf.kind == "products":
             return self.ids.derived(buf.symbol, "_products")
         if buf.kind == "step":
@@ -446,6 +460,7 @@ class _Context:
         self.buffer_of = {(b.kind, b.symbol): self.names.buffer(b) for b in kernel.forward_buffers}
         self.gemms = [self.group(gr) for gr in self.groups]
         self.by_gemm = {gr.gemm: ctx for gr, ctx in zip(self.groups, self.gemms, strict=True)}
+        self.infer_group_of = self.infer_groups()
         self.forward_used: set[str] = set()  # names the passes' code uses, as they are printed
         self.backward_used: set[str] = set()
         self.types = [self.passes(real) for real in TYPES]
@@ -526,6 +541,102 @@ class _Context:
             ],
         }
 
+    def infer_groups(self) -> dict[str, Group]:
+        """Inference's buffer of each product the pointwise stages read: its group's, or with a
+        fused product, the fused buffer (each together gate's sum, an apart gate's W x) and the
+        apart buffer (an apart gate's U h)."""
+        f, names = self.kernel.fused, self.names
+        if not f:
+            return self.group_of
+        out = {p: gr for p, gr in self.group_of.items() if gr.gemm not in (f.input, f.recurrent)}
+        outputs = tuple(b.value or b.x_product for b in f.blocks)
+        fused = Gemm("", (), outputs, 0, Role.STATE_PREV, f.size)
+        out |= dict.fromkeys(outputs, Group(fused, len(outputs), names.index(len(outputs))))
+        if f.apart:
+            apart = Gemm("", (), tuple(b.h_product for b in f.apart), 0, Role.STATE_PREV, f.size)
+            group = Group(apart, len(f.apart), names.index(len(f.apart)))
+            out |= dict.fromkeys(apart.products, group)
+        return out
+
+    def fused(self) -> dict:
+        """Inference's fused product: its weights, initial values, buffers and widths."""
+        f, names = self.kernel.fused, self.names
+        assert f is not None
+        return {
+            "packed": names.buffer(Buffer("fused_MT", "", 0)),
+            "init": names.buffer(Buffer("fused_init", "", 0)),
+            "products": names.buffer(Buffer("fused_products", "", 0)),
+            "products_t": names.ids.local("fused_products_t"),  # the rows of step t
+            "apart": names.buffer(Buffer("apart_products", "", 0)) if f.apart else "",
+            "width": size_text(padded(len(f.blocks) * f.size)),
+            "together": size_text(padded(len(f.together) * f.size)),
+            "apart_width": size_text(padded(len(f.apart) * f.size)) if f.apart else "0",
+            "rows": f"I + {f.recurrent.operand_size}",
+            "K": str(f.recurrent.operand_size),
+            "operand": names(f.recurrent.operand),
+            "operand_stride": size_text(padded(f.recurrent.operand_size)),
+        }
+
+    def infer_products(self) -> list[dict]:
+        """The pointer of each product inference's pointwise stages read, into its buffer."""
+        f, names, out = self.kernel.fused, self.names, []
+        for gr, g in zip(self.groups, self.gemms, strict=True):
+            if f and gr.gemm in (f.input, f.recurrent):
+                continue
+            out += [
+                {
+                    "name": p["product"],
+                    "base": g["products"],
+                    "hoisted": g["hoisted"],
+                    "width": g["infer_width"],
+                    "offset": p["infer_offset"],
+                    "doc": "",
+                }
+                for p in g["pairs"]
+                if p["product"] in self.forward_used
+            ]
+        if not f:
+            return out
+        fused = self.fused()
+        for k, b in enumerate(f.blocks):
+            terms = [b.x_product, b.h_product] + ([b.bias] if b.bias else [])
+            out.append(
+                {
+                    "name": names(b.value or b.x_product),
+                    "base": fused["products"],
+                    "hoisted": True,
+                    "width": fused["width"],
+                    "offset": f"{k} * {padded(f.size)}",
+                    "doc": " + ".join(terms) if b.value else "",
+                }
+            )
+        for k, b in enumerate(f.apart):
+            out.append(
+                {
+                    "name": names(b.h_product),
+                    "base": fused["apart"],
+                    "hoisted": False,
+                    "width": fused["apart_width"],
+                    "offset": f"{k} * {padded(f.size)}",
+                    "doc": "",
+                }
+            )
+        return out
+
+    def forward_products(self) -> list[dict]:
+        """Each product the forward's pointwise stages read, with its group."""
+        return [
+            {
+                "name": p["product"],
+                "group": g,
+                "offset": p["offset"],
+                "infer_offset": p["infer_offset"],
+            }
+            for g in self.gemms
+            for p in g["pairs"]
+            if p["product"] in self.forward_used
+        ]
+
     def weight_gradient(self, w) -> dict:
         """One matrix's gradient: a product over all steps per segment of its operand."""
         names = self.names
@@ -585,18 +696,21 @@ class _Context:
             body, used = _block(self.names, step, real, {}, state)
             bwd.append(body)
             self.backward_used |= set(used)
-        for step in self.kernel.forward:
-            if isinstance(step, Gemm):
+        groups = self.infer_group_of
+        for step in self.kernel.infer_steps:
+            if isinstance(step, FusedProduct):
+                infer.append({"fused": self.fused()})
+            elif isinstance(step, Gemm):
                 infer.append({"gemm": self.by_gemm[step]})
             elif isinstance(step, Reduce):
-                infer.append(_reduce(self.names, step, real, self.group_of, infer=True)[0])
+                infer.append(_reduce(self.names, step, real, groups, infer=True)[0])
             else:
-                infer.append(_block(self.names, step, real, self.group_of, state, infer=True)[0])
+                infer.append(_block(self.names, step, real, groups, state, infer=True)[0])
         return {
             "real": real,
             "forward": fwd,
             "backward": bwd,
-            "infer": infer,
+            "infer": [{"fused": None, "gemm": None, "reduce": None, **step} for step in infer],
             "signature": signatures(self.names, real),
         }
 
@@ -760,17 +874,9 @@ def context(kernel: Kernel) -> dict:
             for p in cell.params
         ],
         "saved_size": size_text(kernel.saved_size),
-        "forward_products": [
-            {
-                "name": p["product"],
-                "group": g,
-                "offset": p["offset"],
-                "infer_offset": p["infer_offset"],
-            }
-            for g in c.gemms
-            for p in g["pairs"]
-            if p["product"] in c.forward_used
-        ],
+        "forward_products": c.forward_products(),
+        "infer_products": c.infer_products(),
+        "fused": c.fused() if kernel.fused else None,
         "forward_buffers": c.buffers(kernel.forward_buffers),
         "infer_buffers": c.buffers(kernel.infer_buffers),
         "packed": _packed_parts(names, kernel),
@@ -800,23 +906,21 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
     """Where each piece of the inference weights starts in `packed`, and how pack fills it."""
     out, offset = [], sympy.S.Zero
     for part in kernel.packed:
-        if part.kind == "matrices":
-            g = next(g for g in kernel.gemms if g.operand == part.symbol)
-            name = names.buffer(Buffer("packed", part.symbol, 0))
-            width_text, unit = size_text(padded(g.width)), str(g.size)
-            K = "I" if g.hoisted else str(g.operand_size)
+        if part.kind in ("matrices", "fused"):
+            entry = _packed_matrices(names, kernel, part)
+        elif part.kind == "init":
+            f = kernel.fused
+            assert f is not None
             entry = {
-                "kind": "matrices",
-                "name": name,
-                "doc": f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}",
-                "padded_size": f"infer_group_size({K}, {width_text})",
-                "bf16_size": f"infer_group_size_bf16({K}, {width_text})",
-                "size_dim": K,
-                "rows": unit,
-                "width": width_text,
-                "matrices": [
-                    {"name": names(m), "offset": f"{k} * {padded(g.size)}"}
-                    for k, m in enumerate(part.matrices)
+                "kind": "init",
+                "name": names.buffer(Buffer("fused_init", "", 0)),
+                "doc": "each gate's initial value in the fused product: its bias, or zeros",
+                "rows": size_text(f.size),
+                "padded_size": size_text(part.size),
+                "biases": [
+                    {"name": names(bias), "offset": f"{k} * {padded(f.size)}"}
+                    for k, bias in enumerate(part.matrices)
+                    if bias
                 ],
             }
         else:
@@ -831,6 +935,47 @@ def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
         out.append(entry)
         offset += part.size
     return out
+
+
+def _packed_matrices(names: CNames, kernel: Kernel, part) -> dict:
+    """A group of matrices in panels: one product's, or the fused product's (the input's
+    matrices in rows 0..I-1, the recurrent ones below)."""
+    width = size_text(part.columns)
+    if part.kind == "fused":
+        f = kernel.fused
+        assert f is not None
+        unit, K = f.size, str(f.recurrent.operand_size)
+        Kp = f"I + {K}"
+        name = names.buffer(Buffer("fused_MT", "", 0))
+        doc = (f"{', '.join(part.matrices)} in panels, for the fused product of "
+               f"{f.input.operand} and {f.recurrent.operand}")  # fmt: skip
+        n = len(f.blocks)
+        matrices = [
+            {"name": names(m), "K": "I" if k < n else K, "k0": "0" if k < n else "I",
+             "offset": f"{k % n} * {padded(unit)}"}
+            for k, m in enumerate(part.matrices)
+        ]  # fmt: skip
+    else:
+        g = next(g for g in kernel.gemms if g.operand == part.symbol)
+        unit = g.size
+        Kp = "I" if g.hoisted else str(g.operand_size)
+        name = names.buffer(Buffer("packed", part.symbol, 0))
+        doc = f"{', '.join(part.matrices)} in panels, for the products of {part.symbol}"
+        matrices = [
+            {"name": names(m), "K": Kp, "k0": "0", "offset": f"{k} * {padded(unit)}"}
+            for k, m in enumerate(part.matrices)
+        ]
+    return {
+        "kind": "matrices",
+        "name": name,
+        "doc": doc,
+        "padded_size": f"infer_group_size({Kp}, {width})",
+        "bf16_size": f"infer_group_size_bf16({Kp}, {width})",
+        "Kp": Kp,
+        "rows": str(unit),
+        "width": width,
+        "matrices": matrices,
+    }
 
 
 def _paddings(kernel: Kernel) -> list[dict]:
