@@ -119,9 +119,7 @@ def test_inference_fuses_the_input_and_recurrent_products_where_they_pair_gate_f
 
     gru = build_kernel(load_cell("gru_reset_after")).fused
     assert [b.x_product for b in gru.together] == ["W_r_x", "W_z_x"]
-    assert [(b.x_product, b.h_product, b.value) for b in gru.apart] == [
-        ("W_n_x", "U_n_h_prev", "")
-    ]
+    assert [(b.x_product, b.h_product, b.value) for b in gru.apart] == [("W_n_x", "U_n_h_prev", "")]
     for cell in ("gru", "mgu", "ln_lstm", "sru", "indrnn"):
         plan = build_kernel(load_cell(cell))
         assert plan.fused is None and plan.infer_steps == plan.forward, cell

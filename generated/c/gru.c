@@ -488,6 +488,14 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f64(size_t R, size_t V, unsigned la
 /* The tile shapes the product uses, each its own function: one register allocation per shape.
  * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
  * inlined instead: there the call itself is a good part of the product's time. */
+static CELLGEN_NOINLINE void infer_tile_2x8_f64(unsigned lanes, const double *restrict p,
+    size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
+    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
+    size_t ldc, size_t apart, double *c2, size_t ldc2)
+{
+    infer_tile_f64(2, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   c2, ldc2);
+}
 static CELLGEN_NOINLINE void infer_tile_4x2_f64(unsigned lanes, const double *restrict p,
     size_t wp, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
@@ -662,7 +670,8 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
  * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
  * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
@@ -697,6 +706,11 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const do
 #if defined(CELLGEN_AVX512)
         const size_t Va = ja < w ? ja / 8 : CELLGEN_PANEL_F64; /* first apart vector */
         size_t r = 0;
+        for (; K2 == 0 && w == CELLGEN_PANEL_F64 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+            infer_tile_2x8_f64(8, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                                   8, c2, ldc2);
+        }
         for (; r + 4 <= R; r += 4) {
             for (size_t v0 = 0; v0 * 8 < w; v0 += 2) {
                 const size_t left = w - v0 * 8;
@@ -1836,6 +1850,14 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_f32(size_t R, size_t V, unsigned la
 /* The tile shapes the product uses, each its own function: one register allocation per shape.
  * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
  * inlined instead: there the call itself is a good part of the product's time. */
+static CELLGEN_NOINLINE void infer_tile_2x8_f32(unsigned lanes, const float *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
+{
+    infer_tile_f32(2, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   c2, ldc2);
+}
 static CELLGEN_NOINLINE void infer_tile_4x2_f32(unsigned lanes, const float *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -2010,7 +2032,8 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
  * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
  * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
@@ -2045,6 +2068,11 @@ static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const fl
 #if defined(CELLGEN_AVX512)
         const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
         size_t r = 0;
+        for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+            infer_tile_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                                   8, c2, ldc2);
+        }
         for (; r + 4 <= R; r += 4) {
             for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
                 const size_t left = w - v0 * 16;
@@ -2223,6 +2251,14 @@ static CELLGEN_ALWAYS_INLINE void infer_tile_bf16_f32(size_t R, size_t V, unsign
 /* The tile shapes the product uses, each its own function: one register allocation per shape.
  * The single rows of up to 4 vectors (a step's product at Hp = 16, a narrow last panel) are
  * inlined instead: there the call itself is a good part of the product's time. */
+static CELLGEN_NOINLINE void infer_tile_bf16_2x8_f32(unsigned lanes, const uint16_t *restrict p,
+    size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
+    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
+    size_t ldc, size_t apart, float *c2, size_t ldc2)
+{
+    infer_tile_bf16_f32(2, 8, lanes, p, wp, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, apart,
+                   c2, ldc2);
+}
 static CELLGEN_NOINLINE void infer_tile_bf16_4x2_f32(unsigned lanes, const uint16_t *restrict p,
     size_t wp, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
@@ -2397,7 +2433,8 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
  *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
  * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 4 rows by 2 vectors (each weight vector loaded serves 4 rows) and single
+ * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
  * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
  * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
 static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
@@ -2432,6 +2469,11 @@ static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, con
 #if defined(CELLGEN_AVX512)
         const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
         size_t r = 0;
+        for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+            infer_tile_bf16_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                                   8, c2, ldc2);
+        }
         for (; r + 4 <= R; r += 4) {
             for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
                 const size_t left = w - v0 * 16;
