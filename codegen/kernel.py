@@ -119,11 +119,11 @@ class FusedProduct:
 
     The input's matrices are stacked over the recurrent ones (rows 0..I-1, then K rows of
     h_prev), so that a step streams its weights once. A gate whose pre-activation is
-    W x + U h + b (+ other terms) is `together`: one accumulator starts at b and sums both
-    products, and the pointwise stage reads that one value. A gate that uses U h otherwise
-    (GRU's n gate: W x + b + r * (U h + b')) is `apart`: the product writes W x and U h to
-    buffers of their own. Together gates come first. Planned only when the two groups pair
-    gate for gate, each pair read by one assignment and nothing else."""
+    W x + U h + b (+ other terms) is `together`: the product returns b + W x + U h (its bias
+    as the initial value) and the pointwise stage reads that one value. A gate that uses U h
+    otherwise (GRU's n gate: W x + b + r * (U h + b')) is `apart`: the product writes W x in
+    its columns and U h to a buffer of its own. Together gates come first. Planned only when
+    the two groups pair gate for gate, each pair read by one assignment and nothing else."""
 
     input: Gemm
     recurrent: Gemm
@@ -310,7 +310,7 @@ class Kernel:
     backward_buffers: tuple[Buffer, ...]
     packed: tuple[PackedPart, ...]  # the inference weights, in order
     infer_buffers: tuple[Buffer, ...]  # scratch of the inference pass, independent of T
-    infer_steps: tuple[Step, ...] = ()  # the forward's step for inference (with `fused`)
+    infer_steps: tuple[Step, ...] = ()  # the forward's steps as inference runs them
     fused: FusedProduct | None = None  # inference's one product of x and h_prev, if planned
     sequencing: Sequencing = SEQUENCING  # what lengths and reverse mean
     sizes: dict[str, sympy.Expr] = dataclasses.field(default_factory=dict)  # every symbol's
