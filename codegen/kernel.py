@@ -202,7 +202,9 @@ class Buffer:
     adjoint through the products that multiply it, one step), "carried" (a state's adjoint
     carried between steps; two each, swapped), "loop_order" and "loop_order_step" (the
     output's sequence and one step of its adjoint in loop order, for the reverse direction),
-    "input_adjoints" (the adjoint of an input used elementwise, at every step).
+    "input_adjoints" (the adjoint of an input used elementwise, at every step),
+    "fused_products" and "apart_products" (inference's fused product: each gate's value, and
+    the U h of gates kept apart).
     """
 
     kind: str

@@ -71,8 +71,9 @@ RESERVED = {
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
 }  # fmt: skip
 RESERVED_PATTERN = (
-    r"_.*|cellgen_.*|CELLGEN_\w*|.*_f(32|64)|(U?INT|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT"
-    r"|SIG_ATOMIC|FP|M|MATH)_\w*|[EF]_?\w*_[A-Z]+"
+    r"_.*|cellgen_.*|CELLGEN_\w*|.*_f(32|64)"
+    r"|(U?INT\d*|SIZE|PTRDIFF|INTPTR|UINTPTR|INTMAX|UINTMAX|WCHAR|WINT|SIG_ATOMIC|FP|M|MATH)_\w*"
+    r"|[EF]_?\w*_[A-Z]+"
 )
 
 
