@@ -1318,9 +1318,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f64(size_t 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input's part of the fused products of these steps at once, from the initial
-         * values, when their weights are large enough for a product over several rows to save
-         * time (see CELLGEN_HOIST_MIN); otherwise each step takes both parts in one pass */
+        /* the input's products of these steps at once (onto the initial values), when their
+         * weights are large enough for a product over several rows to save time (see
+         * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
         const int hoist_fused_products = steps > 1 && I * (3 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_fused_products) {
             infer_product_c_f64(inline_products, bf16, steps * B, 3 * Hp, fused_MT, I + H, 0, I, xs + t0 * B * I, I, 0, xs, 0,
@@ -3057,9 +3057,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_gru_reset_after_infer_body_f32(size_t 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input's part of the fused products of these steps at once, from the initial
-         * values, when their weights are large enough for a product over several rows to save
-         * time (see CELLGEN_HOIST_MIN); otherwise each step takes both parts in one pass */
+        /* the input's products of these steps at once (onto the initial values), when their
+         * weights are large enough for a product over several rows to save time (see
+         * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
         const int hoist_fused_products = steps > 1 && I * (3 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_fused_products) {
             infer_product_c_f32(inline_products, bf16, steps * B, 3 * Hp, fused_MT, I + H, 0, I, xs + t0 * B * I, I, 0, xs, 0,

@@ -2108,10 +2108,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f64(size_t Hp, int 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once (one step: the same as its own), when their
-         * weights are large enough for a product over several rows to save time; below, each
-         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
-        const int hoist_x_products = steps == 1 || I * (4 * Hp) >= CELLGEN_HOIST_MIN;
+        /* the input's products of these steps at once (onto the initial values), when their
+         * weights are large enough for a product over several rows to save time (see
+         * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
+        const int hoist_x_products = steps > 1 && I * (4 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
             infer_product_c_f64(inline_products, bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 4 * Hp, 4 * Hp, x_products, 0);
@@ -4901,10 +4901,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f32(size_t Hp, int 
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
         const size_t steps = T - t0 < 16 ? T - t0 : 16;
-        /* the input products of these steps at once (one step: the same as its own), when their
-         * weights are large enough for a product over several rows to save time; below, each
-         * step's own as the step begins (see CELLGEN_HOIST_MIN) */
-        const int hoist_x_products = steps == 1 || I * (4 * Hp) >= CELLGEN_HOIST_MIN;
+        /* the input's products of these steps at once (onto the initial values), when their
+         * weights are large enough for a product over several rows to save time (see
+         * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
+        const int hoist_x_products = steps > 1 && I * (4 * Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
             infer_product_c_f32(inline_products, bf16, steps * B, 4 * Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, 4 * Hp, 4 * Hp, x_products, 0);

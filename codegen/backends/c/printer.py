@@ -462,6 +462,7 @@ class _Context:
         self.gemms = [self.group(gr) for gr in self.groups]
         self.by_gemm = {gr.gemm: ctx for gr, ctx in zip(self.groups, self.gemms, strict=True)}
         self.infer_group_of = self.infer_groups()
+        self.fused_ctx = self.fused() if kernel.fused else None
         self.forward_used: set[str] = set()  # names the passes' code uses, as they are printed
         self.backward_used: set[str] = set()
         self.types = [self.passes(real) for real in TYPES]
@@ -579,60 +580,54 @@ class _Context:
         }
 
     def infer_products(self) -> list[dict]:
-        """The pointer of each product inference's pointwise stages read, into its buffer."""
+        """The pointer of each product inference's pointwise stages read, into its buffer: row
+        `k` of `width` numbers, at step t's rows for a buffer of several steps (`hoisted`)."""
         f, names, out = self.kernel.fused, self.names, []
+
+        def pointer(name, base, hoisted, width, offset, doc=""):
+            return {"name": name, "base": base, "hoisted": hoisted, "width": width,
+                    "offset": offset, "doc": doc}  # fmt: skip
+
         for gr, g in zip(self.groups, self.gemms, strict=True):
             if f and gr.gemm in (f.input, f.recurrent):
                 continue
             out += [
-                {
-                    "name": p["product"],
-                    "base": g["products"],
-                    "hoisted": g["hoisted"],
-                    "width": g["infer_width"],
-                    "offset": p["infer_offset"],
-                    "doc": "",
-                }
+                pointer(p["product"], g["products"], g["hoisted"], g["infer_width"],
+                        p["infer_offset"])
                 for p in g["pairs"]
                 if p["product"] in self.forward_used
-            ]
+            ]  # fmt: skip
         if not f:
             return out
-        fused = self.fused()
+        ctx, unit = self.fused_ctx, padded(f.size)
         for k, b in enumerate(f.blocks):
             terms = [b.x_product, b.h_product] + ([b.bias] if b.bias else [])
-            out.append(
-                {
-                    "name": names(b.value or b.x_product),
-                    "base": fused["products"],
-                    "hoisted": True,
-                    "width": fused["width"],
-                    "offset": f"{k} * {padded(f.size)}",
-                    "doc": " + ".join(terms) if b.value else "",
-                }
-            )
+            doc = " + ".join(terms) if b.value else ""
+            name = names(b.value or b.x_product)
+            out.append(pointer(name, ctx["products"], True, ctx["width"], f"{k} * {unit}", doc))
         for k, b in enumerate(f.apart):
-            out.append(
-                {
-                    "name": names(b.h_product),
-                    "base": fused["apart"],
-                    "hoisted": False,
-                    "width": fused["apart_width"],
-                    "offset": f"{k} * {padded(f.size)}",
-                    "doc": "",
-                }
-            )
+            out.append(pointer(names(b.h_product), ctx["apart"], False, ctx["apart_width"],
+                               f"{k} * {unit}"))  # fmt: skip
         return out
+
+    def input_part(self) -> dict | None:
+        """The input's products inference computes ahead of a step (all of a chunk's steps at
+        once when hoisted): the input group's, or the input rows of the fused product, which
+        then start at each gate's initial value."""
+        if self.fused_ctx:
+            ctx = self.fused_ctx
+            return {"packed": ctx["packed"], "rows": ctx["rows"], "init": ctx["init"],
+                    "products": ctx["products"], "width": ctx["width"]}  # fmt: skip
+        for g in self.gemms:
+            if g["hoisted"]:
+                return {"packed": g["packed"], "rows": "I", "init": "NULL",
+                        "products": g["products"], "width": g["infer_width"]}  # fmt: skip
+        return None
 
     def forward_products(self) -> list[dict]:
         """Each product the forward's pointwise stages read, with its group."""
         return [
-            {
-                "name": p["product"],
-                "group": g,
-                "offset": p["offset"],
-                "infer_offset": p["infer_offset"],
-            }
+            {"name": p["product"], "group": g, "offset": p["offset"]}
             for g in self.gemms
             for p in g["pairs"]
             if p["product"] in self.forward_used
@@ -700,7 +695,7 @@ class _Context:
         groups = self.infer_group_of
         for step in self.kernel.infer_steps:
             if isinstance(step, FusedProduct):
-                infer.append({"fused": self.fused()})
+                infer.append({"fused": self.fused_ctx})
             elif isinstance(step, Gemm):
                 infer.append({"gemm": self.by_gemm[step]})
             elif isinstance(step, Reduce):
@@ -877,7 +872,8 @@ def context(kernel: Kernel) -> dict:
         "saved_size": size_text(kernel.saved_size),
         "forward_products": c.forward_products(),
         "infer_products": c.infer_products(),
-        "fused": c.fused() if kernel.fused else None,
+        "fused": c.fused_ctx,
+        "input_part": c.input_part(),
         "forward_buffers": c.buffers(kernel.forward_buffers),
         "infer_buffers": c.buffers(kernel.infer_buffers),
         "packed": _packed_parts(names, kernel),
