@@ -424,6 +424,23 @@ class Kernel:
         return out
 
     @property
+    def infer_in_place(self) -> bool:
+        """Whether inference may write each state's new value over its old one: every stage
+        that reads a state's old value runs no later than the block that writes the new one,
+        which reads it unit by unit before writing. (A block's state writes come after its
+        assignments; a later stage or a reduction over units would read overwritten values.)"""
+        for state in self.states:
+            writer = [
+                k
+                for k, step in enumerate(self.infer_steps)
+                if isinstance(step, Block) and any(a.name == state for a in step.assignments)
+            ]
+            readers = [k for k, s in enumerate(self.infer_steps) if prev_name(state) in _reads(s)]
+            if len(writer) != 1 or any(k > writer[0] for k in readers):
+                return False
+        return True
+
+    @property
     def packed_size(self) -> sympy.Expr:
         return sum((p.size for p in self.packed), sympy.S.Zero)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import codegen
+from codegen.kernel import build_kernel
 from codegen.load import PackedParams
 from codegen.paths import builtin_generated_dir
 from codegen.registry import load_cell
@@ -128,6 +129,86 @@ def test_a_users_cell_infers_like_its_forward(tmp_path):
         ys, final, _ = k.forward(xs, state0, params)
         got, got_final = k.infer(xs, state0, k.pack(params))
         assert rel_err(got, ys) <= 1e-12 and rel_err(got_final["h"], final["h"]) <= 1e-12
+
+
+def _problem_with_sizes(k, T, B, I, H, declared, seed, dtype):
+    """make_problem's arrays, with the declared sizes given (make_problem picks H // 2 + 1)."""
+    rng = np.random.default_rng(seed)
+    I = H if k.spec.input_hidden else I
+    params = {
+        n: (rng.uniform(-1, 1, shape) / np.sqrt(H)).astype(dtype)
+        for n, shape in k.param_shapes(I, H, **declared).items()
+    }
+    xs = rng.normal(size=(T, B, I)).astype(dtype)
+    shapes = k.state_shapes(B, H, **declared)
+    state0 = {s: rng.uniform(-0.8, 0.8, shape).astype(dtype) for s, shape in shapes.items()}
+    return xs, state0, params
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_states_updated_in_place_infer_like_forward(cell, dtype):
+    """With every state a multiple of 16 long (H = 16, declared sizes 16), C inference updates
+    the caller's state arrays in place, with no padded copies: it still equals forward with
+    lengths and in reverse, streams bit for bit, and leaves the caller's state0 alone."""
+    k = _kernel(cell, "c", dtype)
+    T, B, H = 9, 3, 16
+    xs, state0, params = _problem_with_sizes(
+        k, T, B, 5, H, {z: 16 for z in k.sizes}, 6, np.dtype(dtype)
+    )
+    kept = {s: v.copy() for s, v in state0.items()}
+    packed = k.pack(params)
+    runs = ((None, False), (np.array([9, 0, 4]), False), (np.array([2, 9, 0]), True))
+    for lengths, reverse in runs:
+        ys, final, _ = k.forward(xs, state0, params, lengths=lengths, reverse=reverse)
+        got_ys, got_final = k.infer(xs, state0, packed, lengths, reverse)
+        assert rel_err(got_ys, ys) <= TOLERANCE[dtype], (lengths, reverse)
+        for s in k.states:
+            assert rel_err(got_final[s], final[s]) <= TOLERANCE[dtype], (s, lengths, reverse)
+            if lengths is not None:  # a row without steps keeps its state bit for bit
+                empty = lengths == 0
+                assert np.array_equal(got_final[s][empty], state0[s][empty]), s
+    state, steps = state0, []
+    for t in range(T):
+        y, state = k.infer(xs[t : t + 1], state, packed)
+        steps.append(y)
+    got_ys, got_final = k.infer(xs, state0, packed)
+    assert np.concatenate(steps).tobytes() == got_ys.tobytes()
+    assert all(state[s].tobytes() == got_final[s].tobytes() for s in k.states)
+    assert all(np.array_equal(state0[s], kept[s]) for s in k.states)
+
+
+def test_a_state_read_after_its_update_is_not_updated_in_place(tmp_path):
+    """A stage after h's update reads h_prev (through a mean over h's units): inference must
+    keep h's old value, so the plan refuses the in-place update, and at H = 16 the C kernel
+    (which would otherwise take it) still equals forward."""
+    path = tmp_path / "late_read.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            from codegen.activations import tanh
+            from codegen.cell import Cell
+            from codegen.reductions import mean
+
+            cell = Cell("late_read", description="h_prev read after h's update", reference="a test")
+            x = cell.input("x")
+            h_prev, m_prev = cell.states("h", "m")
+            W, U = cell.matrices("W U")
+            (b,) = cell.vectors("b")
+            h = cell.update("h", tanh(W @ x + U @ h_prev + b))
+            s = cell.eq("s", mean(h), "the mean of the new h")
+            m = cell.update("m", tanh(s * h_prev + m_prev))
+            """
+        )
+    )
+    assert not build_kernel(load_cell(path)).infer_in_place
+    assert all(build_kernel(load_cell(c)).infer_in_place for c in CELLS)
+    k = codegen.load(path, "c")
+    xs, state0, params, _, _ = make_problem(k, T=5, B=2, I=3, H=16, seed=3)
+    ys, final, _ = k.forward(xs, state0, params)
+    got, got_final = k.infer(xs, state0, k.pack(params))
+    assert rel_err(got, ys) <= 1e-12
+    assert all(rel_err(got_final[s], final[s]) <= 1e-12 for s in k.states)
 
 
 @pytest.mark.parametrize("cell", CELLS)

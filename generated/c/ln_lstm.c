@@ -2003,8 +2003,12 @@ void cellgen_ln_lstm_pack_f64(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_ln_lstm_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f64(size_t Hp, int inline_products,
@@ -2102,7 +2106,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f64(size_t Hp, int 
     next += B * Hp;
     double *c_new = next; /* the new c of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+        c_cur = c_new = c_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f64(H, Hp, h_state + b * H, h_cur + b * Hp);
         infer_load_f64(H, Hp, c_state + b * H, c_cur + b * Hp);
     }
@@ -2396,8 +2405,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f64(size_t Hp, int 
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
-                    infer_copy_f64(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    }
+                    if (!in_place) {
+                        infer_copy_f64(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f64(H, 0.0, ys + t * BH + b * H);
                     }
@@ -2419,7 +2432,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f64(size_t Hp, int 
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f64(H, h_cur + b * Hp, h_state + b * H);
         infer_copy_f64(H, c_cur + b * Hp, c_state + b * H);
     }
@@ -4796,8 +4809,12 @@ void cellgen_ln_lstm_pack_bf16_f32(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_ln_lstm_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f32(size_t Hp, int inline_products,
@@ -4895,7 +4912,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f32(size_t Hp, int 
     next += B * Hp;
     float *c_new = next; /* the new c of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+        c_cur = c_new = c_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f32(H, Hp, h_state + b * H, h_cur + b * Hp);
         infer_load_f32(H, Hp, c_state + b * H, c_cur + b * Hp);
     }
@@ -5189,8 +5211,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f32(size_t Hp, int 
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
-                    infer_copy_f32(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    }
+                    if (!in_place) {
+                        infer_copy_f32(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f32(H, 0.0F, ys + t * BH + b * H);
                     }
@@ -5212,7 +5238,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_ln_lstm_infer_body_f32(size_t Hp, int 
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f32(H, h_cur + b * Hp, h_state + b * H);
         infer_copy_f32(H, c_cur + b * Hp, c_state + b * H);
     }

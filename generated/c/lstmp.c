@@ -1390,8 +1390,12 @@ void cellgen_lstmp_pack_f64(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_lstmp_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f64(size_t Hp, int inline_products,
@@ -1428,7 +1432,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f64(size_t Hp, int in
     next += B * Hp;
     double *c_new = next; /* the new c of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = P == Pp && H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+        c_cur = c_new = c_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f64(P, Pp, h_state + b * P, h_cur + b * Pp);
         infer_load_f64(H, Hp, c_state + b * H, c_cur + b * Hp);
     }
@@ -1518,8 +1527,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f64(size_t Hp, int in
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f64(Pp, h_cur + b * Pp, h_new + b * Pp);
-                    infer_copy_f64(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f64(Pp, h_cur + b * Pp, h_new + b * Pp);
+                    }
+                    if (!in_place) {
+                        infer_copy_f64(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f64(P, 0.0, ys + t * BP + b * P);
                     }
@@ -1541,7 +1554,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f64(size_t Hp, int in
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f64(P, h_cur + b * Pp, h_state + b * P);
         infer_copy_f64(H, c_cur + b * Hp, c_state + b * H);
     }
@@ -3279,8 +3292,12 @@ void cellgen_lstmp_pack_bf16_f32(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_lstmp_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f32(size_t Hp, int inline_products,
@@ -3317,7 +3334,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f32(size_t Hp, int in
     next += B * Hp;
     float *c_new = next; /* the new c of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = P == Pp && H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+        c_cur = c_new = c_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f32(P, Pp, h_state + b * P, h_cur + b * Pp);
         infer_load_f32(H, Hp, c_state + b * H, c_cur + b * Hp);
     }
@@ -3407,8 +3429,12 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f32(size_t Hp, int in
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f32(Pp, h_cur + b * Pp, h_new + b * Pp);
-                    infer_copy_f32(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f32(Pp, h_cur + b * Pp, h_new + b * Pp);
+                    }
+                    if (!in_place) {
+                        infer_copy_f32(Hp, c_cur + b * Hp, c_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f32(P, 0.0F, ys + t * BP + b * P);
                     }
@@ -3430,7 +3456,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_lstmp_infer_body_f32(size_t Hp, int in
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f32(P, h_cur + b * Pp, h_state + b * P);
         infer_copy_f32(H, c_cur + b * Hp, c_state + b * H);
     }

@@ -1272,8 +1272,12 @@ void cellgen_mgu_pack_f64(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_mgu_infer_f64 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f64(size_t Hp, int inline_products,
@@ -1311,7 +1315,11 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f64(size_t Hp, int inli
     next += B * Hp;
     double *h_new = next; /* the new h of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f64(H, Hp, h_state + b * H, h_cur + b * Hp);
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
@@ -1388,7 +1396,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f64(size_t Hp, int inli
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f64(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f64(H, 0.0, ys + t * BH + b * H);
                     }
@@ -1405,7 +1415,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f64(size_t Hp, int inli
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f64(H, h_cur + b * Hp, h_state + b * H);
     }
 }
@@ -3024,8 +3034,12 @@ void cellgen_mgu_pack_bf16_f32(
 
 /* Every row of size H (or of a declared size) is padded to Hp (Pp, ...: a multiple of 16): the
  * pointwise stages run over whole vectors; the lanes past the size hold finite values nothing
- * reads. The states are copied in
- * (padded with zeros) and out once per call; between steps a state's buffers swap.
+ * reads. The states are copied in (padded with zeros) and out once per call; between steps a
+ * state's buffers swap. Where no state needs padding and the plan allows it
+ * (Kernel.infer_in_place: each block reads a state's old value unit by unit before it writes the
+ * new one, and no later stage reads the old), the steps update the caller's state arrays in
+ * place instead: at one step per call, the copies in and out were most of a small step's
+ * latency.
  * cellgen_mgu_infer_f32 calls this with Hp = infer_pad(H), a constant for the small sizes,
  * where the products are inlined (inline_products); elsewhere a step is long enough for a call. */
 static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f32(size_t Hp, int inline_products,
@@ -3063,7 +3077,11 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f32(size_t Hp, int inli
     next += B * Hp;
     float *h_new = next; /* the new h of one step */
     next += B * Hp;
-    for (size_t b = 0; b < B; ++b) {
+    const int in_place = H == Hp;
+    if (in_place) {
+        h_cur = h_new = h_state;
+    }
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_load_f32(H, Hp, h_state + b * H, h_cur + b * Hp);
     }
     for (size_t t0 = 0; t0 < T; t0 += 16) {
@@ -3140,7 +3158,9 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f32(size_t Hp, int inli
             for (size_t b = 0; b < B; ++b) {
                 const size_t L = lengths ? (size_t)lengths[b] : T;
                 if (!row_active(lengths, t, b)) { /* its states carried, zeros in ys */
-                    infer_copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    if (!in_place) {
+                        infer_copy_f32(Hp, h_cur + b * Hp, h_new + b * Hp);
+                    }
                     if (ys) {
                         fill_f32(H, 0.0F, ys + t * BH + b * H);
                     }
@@ -3157,7 +3177,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_mgu_infer_body_f32(size_t Hp, int inli
             }
         }
     }
-    for (size_t b = 0; b < B; ++b) {
+    for (size_t b = 0; b < B && !in_place; ++b) {
         infer_copy_f32(H, h_cur + b * Hp, h_state + b * H);
     }
 }

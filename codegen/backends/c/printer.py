@@ -65,7 +65,8 @@ RESERVED = {
     "xor", "xor_eq",
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
     "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
-    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "bf16", "int32_t", "uint16_t", "lo", "hi",
+    "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "bf16", "in_place", "int32_t", "uint16_t",
+    "lo", "hi",
     "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
@@ -880,6 +881,7 @@ def context(kernel: Kernel) -> dict:
         "packed_size": size_text(kernel.packed_size),
         "infer_work": size_text(kernel.infer_work_size),
         "infer_chunk": INFER_CHUNK,
+        "infer_in_place": _in_place_condition(kernel),
         "output_new": names.step(cell.output) if output_equation else names.new_state(cell.output),
         # an output equation is written to ys at each step, through this pointer
         "output_at_t": names.at_t(cell.output) if output_equation else "",
@@ -897,6 +899,16 @@ def context(kernel: Kernel) -> dict:
         "helpers": helpers(kernel.functions),
         "infer_helpers": helpers(kernel.forward_functions),  # inference runs the forward only
     }
+
+
+def _in_place_condition(kernel: Kernel) -> str:
+    """When inference updates the caller's state arrays in place: the plan allows it and no
+    state's rows are padded (its size a multiple of 16), so that the arrays' rows are the
+    padded rows; "0" for never."""
+    if not kernel.infer_in_place:
+        return "0"
+    sizes = dict.fromkeys(kernel.size(s) for s in kernel.states)
+    return " && ".join(f"{size_text(z)} == {size_text(padded(z))}" for z in sizes)
 
 
 def _packed_parts(names: CNames, kernel: Kernel) -> list[dict]:
