@@ -63,9 +63,12 @@ def test_every_copy_of_the_c_body_infers_like_forward_and_streams_bit_for_bit(ce
     32 and 40) equals forward, and streaming one step per call gives one call's bits, also with
     the input products of a chunk of steps computed at once (I = 90, or I = 40 at H = 64: at
     least CELLGEN_HOIST_MIN input weights) rather than with each step's recurrent products, and
-    with one row over two whole panels at a time (B = 1 from H = 64)."""
+    with one row (B = 1 from H = 64) over two whole panels at a time or over one panel at a time
+    (at most CELLGEN_PAIR_ROWS rows; H = 96: a pair and a panel of its own), the panels in either
+    order, which alternates from step to step."""
     k = _kernel(cell, "c", dtype)
-    for I, H, B in ((3, 9, 2), (3, 32, 2), (3, 40, 2), (90, 32, 2), (40, 64, 1), (3, 128, 1)):
+    sizes = ((3, 9, 2), (3, 32, 2), (3, 40, 2), (90, 32, 2), (40, 64, 1), (3, 64, 1), (3, 96, 1))
+    for I, H, B in (*sizes, (3, 128, 1)):
         T = 19  # more than one chunk of input products
         xs, state0, params, _, _ = make_problem(
             k, T=T, B=B, I=I, H=H, seed=4, dtype=np.dtype(dtype)

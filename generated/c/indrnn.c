@@ -62,6 +62,11 @@ enum { CELLGEN_HEADER = 16 };
 /* Panel width in numbers: 8 vectors of 64 bytes. */
 enum { CELLGEN_PANEL_F32 = 128, CELLGEN_PANEL_F64 = 64 };
 
+/* A streamed step's product runs two panels side by side when they have more rows than this
+ * (a panel of 512-byte rows, 40 KB, that L1 would not keep between steps); smaller panels run
+ * one at a time, so that the last of them is still in L1 when the next step starts on it. */
+enum { CELLGEN_PAIR_ROWS = 80 };
+
 /* How a sum of products meets its row (the portable products): continues from its values,
  * is added to them, or replaces them. */
 enum { CELLGEN_ONTO, CELLGEN_ADD, CELLGEN_STORE };
@@ -565,6 +570,112 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
 }
 #endif
 
+/* Columns n0.. (one panel) of the product that infer_product_f64 states, for all R rows:
+ * with AVX-512, tiles of 2 rows by the whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static CELLGEN_ALWAYS_INLINE void infer_panel_f64(size_t n0, size_t R, size_t N,
+    const double *restrict P, size_t Kp, size_t k0, size_t K1, const double *restrict a1,
+    size_t lda1, size_t K2, const double *restrict a2, size_t lda2, const double *init,
+    size_t ldi, double *c, size_t ldc, size_t Na, double *c2, size_t ldc2)
+{
+    const size_t w = N - n0 < CELLGEN_PANEL_F64 ? N - n0 : CELLGEN_PANEL_F64;
+    const size_t wp = infer_pad(w);
+    const double *const p = P + Kp * n0 + k0 * wp;
+    /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
+    const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+    const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+    const size_t Va = ja < w ? ja / 8 : CELLGEN_PANEL_F64; /* first apart vector */
+    size_t r = 0;
+    for (; K2 == 0 && w == CELLGEN_PANEL_F64 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+        infer_tile_2x8_f64(8, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                               init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                               8, c2, ldc2);
+    }
+    for (; r + 4 <= R; r += 4) {
+        for (size_t v0 = 0; v0 * 8 < w; v0 += 2) {
+            const size_t left = w - v0 * 8;
+            const unsigned lanes = (unsigned)(left > 2 * 8 ? 8
+                                              : left > 8 ? left - 8 : left);
+            const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+            const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 8 : q;
+            const double *const pv = p + v0 * 8;
+            const double *const iv = init ? init + r * ldi + n0 + v0 * 8 : NULL;
+            double *const cv = c + r * ldc + n0 + v0 * 8;
+            const double *const b1 = a1 + r * lda1;
+            const double *const b2 = a2 + r * lda2;
+            double *const c2v = c2 + r * ldc2 + qv;
+            if (left > 8) {
+                infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart, c2v, ldc2);
+            } else {
+                infer_tile_4x1_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart < 1 ? apart : 1, c2v, ldc2);
+            }
+        }
+    }
+    for (; r < R; ++r) {
+        const size_t V = (w + 7) / 8;
+        const unsigned lanes = (unsigned)(w - (V - 1) * 8);
+        const double *const b1 = a1 + r * lda1;
+        const double *const b2 = a2 + r * lda2;
+        const double *const iv = init ? init + r * ldi + n0 : NULL;
+        double *const cv = c + r * ldc + n0;
+        double *const c2v = c2 + r * ldc2 + q;
+        switch (V) {
+        case 8:
+            infer_tile_1x8_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 7:
+            infer_tile_1x7_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 6:
+            infer_tile_1x6_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 5:
+            infer_tile_1x5_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 4:
+            infer_tile_1x4_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 3:
+            infer_tile_1x3_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 2:
+            infer_tile_1x2_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        default:
+            infer_tile_1x1_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        }
+    }
+#else
+    for (size_t r = 0; r < R; ++r) {
+        double *const cr = c + r * ldc + n0;
+        const double *const ir = init ? init + r * ldi + n0 : NULL;
+        const double *const b2 = a2 + r * lda2;
+        for (size_t n = 0; n < w; ++n) {
+            cr[n] = ir ? ir[n] : 0.0;
+        }
+        infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+        if (K2 > 0) {
+            infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+            infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
+        }
+    }
+#endif
+}
+
 /* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
  * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
  * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
@@ -575,165 +686,86 @@ static inline void infer_segment_f64(size_t w, const double *restrict p, size_t 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
+ * One row (a step streamed with B = 1) runs panel by panel, or, when a panel is larger than L1
+ * can keep (more than CELLGEN_PAIR_ROWS rows), the whole panels before any columns kept apart
+ * two at a time, j beside j + half. (Measured: two weight streams that end where the next
+ * call's begin, panels j and j + 1, stream from L2 at half the speed.) from_end runs these
+ * units in reverse order: steps that alternate start on the panel the last step read last,
+ * still in L1, which spares a group up to about twice L1 a good part of its reads from L2.
+ * The order of the panels changes no number: each column's sums run over k in the same order.
+ *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
- * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
- * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
-static CELLGEN_ALWAYS_INLINE void infer_product_f64(size_t R, size_t N, const double *restrict P, size_t Kp,
-    size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
-    const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
-    size_t ldc, size_t Na, double *c2, size_t ldc2)
+ * second operand), which removes their branches and the call of 18 arguments from a step. */
+static CELLGEN_ALWAYS_INLINE void infer_product_f64(int from_end, size_t R, size_t N,
+    const double *restrict P, size_t Kp, size_t k0, size_t K1, const double *restrict a1,
+    size_t lda1, size_t K2, const double *restrict a2, size_t lda2, const double *init,
+    size_t ldi, double *c, size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
+    if (R == 1) {
+        const size_t panels = (N + CELLGEN_PANEL_F64 - 1) / CELLGEN_PANEL_F64;
 #if defined(CELLGEN_AVX512)
-    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
-     * with j + half. (Measured: with two weight streams that end where the next call's begin,
-     * panels j and j + 1, a product streams from L2 at half the speed.) */
-    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F64 : 0;
-    const size_t half = (whole + 1) / 2;
-    for (size_t j = 0; j < whole / 2; ++j) {
-        const size_t n0 = j * CELLGEN_PANEL_F64;
-        infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                               c + n0, half);
-    }
-#endif
-    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
-#if defined(CELLGEN_AVX512)
-        if (n0 / CELLGEN_PANEL_F64 < whole && n0 / CELLGEN_PANEL_F64 % half < whole / 2) {
-            continue; /* done in pairs above */
-        }
-#endif
-        const size_t w = N - n0 < CELLGEN_PANEL_F64 ? N - n0 : CELLGEN_PANEL_F64;
-        const size_t wp = infer_pad(w);
-        const double *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
-        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
-        const size_t q = ja < w ? n0 + ja - Na : 0;
-#if defined(CELLGEN_AVX512)
-        const size_t Va = ja < w ? ja / 8 : CELLGEN_PANEL_F64; /* first apart vector */
-        size_t r = 0;
-        for (; K2 == 0 && w == CELLGEN_PANEL_F64 && r + 2 <= R; r += 2) { /* rows over a whole panel */
-            infer_tile_2x8_f64(8, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
-                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
-                                   8, c2, ldc2);
-        }
-        for (; r + 4 <= R; r += 4) {
-            for (size_t v0 = 0; v0 * 8 < w; v0 += 2) {
-                const size_t left = w - v0 * 8;
-                const unsigned lanes = (unsigned)(left > 2 * 8 ? 8
-                                                  : left > 8 ? left - 8 : left);
-                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
-                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 8 : q;
-                const double *const pv = p + v0 * 8;
-                const double *const iv = init ? init + r * ldi + n0 + v0 * 8 : NULL;
-                double *const cv = c + r * ldc + n0 + v0 * 8;
-                const double *const b1 = a1 + r * lda1;
-                const double *const b2 = a2 + r * lda2;
-                double *const c2v = c2 + r * ldc2 + qv;
-                if (left > 8) {
-                    infer_tile_4x2_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, c2v, ldc2);
-                } else {
-                    infer_tile_4x1_f64(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, c2v, ldc2);
-                }
-            }
-        }
-        for (; r < R; ++r) {
-            const size_t V = (w + 7) / 8;
-            const unsigned lanes = (unsigned)(w - (V - 1) * 8);
-            const double *const b1 = a1 + r * lda1;
-            const double *const b2 = a2 + r * lda2;
-            const double *const iv = init ? init + r * ldi + n0 : NULL;
-            double *const cv = c + r * ldc + n0;
-            double *const c2v = c2 + r * ldc2 + q;
-            switch (V) {
-            case 8:
-                infer_tile_1x8_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 7:
-                infer_tile_1x7_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 6:
-                infer_tile_1x6_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 5:
-                infer_tile_1x5_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 4:
-                infer_tile_1x4_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 3:
-                infer_tile_1x3_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 2:
-                infer_tile_1x2_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            default:
-                infer_tile_1x1_f64(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            }
-        }
+        const size_t whole = (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F64;
+        const size_t pairs = Kp > CELLGEN_PAIR_ROWS ? whole / 2 : 0;
 #else
-        for (size_t r = 0; r < R; ++r) {
-            double *const cr = c + r * ldc + n0;
-            const double *const ir = init ? init + r * ldi + n0 : NULL;
-            const double *const b2 = a2 + r * lda2;
-            for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir ? ir[n] : 0.0;
-            }
-            infer_segment_f64(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
-            if (K2 > 0) {
-                infer_segment_f64(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
-                infer_segment_f64(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
-            }
-        }
+        const size_t whole = 0, pairs = 0;
 #endif
+        const size_t half = (whole + 1) / 2;
+        for (size_t u = 0; u < panels - pairs; ++u) {
+            const size_t q = from_end ? panels - pairs - 1 - u : u;
+#if defined(CELLGEN_AVX512)
+            if (q < pairs) {
+                const size_t n0 = q * CELLGEN_PANEL_F64;
+                infer_tile_2panels_f64(P + Kp * n0 + k0 * CELLGEN_PANEL_F64, Kp, K1, a1, K2, a2,
+                                       init ? init + n0 : NULL, c + n0, half);
+                continue;
+            }
+#endif
+            const size_t one = q - pairs; /* the panels no pair takes, in order */
+            const size_t j = pairs == 0 ? one : whole % 2 == 0 ? whole + one : one == 0 ? half - 1 : whole + one - 1;
+            infer_panel_f64(j * CELLGEN_PANEL_F64, 1, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init,
+                               ldi, c, ldc, Na, c2, ldc2);
+        }
+        return;
+    }
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F64) {
+        infer_panel_f64(n0, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc,
+                           Na, c2, ldc2);
     }
 }
 
 /* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
-static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f64(int bf16, int from_end, size_t R, size_t N, const double *P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
     (void)bf16;
-    infer_product_f64(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+    infer_product_f64(from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
                       ldc2);
 }
 
 /* infer_product_w_f64, not inlined: for the copy of the inference body whose sizes are not
  * constants, where a step is long (one copy of the product's code, not one per call). */
-static CELLGEN_NOINLINE void infer_product_n_f64(int bf16, size_t R, size_t N, const double *P, size_t Kp,
+static CELLGEN_NOINLINE void infer_product_n_f64(int bf16, int from_end, size_t R, size_t N, const double *P, size_t Kp,
     size_t k0, size_t K1, const double *restrict a1, size_t lda1, size_t K2,
     const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
-    infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+    infer_product_w_f64(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
                         ldc2);
 }
 
 /* infer_product_w_f64 inlined (inline_products, a constant at every call) or called */
-static CELLGEN_ALWAYS_INLINE void infer_product_c_f64(int inline_products, int bf16, size_t R, size_t N,
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f64(int inline_products, int bf16, int from_end, size_t R, size_t N,
     const double *P, size_t Kp, size_t k0, size_t K1, const double *restrict a1, size_t lda1,
     size_t K2, const double *restrict a2, size_t lda2, const double *init, size_t ldi, double *c,
     size_t ldc, size_t Na, double *c2, size_t ldc2)
 {
     if (inline_products) {
-        infer_product_w_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+        infer_product_w_f64(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
                             c2, ldc2);
     } else {
-        infer_product_n_f64(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+        infer_product_n_f64(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
                             c2, ldc2);
     }
 }
@@ -1094,6 +1126,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f64(size_t Hp, int i
     next += B * Hp;
     double *h_new = next; /* the new h of one step */
     next += B * Hp;
+    /* Steps start their products at alternate ends of the weights, by their place in xs (in
+     * one call, and over calls that stream consecutive steps of one array), so that a step
+     * starts on what the last one read last, still in L1. It changes no number. */
+    const size_t xs_place = B > 0 && I > 0 ? (size_t)((uintptr_t)(const void *)xs / (B * I * sizeof(double))) : 0;
     const int in_place = H == Hp;
     if (in_place) {
         h_cur = h_new = h_state;
@@ -1108,7 +1144,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f64(size_t Hp, int i
          * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
         const int hoist_x_products = steps > 1 && I * (Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
-            infer_product_c_f64(inline_products, bf16, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+            infer_product_c_f64(inline_products, bf16, 0, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, Hp, Hp, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -1117,13 +1153,14 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f64(size_t Hp, int i
                 if (row_active(lengths, t, b)) {
                     double *const row = x_products + ((t - t0) * B + b) * (Hp);
                     const double *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_c_f64(inline_products, bf16, 1, Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, Hp, Hp, row, 0);
+                    infer_product_c_f64(inline_products, bf16, 0, 1, Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, Hp, Hp, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            const int from_end = (int)((xs_place + t) % 2);
             if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_c_f64(inline_products, bf16, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                infer_product_c_f64(inline_products, bf16, from_end, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
                                   x_products + (t - t0) * B * (Hp), Hp, Hp, x_products, 0);
             }
             const double *const h_prev = h_cur;
@@ -1642,6 +1679,112 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c
 }
 #endif
 
+/* Columns n0.. (one panel) of the product that infer_product_f32 states, for all R rows:
+ * with AVX-512, tiles of 2 rows by the whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static CELLGEN_ALWAYS_INLINE void infer_panel_f32(size_t n0, size_t R, size_t N,
+    const float *restrict P, size_t Kp, size_t k0, size_t K1, const float *restrict a1,
+    size_t lda1, size_t K2, const float *restrict a2, size_t lda2, const float *init,
+    size_t ldi, float *c, size_t ldc, size_t Na, float *c2, size_t ldc2)
+{
+    const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
+    const size_t wp = infer_pad(w);
+    const float *const p = P + Kp * n0 + k0 * wp;
+    /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
+    const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+    const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+    const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
+    size_t r = 0;
+    for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+        infer_tile_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                               init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                               8, c2, ldc2);
+    }
+    for (; r + 4 <= R; r += 4) {
+        for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
+            const size_t left = w - v0 * 16;
+            const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
+                                              : left > 16 ? left - 16 : left);
+            const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+            const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
+            const float *const pv = p + v0 * 16;
+            const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
+            float *const cv = c + r * ldc + n0 + v0 * 16;
+            const float *const b1 = a1 + r * lda1;
+            const float *const b2 = a2 + r * lda2;
+            float *const c2v = c2 + r * ldc2 + qv;
+            if (left > 16) {
+                infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart, c2v, ldc2);
+            } else {
+                infer_tile_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart < 1 ? apart : 1, c2v, ldc2);
+            }
+        }
+    }
+    for (; r < R; ++r) {
+        const size_t V = (w + 15) / 16;
+        const unsigned lanes = (unsigned)(w - (V - 1) * 16);
+        const float *const b1 = a1 + r * lda1;
+        const float *const b2 = a2 + r * lda2;
+        const float *const iv = init ? init + r * ldi + n0 : NULL;
+        float *const cv = c + r * ldc + n0;
+        float *const c2v = c2 + r * ldc2 + q;
+        switch (V) {
+        case 8:
+            infer_tile_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 7:
+            infer_tile_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 6:
+            infer_tile_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 5:
+            infer_tile_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 4:
+            infer_tile_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 3:
+            infer_tile_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 2:
+            infer_tile_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        default:
+            infer_tile_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        }
+    }
+#else
+    for (size_t r = 0; r < R; ++r) {
+        float *const cr = c + r * ldc + n0;
+        const float *const ir = init ? init + r * ldi + n0 : NULL;
+        const float *const b2 = a2 + r * lda2;
+        for (size_t n = 0; n < w; ++n) {
+            cr[n] = ir ? ir[n] : 0.0F;
+        }
+        infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+        if (K2 > 0) {
+            infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+            infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
+        }
+    }
+#endif
+}
+
 /* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
  * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
  * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
@@ -1652,129 +1795,50 @@ static inline void infer_segment_f32(size_t w, const float *restrict p, size_t c
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
+ * One row (a step streamed with B = 1) runs panel by panel, or, when a panel is larger than L1
+ * can keep (more than CELLGEN_PAIR_ROWS rows), the whole panels before any columns kept apart
+ * two at a time, j beside j + half. (Measured: two weight streams that end where the next
+ * call's begin, panels j and j + 1, stream from L2 at half the speed.) from_end runs these
+ * units in reverse order: steps that alternate start on the panel the last step read last,
+ * still in L1, which spares a group up to about twice L1 a good part of its reads from L2.
+ * The order of the panels changes no number: each column's sums run over k in the same order.
+ *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
- * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
- * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
-static CELLGEN_ALWAYS_INLINE void infer_product_f32(size_t R, size_t N, const float *restrict P, size_t Kp,
-    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
-    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, float *c2, size_t ldc2)
+ * second operand), which removes their branches and the call of 18 arguments from a step. */
+static CELLGEN_ALWAYS_INLINE void infer_product_f32(int from_end, size_t R, size_t N,
+    const float *restrict P, size_t Kp, size_t k0, size_t K1, const float *restrict a1,
+    size_t lda1, size_t K2, const float *restrict a2, size_t lda2, const float *init,
+    size_t ldi, float *c, size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
+    if (R == 1) {
+        const size_t panels = (N + CELLGEN_PANEL_F32 - 1) / CELLGEN_PANEL_F32;
 #if defined(CELLGEN_AVX512)
-    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
-     * with j + half. (Measured: with two weight streams that end where the next call's begin,
-     * panels j and j + 1, a product streams from L2 at half the speed.) */
-    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32 : 0;
-    const size_t half = (whole + 1) / 2;
-    for (size_t j = 0; j < whole / 2; ++j) {
-        const size_t n0 = j * CELLGEN_PANEL_F32;
-        infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                               c + n0, half);
-    }
-#endif
-    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
-#if defined(CELLGEN_AVX512)
-        if (n0 / CELLGEN_PANEL_F32 < whole && n0 / CELLGEN_PANEL_F32 % half < whole / 2) {
-            continue; /* done in pairs above */
-        }
-#endif
-        const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
-        const size_t wp = infer_pad(w);
-        const float *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
-        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
-        const size_t q = ja < w ? n0 + ja - Na : 0;
-#if defined(CELLGEN_AVX512)
-        const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
-        size_t r = 0;
-        for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
-            infer_tile_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
-                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
-                                   8, c2, ldc2);
-        }
-        for (; r + 4 <= R; r += 4) {
-            for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
-                const size_t left = w - v0 * 16;
-                const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
-                                                  : left > 16 ? left - 16 : left);
-                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
-                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
-                const float *const pv = p + v0 * 16;
-                const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
-                float *const cv = c + r * ldc + n0 + v0 * 16;
-                const float *const b1 = a1 + r * lda1;
-                const float *const b2 = a2 + r * lda2;
-                float *const c2v = c2 + r * ldc2 + qv;
-                if (left > 16) {
-                    infer_tile_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, c2v, ldc2);
-                } else {
-                    infer_tile_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, c2v, ldc2);
-                }
-            }
-        }
-        for (; r < R; ++r) {
-            const size_t V = (w + 15) / 16;
-            const unsigned lanes = (unsigned)(w - (V - 1) * 16);
-            const float *const b1 = a1 + r * lda1;
-            const float *const b2 = a2 + r * lda2;
-            const float *const iv = init ? init + r * ldi + n0 : NULL;
-            float *const cv = c + r * ldc + n0;
-            float *const c2v = c2 + r * ldc2 + q;
-            switch (V) {
-            case 8:
-                infer_tile_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 7:
-                infer_tile_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 6:
-                infer_tile_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 5:
-                infer_tile_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 4:
-                infer_tile_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 3:
-                infer_tile_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 2:
-                infer_tile_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            default:
-                infer_tile_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            }
-        }
+        const size_t whole = (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32;
+        const size_t pairs = Kp > CELLGEN_PAIR_ROWS ? whole / 2 : 0;
 #else
-        for (size_t r = 0; r < R; ++r) {
-            float *const cr = c + r * ldc + n0;
-            const float *const ir = init ? init + r * ldi + n0 : NULL;
-            const float *const b2 = a2 + r * lda2;
-            for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir ? ir[n] : 0.0F;
-            }
-            infer_segment_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
-            if (K2 > 0) {
-                infer_segment_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
-                infer_segment_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
-            }
-        }
+        const size_t whole = 0, pairs = 0;
 #endif
+        const size_t half = (whole + 1) / 2;
+        for (size_t u = 0; u < panels - pairs; ++u) {
+            const size_t q = from_end ? panels - pairs - 1 - u : u;
+#if defined(CELLGEN_AVX512)
+            if (q < pairs) {
+                const size_t n0 = q * CELLGEN_PANEL_F32;
+                infer_tile_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2,
+                                       init ? init + n0 : NULL, c + n0, half);
+                continue;
+            }
+#endif
+            const size_t one = q - pairs; /* the panels no pair takes, in order */
+            const size_t j = pairs == 0 ? one : whole % 2 == 0 ? whole + one : one == 0 ? half - 1 : whole + one - 1;
+            infer_panel_f32(j * CELLGEN_PANEL_F32, 1, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init,
+                               ldi, c, ldc, Na, c2, ldc2);
+        }
+        return;
+    }
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
+        infer_panel_f32(n0, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc,
+                           Na, c2, ldc2);
     }
 }
 #if defined(CELLGEN_AVX512)
@@ -2043,6 +2107,112 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
 }
 #endif
 
+/* Columns n0.. (one panel) of the product that infer_product_bf16_f32 states, for all R rows:
+ * with AVX-512, tiles of 2 rows by the whole panel (one operand: the input's products of a chunk
+ * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), and single
+ * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency); elsewhere loops
+ * over n that the compiler vectorises. */
+static CELLGEN_ALWAYS_INLINE void infer_panel_bf16_f32(size_t n0, size_t R, size_t N,
+    const uint16_t *restrict P, size_t Kp, size_t k0, size_t K1, const float *restrict a1,
+    size_t lda1, size_t K2, const float *restrict a2, size_t lda2, const float *init,
+    size_t ldi, float *c, size_t ldc, size_t Na, float *c2, size_t ldc2)
+{
+    const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
+    const size_t wp = infer_pad32(w);
+    const uint16_t *const p = P + Kp * n0 + k0 * wp;
+    /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
+    const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
+    const size_t q = ja < w ? n0 + ja - Na : 0;
+#if defined(CELLGEN_AVX512)
+    const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
+    size_t r = 0;
+    for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
+        infer_tile_bf16_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
+                               init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
+                               8, c2, ldc2);
+    }
+    for (; r + 4 <= R; r += 4) {
+        for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
+            const size_t left = w - v0 * 16;
+            const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
+                                              : left > 16 ? left - 16 : left);
+            const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
+            const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
+            const uint16_t *const pv = p + v0 * 16;
+            const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
+            float *const cv = c + r * ldc + n0 + v0 * 16;
+            const float *const b1 = a1 + r * lda1;
+            const float *const b2 = a2 + r * lda2;
+            float *const c2v = c2 + r * ldc2 + qv;
+            if (left > 16) {
+                infer_tile_bf16_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart, c2v, ldc2);
+            } else {
+                infer_tile_bf16_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
+                                   apart < 1 ? apart : 1, c2v, ldc2);
+            }
+        }
+    }
+    for (; r < R; ++r) {
+        const size_t V = (w + 15) / 16;
+        const unsigned lanes = (unsigned)(w - (V - 1) * 16);
+        const float *const b1 = a1 + r * lda1;
+        const float *const b2 = a2 + r * lda2;
+        const float *const iv = init ? init + r * ldi + n0 : NULL;
+        float *const cv = c + r * ldc + n0;
+        float *const c2v = c2 + r * ldc2 + q;
+        switch (V) {
+        case 8:
+            infer_tile_bf16_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 7:
+            infer_tile_bf16_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 6:
+            infer_tile_bf16_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 5:
+            infer_tile_bf16_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 4:
+            infer_tile_bf16_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 3:
+            infer_tile_bf16_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        case 2:
+            infer_tile_bf16_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        default:
+            infer_tile_bf16_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
+                                     c2v, ldc2);
+            break;
+        }
+    }
+#else
+    for (size_t r = 0; r < R; ++r) {
+        float *const cr = c + r * ldc + n0;
+        const float *const ir = init ? init + r * ldi + n0 : NULL;
+        const float *const b2 = a2 + r * lda2;
+        for (size_t n = 0; n < w; ++n) {
+            cr[n] = ir ? ir[n] : 0.0F;
+        }
+        infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
+        if (K2 > 0) {
+            infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
+            infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
+        }
+    }
+#endif
+}
+
 /* c (R, N) = init (R, N) + a1 (R, K1) @ rows k0..k0+K1-1 of the packed group P (Kp rows, N
  * columns) + a2 (R, K2) @ the K2 rows after them; rows of a1, a2, init and c are lda1, lda2,
  * ldi and ldc apart. init may be c itself (accumulate in place), a bias with ldi = 0, or NULL
@@ -2053,169 +2223,90 @@ static inline void infer_segment_bf16_f32(size_t w, const uint16_t *restrict p, 
  * pre-activation such as GRU's W_n x + b_in + r * (U_n h + b_hn): there c = init + a1 @ P, and,
  * when K2 > 0, c2 (R, N - Na; rows ldc2 apart) = a2 @ P.
  *
+ * One row (a step streamed with B = 1) runs panel by panel, or, when a panel is larger than L1
+ * can keep (more than CELLGEN_PAIR_ROWS rows), the whole panels before any columns kept apart
+ * two at a time, j beside j + half. (Measured: two weight streams that end where the next
+ * call's begin, panels j and j + 1, stream from L2 at half the speed.) from_end runs these
+ * units in reverse order: steps that alternate start on the panel the last step read last,
+ * still in L1, which spares a group up to about twice L1 a good part of its reads from L2.
+ * The order of the panels changes no number: each column's sums run over k in the same order.
+ *
  * Always inlined: at each call most arguments are constants (one row, no columns apart, no
- * second operand), which removes their branches and the call of 17 arguments from a step.
- * With AVX-512: tiles of 2 rows by a whole panel (one operand: the input's products of a chunk
- * of steps) or of 4 rows by 2 vectors (each weight vector loaded serves 2 or 4 rows), single
- * rows by up to 8 vectors (8 to 16 independent FMA chains hide the FMA latency), and a single
- * row over two whole panels; elsewhere loops over n that the compiler vectorises. */
-static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(size_t R, size_t N, const uint16_t *restrict P, size_t Kp,
-    size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
-    const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
-    size_t ldc, size_t Na, float *c2, size_t ldc2)
+ * second operand), which removes their branches and the call of 18 arguments from a step. */
+static CELLGEN_ALWAYS_INLINE void infer_product_bf16_f32(int from_end, size_t R, size_t N,
+    const uint16_t *restrict P, size_t Kp, size_t k0, size_t K1, const float *restrict a1,
+    size_t lda1, size_t K2, const float *restrict a2, size_t lda2, const float *init,
+    size_t ldi, float *c, size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
+    if (R == 1) {
+        const size_t panels = (N + CELLGEN_PANEL_F32 - 1) / CELLGEN_PANEL_F32;
 #if defined(CELLGEN_AVX512)
-    /* One row (streaming): the whole panels before any columns kept apart two at a time, j
-     * with j + half. (Measured: with two weight streams that end where the next call's begin,
-     * panels j and j + 1, a product streams from L2 at half the speed.) */
-    const size_t whole = R == 1 ? (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32 : 0;
-    const size_t half = (whole + 1) / 2;
-    for (size_t j = 0; j < whole / 2; ++j) {
-        const size_t n0 = j * CELLGEN_PANEL_F32;
-        infer_tile_bf16_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2, init ? init + n0 : NULL,
-                               c + n0, half);
-    }
-#endif
-    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
-#if defined(CELLGEN_AVX512)
-        if (n0 / CELLGEN_PANEL_F32 < whole && n0 / CELLGEN_PANEL_F32 % half < whole / 2) {
-            continue; /* done in pairs above */
-        }
-#endif
-        const size_t w = N - n0 < CELLGEN_PANEL_F32 ? N - n0 : CELLGEN_PANEL_F32;
-        const size_t wp = infer_pad32(w);
-        const uint16_t *const p = P + Kp * n0 + k0 * wp;
-        /* columns n0 + ja.. of this panel are kept apart; their c2 starts at q */
-        const size_t ja = Na <= n0 ? 0 : Na - n0 < w ? Na - n0 : w;
-        const size_t q = ja < w ? n0 + ja - Na : 0;
-#if defined(CELLGEN_AVX512)
-        const size_t Va = ja < w ? ja / 16 : CELLGEN_PANEL_F32; /* first apart vector */
-        size_t r = 0;
-        for (; K2 == 0 && w == CELLGEN_PANEL_F32 && r + 2 <= R; r += 2) { /* rows over a whole panel */
-            infer_tile_bf16_2x8_f32(16, p, wp, K1, a1 + r * lda1, lda1, 0, a2, lda2,
-                                   init ? init + r * ldi + n0 : NULL, ldi, c + r * ldc + n0, ldc,
-                                   8, c2, ldc2);
-        }
-        for (; r + 4 <= R; r += 4) {
-            for (size_t v0 = 0; v0 * 16 < w; v0 += 2) {
-                const size_t left = w - v0 * 16;
-                const unsigned lanes = (unsigned)(left > 2 * 16 ? 16
-                                                  : left > 16 ? left - 16 : left);
-                const size_t apart = Va <= v0 ? 0 : Va - v0 < 2 ? Va - v0 : 2;
-                const size_t qv = v0 + apart > Va ? q + (v0 + apart - Va) * 16 : q;
-                const uint16_t *const pv = p + v0 * 16;
-                const float *const iv = init ? init + r * ldi + n0 + v0 * 16 : NULL;
-                float *const cv = c + r * ldc + n0 + v0 * 16;
-                const float *const b1 = a1 + r * lda1;
-                const float *const b2 = a2 + r * lda2;
-                float *const c2v = c2 + r * ldc2 + qv;
-                if (left > 16) {
-                    infer_tile_bf16_4x2_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart, c2v, ldc2);
-                } else {
-                    infer_tile_bf16_4x1_f32(lanes, pv, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc,
-                                       apart < 1 ? apart : 1, c2v, ldc2);
-                }
-            }
-        }
-        for (; r < R; ++r) {
-            const size_t V = (w + 15) / 16;
-            const unsigned lanes = (unsigned)(w - (V - 1) * 16);
-            const float *const b1 = a1 + r * lda1;
-            const float *const b2 = a2 + r * lda2;
-            const float *const iv = init ? init + r * ldi + n0 : NULL;
-            float *const cv = c + r * ldc + n0;
-            float *const c2v = c2 + r * ldc2 + q;
-            switch (V) {
-            case 8:
-                infer_tile_bf16_1x8_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 7:
-                infer_tile_bf16_1x7_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 6:
-                infer_tile_bf16_1x6_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 5:
-                infer_tile_bf16_1x5_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 4:
-                infer_tile_bf16_1x4_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 3:
-                infer_tile_bf16_1x3_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            case 2:
-                infer_tile_bf16_1x2_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            default:
-                infer_tile_bf16_1x1_f32(lanes, p, wp, K1, b1, lda1, K2, b2, lda2, iv, ldi, cv, ldc, Va,
-                                         c2v, ldc2);
-                break;
-            }
-        }
+        const size_t whole = (K2 == 0 || Na >= N ? N : Na) / CELLGEN_PANEL_F32;
+        const size_t pairs = Kp > CELLGEN_PAIR_ROWS ? whole / 2 : 0;
 #else
-        for (size_t r = 0; r < R; ++r) {
-            float *const cr = c + r * ldc + n0;
-            const float *const ir = init ? init + r * ldi + n0 : NULL;
-            const float *const b2 = a2 + r * lda2;
-            for (size_t n = 0; n < w; ++n) {
-                cr[n] = ir ? ir[n] : 0.0F;
-            }
-            infer_segment_bf16_f32(w, p, 0, wp, K1, a1 + r * lda1, cr, CELLGEN_ONTO);
-            if (K2 > 0) {
-                infer_segment_bf16_f32(ja, p + K1 * wp, 0, wp, K2, b2, cr, CELLGEN_ADD);
-                infer_segment_bf16_f32(w - ja, p + K1 * wp, ja, wp, K2, b2, c2 + r * ldc2 + q, CELLGEN_STORE);
-            }
-        }
+        const size_t whole = 0, pairs = 0;
 #endif
+        const size_t half = (whole + 1) / 2;
+        for (size_t u = 0; u < panels - pairs; ++u) {
+            const size_t q = from_end ? panels - pairs - 1 - u : u;
+#if defined(CELLGEN_AVX512)
+            if (q < pairs) {
+                const size_t n0 = q * CELLGEN_PANEL_F32;
+                infer_tile_bf16_2panels_f32(P + Kp * n0 + k0 * CELLGEN_PANEL_F32, Kp, K1, a1, K2, a2,
+                                       init ? init + n0 : NULL, c + n0, half);
+                continue;
+            }
+#endif
+            const size_t one = q - pairs; /* the panels no pair takes, in order */
+            const size_t j = pairs == 0 ? one : whole % 2 == 0 ? whole + one : one == 0 ? half - 1 : whole + one - 1;
+            infer_panel_bf16_f32(j * CELLGEN_PANEL_F32, 1, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init,
+                               ldi, c, ldc, Na, c2, ldc2);
+        }
+        return;
+    }
+    for (size_t n0 = 0; n0 < N; n0 += CELLGEN_PANEL_F32) {
+        infer_panel_bf16_f32(n0, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc,
+                           Na, c2, ldc2);
     }
 }
 
 /* The product from the weights `packed` holds: float (bf16 = 0) or, for float, bfloat16. */
-static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+static CELLGEN_ALWAYS_INLINE void infer_product_w_f32(int bf16, int from_end, size_t R, size_t N, const float *P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
     if (bf16) {
-        infer_product_bf16_f32(R, N, (const uint16_t *)(const void *)P, Kp, k0, K1, a1, lda1, K2, a2,
+        infer_product_bf16_f32(from_end, R, N, (const uint16_t *)(const void *)P, Kp, k0, K1, a1, lda1, K2, a2,
                                lda2, init, ldi, c, ldc, Na, c2, ldc2);
         return;
     }
-    infer_product_f32(R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+    infer_product_f32(from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
                       ldc2);
 }
 
 /* infer_product_w_f32, not inlined: for the copy of the inference body whose sizes are not
  * constants, where a step is long (one copy of the product's code, not one per call). */
-static CELLGEN_NOINLINE void infer_product_n_f32(int bf16, size_t R, size_t N, const float *P, size_t Kp,
+static CELLGEN_NOINLINE void infer_product_n_f32(int bf16, int from_end, size_t R, size_t N, const float *P, size_t Kp,
     size_t k0, size_t K1, const float *restrict a1, size_t lda1, size_t K2,
     const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
-    infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
+    infer_product_w_f32(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na, c2,
                         ldc2);
 }
 
 /* infer_product_w_f32 inlined (inline_products, a constant at every call) or called */
-static CELLGEN_ALWAYS_INLINE void infer_product_c_f32(int inline_products, int bf16, size_t R, size_t N,
+static CELLGEN_ALWAYS_INLINE void infer_product_c_f32(int inline_products, int bf16, int from_end, size_t R, size_t N,
     const float *P, size_t Kp, size_t k0, size_t K1, const float *restrict a1, size_t lda1,
     size_t K2, const float *restrict a2, size_t lda2, const float *init, size_t ldi, float *c,
     size_t ldc, size_t Na, float *c2, size_t ldc2)
 {
     if (inline_products) {
-        infer_product_w_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+        infer_product_w_f32(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
                             c2, ldc2);
     } else {
-        infer_product_n_f32(bf16, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
+        infer_product_n_f32(bf16, from_end, R, N, P, Kp, k0, K1, a1, lda1, K2, a2, lda2, init, ldi, c, ldc, Na,
                             c2, ldc2);
     }
 }
@@ -2598,6 +2689,10 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f32(size_t Hp, int i
     next += B * Hp;
     float *h_new = next; /* the new h of one step */
     next += B * Hp;
+    /* Steps start their products at alternate ends of the weights, by their place in xs (in
+     * one call, and over calls that stream consecutive steps of one array), so that a step
+     * starts on what the last one read last, still in L1. It changes no number. */
+    const size_t xs_place = B > 0 && I > 0 ? (size_t)((uintptr_t)(const void *)xs / (B * I * sizeof(float))) : 0;
     const int in_place = H == Hp;
     if (in_place) {
         h_cur = h_new = h_state;
@@ -2612,7 +2707,7 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f32(size_t Hp, int i
          * CELLGEN_HOIST_MIN); otherwise each step's as the step runs */
         const int hoist_x_products = steps > 1 && I * (Hp) >= CELLGEN_HOIST_MIN;
         if (!reverse && hoist_x_products) {
-            infer_product_c_f32(inline_products, bf16, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
+            infer_product_c_f32(inline_products, bf16, 0, steps * B, Hp, x_MT, I, 0, I, xs + t0 * B * I, I, 0, xs, 0,
                               NULL, 0, x_products, Hp, Hp, x_products, 0);
         }
         for (size_t t = t0; t < t0 + steps && reverse; ++t) { /* each row's own step */
@@ -2621,13 +2716,14 @@ static CELLGEN_ALWAYS_INLINE void cellgen_indrnn_infer_body_f32(size_t Hp, int i
                 if (row_active(lengths, t, b)) {
                     float *const row = x_products + ((t - t0) * B + b) * (Hp);
                     const float *const x = xs + ((L - t - 1) * B + b) * I;
-                    infer_product_c_f32(inline_products, bf16, 1, Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, Hp, Hp, row, 0);
+                    infer_product_c_f32(inline_products, bf16, 0, 1, Hp, x_MT, I, 0, I, x, I, 0, x, 0, NULL, 0, row, Hp, Hp, row, 0);
                 }
             }
         }
         for (size_t t = t0; t < t0 + steps; ++t) {
+            const int from_end = (int)((xs_place + t) % 2);
             if (!reverse && !hoist_x_products) { /* this step's input products */
-                infer_product_c_f32(inline_products, bf16, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
+                infer_product_c_f32(inline_products, bf16, from_end, B, Hp, x_MT, I, 0, I, xs + t * B * I, I, 0, xs, 0, NULL, 0,
                                   x_products + (t - t0) * B * (Hp), Hp, Hp, x_products, 0);
             }
             const float *const h_prev = h_cur;

@@ -66,7 +66,7 @@ RESERVED = {
     "T", "B", "I", "H", "t", "b", "j", "n", "k", "xs", "ys", "dys", "dxs", "saved", "work",
     "BH", "next", "packed", "weights", "steps", "t0", "size_t", "NULL", "lengths", "reverse", "L",
     "ys_seq", "dys_t", "row_active", "Hp", "jb", "swap", "bf16", "in_place", "int32_t", "uint16_t",
-    "lo", "hi",
+    "lo", "hi", "xs_place", "from_end", "uintptr_t",
     "NAN", "INFINITY", "HUGE_VAL", "HUGE_VALF", "HUGE_VALL",
     "math_errhandling", "errno", "EOF", "EDOM", "ERANGE", "uint32_t", "uint64_t", "memcpy",
     "exp", "expf", "log1p", "log1pf", "fabs", "fabsf", "tanh", "tanhf", "sqrt", "sqrtf",
