@@ -1557,17 +1557,22 @@ static inline float tanh_f32(float x)
  * [-87, 88], where exp(x) is a normal number; the activations saturate long before. NaN stays
  * NaN. About 1 ulp. */
 /* Inference's: the same reduction with a shorter dependency chain (an inference step is bound
- * by latency). Both clamps compare the input itself, so that the two compares run side by side
- * (the same values as clamping twice in turn; NaN stays NaN); the polynomial is summed as
- * r + c r^2 + (b + a r^2) r^4, whose longest chain is four operations after r. */
-static inline float infer_exp_parts_f32(float x, float *scale)
+ * by latency), of exp(k x) for a constant k of 1, -1 or 2 (sigmoid's and tanh's), with k folded
+ * into the bounds and the first multiplier, so that k x, which is exact, is formed beside the
+ * first FMA, not before it: the same numbers as exp of k x. Both clamps compare the input
+ * itself, so that the two compares run side by side (the same values as clamping twice in turn;
+ * NaN stays NaN); the polynomial is summed as r + c r^2 + (b + a r^2) r^4, whose longest chain
+ * is four operations after r. */
+static inline float infer_exp_parts_f32(float x, float k, float *scale)
 {
     const float shift = 12582912.0F; /* 1.5 * 2^23: adding it rounds to an integer */
-    const float low = x < -87.0F ? -87.0F : x;
-    x = x > 88.0F ? 88.0F : low;
-    const float t = CELLGEN_FMA_F32(x, 1.44269504F, shift); /* shift + n, n = round(x / ln 2) */
+    const float xmin = k > 0.0F ? -87.0F / k : 88.0F / k; /* k x clamped to [-87, 88] */
+    const float xmax = k > 0.0F ? 88.0F / k : -87.0F / k;
+    const float low = x < xmin ? xmin : x;
+    x = x > xmax ? xmax : low;
+    const float t = CELLGEN_FMA_F32(x, k * 1.44269504F, shift); /* shift + n, n = round(k x / ln 2) */
     const float n = t - shift;
-    const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, x));
+    const float r = CELLGEN_FMA_F32(n, 2.12194440e-4F, CELLGEN_FMA_F32(n, -0.693359375F, k * x));
     const float r2 = r * r;
     const float a = CELLGEN_FMA_F32(1.9875691500e-4F, r, 1.3981999507e-3F);
     const float b = CELLGEN_FMA_F32(8.3334519073e-3F, r, 4.1665795894e-2F);
@@ -1583,23 +1588,23 @@ static inline float infer_exp_parts_f32(float x, float *scale)
 static inline CELLGEN_MAYBE_UNUSED float infer_exp_f32(float x)
 {
     float scale;
-    const float q = infer_exp_parts_f32(x, &scale);
+    const float q = infer_exp_parts_f32(x, 1.0F, &scale);
     return CELLGEN_FMA_F32(scale, q, scale);
 }
 
-/* 1 + exp(x) = 2^n q + (2^n + 1): the 1 added beside the product, not after it (one
+/* 1 + exp(k x) = 2^n q + (2^n + 1): the 1 added beside the product, not after it (one
  * operation less in series; one rounding less); unused without sigmoid */
-static inline CELLGEN_MAYBE_UNUSED float infer_exp_plus1_f32(float x)
+static inline CELLGEN_MAYBE_UNUSED float infer_exp_plus1_f32(float x, float k)
 {
     float scale;
-    const float q = infer_exp_parts_f32(x, &scale);
+    const float q = infer_exp_parts_f32(x, k, &scale);
     return CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
 /* 1 / (1 + exp(-x)); for very negative x the result is tiny (exp is clamped), not 0. */
 static inline float infer_sigmoid_f32(float x)
 {
-    return 1.0F / infer_exp_plus1_f32(-x); /* 1 + exp(-x) with one rounding less */
+    return 1.0F / infer_exp_plus1_f32(x, -1.0F); /* 1 + exp(-x) with one rounding less */
 }
 
 /* tanh(x) = e / (e + 2), e = exp(2 x) - 1 = 2^n q + (2^n - 1): one exp-like evaluation and one
@@ -1608,7 +1613,7 @@ static inline float infer_sigmoid_f32(float x)
 static inline float infer_tanh_f32(float x)
 {
     float scale;
-    const float q = infer_exp_parts_f32(2.0F * x, &scale);
+    const float q = infer_exp_parts_f32(x, 2.0F, &scale); /* exp(2 x) - 1 = 2^n q + (2^n - 1) */
     return CELLGEN_FMA_F32(scale, q, scale - 1.0F) / CELLGEN_FMA_F32(scale, q, scale + 1.0F);
 }
 
