@@ -3,9 +3,12 @@
 A timing driver (templates/bench_infer.c.jinja, rendered for the cell) is compiled with the
 cell's C and the kernels' flags, and run once per size: it packs deterministic random weights,
 then times T calls of one step each with the state carried (per-sample streaming, as an audio
-plugin runs) and one call over all T steps, `rounds` samples of each, interleaved, after a warm-up
-of each; the result is the median. Time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so
-that on a shared machine the time spent descheduled is not counted.
+plugin runs) and one call over all T steps, after a warm-up of each; the result is the median of
+`rounds` samples. The samples are taken in rounds over all cases, each round running every case
+once in a fresh driver process, so that a slow spell of a shared host (a case can run 30-50 %
+slower for a second or more) falls on every case alike instead of on whichever case runs during
+it. Time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so that on a shared machine the time
+spent descheduled is not counted.
 
 The bounds: multiply-adds per step over the machine's multiply-add rate, measured by the driver
 (16 independent chains of vector FMAs, the widest the build targets); packed weight bytes per
@@ -377,13 +380,19 @@ def run(
     if bfloat16:  # a bfloat16-weights row after each float32 row
         with_bf16 = [[c, (*c[:3], "bfloat16")] if c[2] == "float32" else [c] for c in cases]
         cases = [c for pair in with_bf16 for c in pair]
-    rows = []
+    samples: list[dict[str, list[float]]] = [{} for _ in cases]
     with progress_line(progress) as show:
-        for n, (cell, size, dtype, weights) in enumerate(cases, 1):
-            show(f"[{n}/{len(cases)}] {cell} {size} {weights or dtype} ...")
-            rows.append(
-                _row(cell, drivers[cell], size, dtype, B, T, rounds, macs[dtype], read, weights)
-            )
+        for r in range(rounds):  # every case once per round: see the module's docstring
+            for n, (cell, size, dtype, weights) in enumerate(cases):
+                show(f"round {r + 1}/{rounds}: [{n + 1}/{len(cases)}] {cell} {size} "
+                     f"{weights or dtype} ...")  # fmt: skip
+                out = drivers[cell].time(dtype, size, B, T, 1, weights)
+                for key, values in out.items():
+                    samples[n].setdefault(key, []).extend(values)
+    rows = [
+        _row(cell, drivers[cell], size, dtype, B, T, samples[n], macs[dtype], read, weights)
+        for n, (cell, size, dtype, weights) in enumerate(cases)
+    ]
     meta = {
         "B": B,
         "T": T,
@@ -417,10 +426,10 @@ def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     return total
 
 
-def _row(cell, driver, size, dtype, B, T, rounds, mac_rate, read, weights="") -> Row:
+def _row(cell, driver, size, dtype, B, T, out, mac_rate, read, weights="") -> Row:
+    """One case's row from its samples (`out`: the driver's outputs of every round)."""
     from .registry import load_cell
 
-    out = driver.time(dtype, size, B, T, rounds, weights)
     name = load_cell(cell).name
     macs = product_flops(cell, _Shape(1, B, size.I, size.H)) // 2
     nbytes = int(out["packed_numbers"][0]) * (4 if dtype == "float32" else 8)

@@ -320,7 +320,13 @@ def parser() -> argparse.ArgumentParser:
         help="default: all; float32 with --infer",
     )
     s.add_argument("--backend", choices=[*backend_registry.names(), "all"], default="all")
-    s.add_argument("--rounds", type=int, default=7, help="samples per timing (median)")
+    s.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="samples per timing (median); with --infer, taken in rounds over all cases, "
+        "each round running every case once",
+    )
     s.add_argument(
         "--infer",
         action="store_true",

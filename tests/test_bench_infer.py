@@ -83,6 +83,24 @@ def test_driver_report_has_the_requested_sizes():
     assert report.meta["fma_macs_per_ns"]["float32"] > 0
 
 
+def test_samples_are_taken_in_rounds_over_every_case(monkeypatch):
+    """Each round times every case once (a slow spell of the host falls on all cases alike), and
+    a row's median is over its own samples of every round."""
+    calls = []
+    times = iter([30.0, 5.0, 10.0, 6.0, 20.0, 7.0] * 2)
+
+    def fake_time(self, dtype, size, B, T, rounds, weights=""):
+        calls.append((size.H, rounds))
+        t = next(times)
+        return {"stream": [t], "sequence": [t], "packed_numbers": [100.0], "checksum": [0.0]}
+
+    monkeypatch.setattr(Driver, "time", fake_time)
+    report = bench_infer.run(["lstm"], [Size(1, 8), Size(1, 16)], B=1, T=50, rounds=3)
+    assert calls == [(8, 1), (16, 1)] * 3
+    assert [r.stream_ns for r in report.rows] == [20.0, 6.0]  # medians of 30, 10, 20 and 5, 6, 7
+    assert [r.stream_min_ns for r in report.rows] == [10.0, 5.0]
+
+
 def test_cli_prints_json_and_rejects_bad_sizes(capsys):
     assert main(["bench", "--infer", "gru_reset_after", "--sizes", "I3,H5", "--steps", "20",
                  "--rounds", "1", "--json"]) == 0  # fmt: skip
