@@ -35,7 +35,12 @@ size_t cellgen_mgu_work_size(size_t T, size_t B, size_t I, size_t H);
  * numbers; the layout is cellgen's own); infer runs T steps from the states given, leaves the
  * final states in the same arrays, and writes ys (T, B, H) unless ys is NULL. Calling infer
  * with T = 1 again and again streams a sequence and gives the same numbers, bit for bit, as
- * one call over it. `work` holds cellgen_mgu_infer_work_size(B, I, H) numbers, whatever T. */
+ * one call over it. `work` holds cellgen_mgu_infer_work_size(B, I, H) numbers, whatever T.
+ * The state arrays may be updated in place as the steps run: they must not overlap each other,
+ * xs, ys or work. Successive steps read the weights in alternate orders, chosen by each step's
+ * place in xs (the numbers do not depend on it), so that one starts on what the last read last:
+ * streaming through one xs array (xs + t * B * I at step t) runs faster from H = 64 than
+ * passing every step in the same buffer. */
 size_t cellgen_mgu_packed_size(size_t I, size_t H);
 size_t cellgen_mgu_infer_work_size(size_t B, size_t I, size_t H);
 
