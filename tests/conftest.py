@@ -18,11 +18,12 @@ CELLS = builtin_cells()
 BACKENDS = codegen.backends.names()  # every registered backend, the built-ins first
 
 
-def make_problem(kernel, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):
-    """Random inputs at a moderate scale, where every gate is away from saturation."""
+def make_problem(kernel, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64, declared=None):
+    """Random inputs at a moderate scale, where every gate is away from saturation; the cell's
+    declared sizes from `declared`, else declared_sizes' choice."""
     rng = np.random.default_rng(seed)
     I = H if kernel.spec.input_hidden else I  # an input used elementwise: I = H
-    declared = declared_sizes(kernel, H)
+    declared = declared if declared is not None else declared_sizes(kernel, H)
     params = {
         k: (rng.uniform(-1, 1, v) / np.sqrt(H)).astype(dtype)
         for k, v in kernel.param_shapes(I, H, **declared).items()

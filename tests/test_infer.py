@@ -134,20 +134,6 @@ def test_a_users_cell_infers_like_its_forward(tmp_path):
         assert rel_err(got, ys) <= 1e-12 and rel_err(got_final["h"], final["h"]) <= 1e-12
 
 
-def _problem_with_sizes(k, T, B, I, H, declared, seed, dtype):
-    """make_problem's arrays, with the declared sizes given (make_problem picks H // 2 + 1)."""
-    rng = np.random.default_rng(seed)
-    I = H if k.spec.input_hidden else I
-    params = {
-        n: (rng.uniform(-1, 1, shape) / np.sqrt(H)).astype(dtype)
-        for n, shape in k.param_shapes(I, H, **declared).items()
-    }
-    xs = rng.normal(size=(T, B, I)).astype(dtype)
-    shapes = k.state_shapes(B, H, **declared)
-    state0 = {s: rng.uniform(-0.8, 0.8, shape).astype(dtype) for s, shape in shapes.items()}
-    return xs, state0, params
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_states_updated_in_place_infer_like_forward(cell, dtype):
@@ -156,9 +142,8 @@ def test_states_updated_in_place_infer_like_forward(cell, dtype):
     lengths and in reverse, streams bit for bit, and leaves the caller's state0 alone."""
     k = _kernel(cell, "c", dtype)
     T, B, H = 9, 3, 16
-    xs, state0, params = _problem_with_sizes(
-        k, T, B, 5, H, {z: 16 for z in k.sizes}, 6, np.dtype(dtype)
-    )
+    declared = {z: 16 for z in k.sizes}
+    xs, state0, params, _, _ = make_problem(k, T, B, 5, H, 6, np.dtype(dtype), declared)
     kept = {s: v.copy() for s, v in state0.items()}
     packed = k.pack(params)
     runs = ((None, False), (np.array([9, 0, 4]), False), (np.array([2, 9, 0]), True))
