@@ -128,6 +128,19 @@ class CellLatexPrinter(LatexPrinter):
 
     # functions and the nodes of the backward ---------------------------------------------
 
+    def _print_Float(self, expr: sympy.Float) -> str:
+        """A float as its shortest decimal: 0.5, 10^{-5}, 2.5 \\cdot 10^{-7} (SymPy writes
+        1.0 \\cdot 10^{-5})."""
+        text = repr(float(expr))
+        if not text[-1].isdigit():  # inf, nan
+            return super()._print_Float(expr)
+        if "e" not in text:
+            return text
+        mantissa, exponent = text.split("e")
+        sign, mantissa = ("-", mantissa[1:]) if mantissa.startswith("-") else ("", mantissa)
+        power = f"10^{{{int(exponent)}}}"
+        return sign + (power if float(mantissa) == 1 else f"{mantissa} \\cdot {power}")
+
     def _print_Function(self, expr: sympy.Function, exp: str | None = None) -> str:
         if isinstance(expr, (sqrt, rsqrt)):
             root = rf"\sqrt{{{self._print(expr.args[0])}}}"

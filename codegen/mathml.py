@@ -3,7 +3,7 @@
 One source of truth: the LaTeX of `codegen.latex` (and each activation's `latex_name`) is
 translated, for the small subset of LaTeX those produce: letters and digits, Greek letters,
 `\\tanh`-like and `\\operatorname{...}` names, `\\mathrm`, accents, sub- and superscripts,
-`\\frac`, `\\sum` with limits, `\\left(`/`\\right)`, spacing and a few symbols. An unknown
+`\\frac`, `\\sqrt`, `\\sum` with limits, `\\left(`/`\\right)`, spacing and a few symbols. An unknown
 command prints as its name, so new notation degrades to text rather than failing.
 """
 
@@ -174,6 +174,8 @@ class _Parser:
             return f"<mi>{''.join(_DOUBLE_STRUCK.get(c, c) for c in text)}</mi>"
         if name == "frac":
             return f"<mfrac>{self.group()}{self.group()}</mfrac>"
+        if name == "sqrt":
+            return f"<msqrt>{self.group()}</msqrt>"
         if name in ("mathrel", "mathbin", "mathop"):
             return f"<mo>{self.text_arg()}</mo>"
         if name in ("left", "right", "bigl", "bigr", "Bigl", "Bigr"):

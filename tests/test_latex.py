@@ -22,7 +22,7 @@ from codegen import activations
 from codegen.bptt import Outer, Row, SumOverSteps, Transposed, bptt
 from codegen.cell import prev_name
 from codegen.derive import derive
-from codegen.latex import Equations, paste
+from codegen.latex import CellLatexPrinter, Equations, paste
 from codegen.registry import builtin_cells, load_cell
 
 from conftest import make_problem, rel_err
@@ -315,6 +315,14 @@ def test_a_cell_with_indicators_and_long_rows_compiles_and_breaks_its_rows(tmp_p
     assert r"&\quad + " in forward  # the long sum continues on a second line
     backward = cellgen("latex", "--equations", str(path), "--backward")
     assert r"\mathbb{1}_{>0}" in backward and r"\mathbb{1}_{(0,1)}" in backward
+
+
+def test_floats_print_as_their_shortest_decimal():
+    """ln_lstm's eps is written 1e-5: it prints as 10^{-5}, not SymPy's 1.0 \\cdot 10^{-5}."""
+    assert r"\sqrt{10^{-5} + v_{x,t}}" in cellgen("latex", "ln_lstm")
+    printer = CellLatexPrinter(load_cell("lstm"))
+    shown = [printer.doprint(sympy.Float(v)) for v in (0.5, 2.5e-7, -1e-5, 1e20)]
+    assert shown == ["0.5", r"2.5 \cdot 10^{-7}", "-10^{-5}", "10^{20}"]
 
 
 def test_row_objects_are_exported_for_other_printers():

@@ -255,6 +255,12 @@ def test_cell_info_shows_itself_as_latex_and_as_html():
     assert r"\delta a_{f,t}" in info.latex(backward=True)
 
 
+def test_mathml_draws_a_square_root_as_a_radical():
+    """ln_lstm's s = sqrt(eps + v): a radical over both terms, not the word sqrt beside them."""
+    html = codegen.cell_info("ln_lstm")._repr_html_()
+    assert "<msqrt><mrow><msup><mn>10</mn>" in html and "<mi>sqrt</mi>" not in html
+
+
 def test_sheet_pieces_are_built_from_the_cell():
     sheet = build(load_cell("gru"))
     assert [p[0] for p in sheet.params][:2] == ["W_{z}", "W_{r}"]
