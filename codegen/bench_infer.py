@@ -40,8 +40,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from .backends.c import build
-from .bench import BenchError, _load_average, product_flops, progress_line
-from .bench import Shape as _Shape
+from .bench import BenchError, _load_average, progress_line
+from .cell import CellSpec
 from .errors import CompileError
 from .paths import cache_dir
 
@@ -61,21 +61,47 @@ TARGETS: dict[tuple[str, str], tuple[float, ...]] = {
 
 @dataclass(frozen=True)
 class Size:
-    """Input size I and hidden size H."""
+    """Input size I, hidden size H and the values of a cell's declared sizes, by name."""
 
     I: int
     H: int
+    declared: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Size:
-        """'I1,H64' or '1x64'."""
-        m = re.fullmatch(r"\s*I?(\d+)\s*[,x]\s*H?(\d+)\s*", text, re.I)
-        if not m or min(int(m.group(1)), int(m.group(2))) < 1:
-            raise BenchError(f"size '{text}': expected positive sizes I,H such as I1,H64")
-        return cls(int(m.group(1)), int(m.group(2)))
+        """'I1,H64' or '1x64', then any declared sizes: 'I1,H64,P32' (or P=32)."""
+        parts = [part.strip() for part in text.split(",")]
+        lead = 1 if "x" in parts[0].lower() else 2  # "1x64" or "I1,H64", then declared sizes
+        head, rest = ",".join(parts[:lead]), parts[lead:]
+        m = re.fullmatch(r"\s*I?(\d+)\s*[,x]\s*H?(\d+)\s*", head, re.I)
+        named = [re.fullmatch(r"([A-Za-z_][A-Za-z_]*)=?(\d+)", part) for part in rest]
+        if not m or not all(named) or min(int(m.group(1)), int(m.group(2))) < 1:
+            raise BenchError(
+                f"size '{text}': expected positive sizes I,H such as I1,H64, then any of the "
+                "cell's declared sizes such as P32"
+            )
+        declared = tuple((n.group(1), int(n.group(2))) for n in named if n)
+        if any(v < 1 for _, v in declared):
+            raise BenchError(f"size '{text}': every size at least 1")
+        return cls(int(m.group(1)), int(m.group(2)), declared)
 
     def __str__(self) -> str:
-        return f"I{self.I},H{self.H}"
+        return f"I{self.I},H{self.H}" + "".join(f",{n}{v}" for n, v in self.declared)
+
+    def values(self) -> dict[str, int]:
+        """{"I": ..., "H": ..., and each declared size}."""
+        return {"I": self.I, "H": self.H, **dict(self.declared)}
+
+
+def for_cell(spec: CellSpec, size: Size) -> Size:
+    """The size as the cell takes it: its declared sizes in its order, H where not given (other
+    names are for other cells); an input used elementwise needs I = H."""
+    if spec.input_hidden and size.I != size.H:
+        raise BenchError(
+            f"size '{size}': {spec.name} uses its input elementwise, so I must equal H"
+        )
+    given = dict(size.declared)
+    return Size(size.I, size.H, tuple((z, given.get(z, size.H)) for z in spec.sizes))
 
 
 def default_sizes() -> list[Size]:
@@ -97,6 +123,7 @@ class Row:
     cell: str
     I: int
     H: int
+    declared: str  # the cell's declared sizes, such as "P32" ("" for none)
     B: int
     T: int
     dtype: str
@@ -145,8 +172,9 @@ class Report:
         for r in self.rows:
             tgt = f"{r.target_ns:7.0f}" if r.target_ns is not None else f"{'-':>7}"
             dtype = "bf16 w" if r.weights else r.dtype
+            cell = f"{r.cell} {r.declared}" if r.declared else r.cell
             lines.append(
-                f"{r.cell:<16} {r.I:>4} {r.H:>4} {dtype:<9} {r.stream_ns:9.1f} "
+                f"{cell:<16} {r.I:>4} {r.H:>4} {dtype:<9} {r.stream_ns:9.1f} "
                 f"{r.sequence_ns:9.1f} {r.steps_per_s:9.3g} {100 * r.peak_fraction_stream:6.1f} "
                 f"{r.mac_bound_ns:9.1f} {r.bytes_bound_ns:9.1f} ({r.weight_level}) {tgt}"
             )
@@ -183,11 +211,6 @@ def sources(cell: str | Path) -> Sources:
 
     spec = load_cell(cell)
     name = spec.name
-    if spec.sizes or spec.input_hidden or spec.output not in spec.states:
-        raise BenchError(
-            f"bench --infer does not take {name} yet (its driver knows I and H only, a state "
-            f"as output and an input of size I); time it with `cellgen bench {name}`"
-        )
     generated = kernel_files(build_kernel(spec))
     files = {f"{name}.c": generated[f"c/{name}.c"], f"{name}.h": generated[f"c/{name}.h"]}
     render = _render()
@@ -196,13 +219,22 @@ def sources(cell: str | Path) -> Sources:
     if f"{prefix}_infer_f32" not in files[f"{name}.h"]:
         raise BenchError(f"cell '{name}' has no C inference functions ({prefix}_infer_f32)")
     header, compile_, origin = f"{name}.h", (f"{name}.c",), "generated"
-    params = [{"name": p.name, "shape": "".join(p.shape)} for p in spec.params]
+    size_of = dict(spec.symbol_sizes)
+
+    def numbers(dims: Sequence[str]) -> str:
+        """A C expression of the product of sizes, read from the driver's `d`."""
+        return " * ".join("1" if z == "1" else f"d.{z}" for z in dims)
+
     files["driver.c"] = render(
         "bench_infer.c.jinja",
         prefix=prefix,
         header=header,
-        params=params,
-        states=spec.states,
+        params=[{"name": p.name, "numel": numbers(p.shape)} for p in spec.params],
+        states=[{"name": st, "size": numbers([size_of[st]])} for st in spec.states],
+        output_size=numbers([size_of[spec.output]]),
+        declared=spec.sizes,
+        size_args=", ".join(f"d.{z}" for z in ("I", "H", *spec.sizes)),
+        declared_usage="".join(f" {z}" for z in spec.sizes),
         types=types,
     )
     return Sources(files, (*compile_, "driver.c"), origin)
@@ -219,6 +251,7 @@ class Driver:
     """The compiled timing driver of one cell."""
 
     def __init__(self, cell: str | Path) -> None:
+        self.cell = cell
         src = sources(cell)
         self.source = src.source
         cc = build.compiler()
@@ -271,7 +304,8 @@ class Driver:
     ) -> dict[str, list[float]]:
         """ns per step of each streaming and sequence sample; packed and work sizes; checksum.
         weights="bfloat16": float32 with the weight matrices stored as bfloat16."""
-        return self._run("time", weights or dtype, size.I, size.H, B, T, rounds)
+        extra = [v for _, v in size.declared]
+        return self._run("time", weights or dtype, size.I, size.H, B, T, rounds, *extra)
 
     def peak(self) -> dict[str, float]:
         """Measured multiply-adds per ns (fma_f32, fma_f64) and read bytes per ns (read_l1..3)."""
@@ -283,28 +317,38 @@ class Driver:
         params: Sequence[np.ndarray],
         xs: np.ndarray,
         states: Sequence[np.ndarray],
+        size: Size | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
-        """ys and final states of one call over xs, then of T calls of one step each."""
+        """ys and final states of one call over xs, then of T calls of one step each. size: I, H
+        and the declared sizes (None: H from the first state, no declared sizes)."""
+        from .registry import load_cell
+
         T, B, I = xs.shape
-        H = states[0].shape[1]
+        size = size or Size(I, states[0].shape[1])
+        spec = load_cell(self.cell)
+        values = spec.size_values(I, size.H, **dict(size.declared))
+        size_of = dict(spec.symbol_sizes)
+        widths = [values[size_of[st]] for st in spec.states]
+        out_width = values[size_of[spec.output]]
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
             with src.open("wb") as f:
                 for a in (*params, xs, *states):
                     f.write(np.ascontiguousarray(a, dtype=dtype).tobytes())
-            self._run("check", dtype, I, H, B, T, src, dst)
+            extra = [v for _, v in size.declared]
+            self._run("check", dtype, I, size.H, B, T, src, dst, *extra)
             raw = np.fromfile(dst, dtype=dtype)
-        n_ys, n_state = T * B * H, B * H
-        half = n_ys + len(states) * n_state
+        half = T * B * out_width + B * sum(widths)
         if raw.size != 2 * half:
             raise CompileError(f"the infer bench driver wrote {raw.size} numbers, not {2 * half}")
 
         def split(part: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-            finals = [
-                part[n_ys + k * n_state : n_ys + (k + 1) * n_state].reshape(B, H)
-                for k in range(len(states))
-            ]
-            return part[:n_ys].reshape(T, B, H), finals
+            at = T * B * out_width
+            finals = []
+            for w in widths:
+                finals.append(part[at : at + B * w].reshape(B, w))
+                at += B * w
+            return part[: T * B * out_width].reshape(T, B, out_width), finals
 
         seq_ys, seq_final = split(raw[:half])
         stream_ys, stream_final = split(raw[half:])
@@ -366,17 +410,27 @@ def run(
 ) -> Report:
     """Time every (cell, size, dtype); one report. bfloat16: also float32 with bfloat16 weight
     matrices, in a row after each float32 row."""
-    sizes = list(sizes) if sizes is not None else default_sizes()
+    from .registry import load_cell
+
+    given = list(sizes) if sizes is not None else None
     for d in dtypes:
         if d not in DTYPES:
             raise BenchError(f"dtype '{d}': choose float32 or float64")
     if rounds < 1 or B < 1 or T < 1:
         raise BenchError("rounds, batch and steps: at least 1 each")
+    specs = {c: load_cell(c) for c in cells}
+    known = {z for spec in specs.values() for z in spec.sizes}
+    for size in given or ():
+        unknown = [n for n, _ in size.declared if n not in known]
+        if unknown:
+            have = ", ".join(sorted(known)) if known else "no sizes besides I and H"
+            raise BenchError(f"size '{size}': {unknown[0]} is no size of these cells ({have})")
+    per_cell = {c: _cell_sizes(specs[c], given) for c in cells}  # checked before any build
     drivers = {cell: Driver(cell) for cell in cells}
     peak = next(iter(drivers.values())).peak()
     macs = {"float32": peak["fma_f32"], "float64": peak["fma_f64"]}
     read = {level: peak[f"read_{level.lower()}"] for level in ("L1", "L2", "L3")}
-    cases = [(c, s, d, "") for c in cells for s in sizes for d in dtypes]
+    cases = [(c, s, d, "") for c in cells for s in per_cell[c] for d in dtypes]
     if bfloat16:  # a bfloat16-weights row after each float32 row
         with_bf16 = [[c, (*c[:3], "bfloat16")] if c[2] == "float32" else [c] for c in cases]
         cases = [c for pair in with_bf16 for c in pair]
@@ -408,22 +462,54 @@ def run(
     return Report(rows, meta)
 
 
+def _cell_sizes(spec: CellSpec, given: list[Size] | None) -> list[Size]:
+    """The sizes a cell is timed at: those given, or the defaults (I = H only for an input used
+    elementwise), with the cell's declared sizes (H where not given)."""
+    if given is None:
+        given = [s for s in default_sizes() if s.I == s.H or not spec.input_hidden]
+    return [for_cell(spec, s) for s in given]
+
+
 def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     """Bytes of pack_bf16_f32's weights: the header and vectors in float, the matrices in 16 bits
     (the plan's packed sizes with Hp = H rounded up to 16, each row's last panel padded to 32)."""
-    from .kernel import HP, H, I, build_kernel
+    from .kernel import build_kernel
     from .registry import load_cell
 
-    hp = -(-size.H // 16) * 16
+    subs = _substitutions(size)
     total = 16 * 4
     for part in build_kernel(load_cell(cell)).packed:
-        numbers = int(part.size.subs({I: size.I, H: size.H, HP: hp}))
+        numbers = int(part.size.subs(subs))
         if part.kind not in ("matrices", "fused"):
             total += 4 * numbers
             continue
-        N = int(part.columns.subs({HP: hp}))  # columns: panels of 128, the last padded to 32
+        N = int(part.columns.subs(subs))  # columns: panels of 128, the last padded to 32
         total += 2 * numbers // N * (N - N % 128 + -(-(N % 128) // 32) * 32)
     return total
+
+
+def _substitutions(size: Size) -> dict:
+    """The plan's size symbols (I, H, declared sizes) and their paddings (Hp, ...) as numbers."""
+    from .cell import size_symbol
+    from .kernel import padded
+
+    out: dict = {}
+    for name, value in size.values().items():
+        symbol = size_symbol(name)
+        if padded(symbol) != symbol:  # I is not padded
+            out[padded(symbol)] = -(-value // 16) * 16
+        out[symbol] = value
+    return out
+
+
+def macs_per_row(cell: str | Path, size: Size) -> int:
+    """Multiply-adds of one step of one row: every product of the plan, operand size times
+    width (lstm: 4 H (I + H))."""
+    from .kernel import build_kernel
+    from .registry import load_cell
+
+    plan = build_kernel(load_cell(cell))
+    return int(sum(g.operand_size * g.width for g in plan.gemms).subs(_substitutions(size)))
 
 
 def _row(cell, driver, size, dtype, B, T, out, mac_rate, read, weights="") -> Row:
@@ -431,7 +517,7 @@ def _row(cell, driver, size, dtype, B, T, out, mac_rate, read, weights="") -> Ro
     from .registry import load_cell
 
     name = load_cell(cell).name
-    macs = product_flops(cell, _Shape(1, B, size.I, size.H)) // 2
+    macs = B * macs_per_row(cell, size)
     nbytes = int(out["packed_numbers"][0]) * (4 if dtype == "float32" else 8)
     if weights:
         nbytes = bfloat16_bytes(cell, size)
@@ -442,6 +528,7 @@ def _row(cell, driver, size, dtype, B, T, out, mac_rate, read, weights="") -> Ro
         cell=name,
         I=size.I,
         H=size.H,
+        declared=",".join(f"{n}{v}" for n, v in size.declared),
         B=B,
         T=T,
         dtype=dtype,

@@ -336,7 +336,8 @@ def parser() -> argparse.ArgumentParser:
         "--sizes",
         nargs="+",
         metavar="I,H",
-        help="with --infer: sizes such as I1,H64 (default: I=1 and I=H for H=8..128)",
+        help="with --infer: sizes such as I1,H64, then any declared sizes such as P32 "
+        "(default: I=1 and I=H for H=8..128; a declared size not given is H)",
     )
     s.add_argument("--batch", type=int, default=1, help="with --infer: batch B (default 1)")
     s.add_argument(

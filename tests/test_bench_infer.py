@@ -101,6 +101,54 @@ def test_samples_are_taken_in_rounds_over_every_case(monkeypatch):
     assert [r.stream_min_ns for r in report.rows] == [10.0, 5.0]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    "cell,size",
+    [("lstmp", Size(3, 16, (("P", 5),))), ("sru", Size(16, 16)), ("indrnn", Size(2, 40))],
+)
+def test_the_driver_takes_declared_sizes_elementwise_inputs_and_output_equations(cell, size, dtype):
+    """lstmp (h of size P), sru (I = H, its output an equation, not a state) and indrnn: the
+    driver's inference equals the NumPy forward, and streams bit for bit."""
+    k = codegen.load(cell, "numpy", "float64")
+    declared = dict(size.declared)
+    rng = np.random.default_rng(1)
+    T, B = 9, 2
+    shapes = k.param_shapes(size.I, size.H, **declared)
+    cast = {n: (rng.uniform(-1, 1, v) / np.sqrt(size.H)).astype(dtype) for n, v in shapes.items()}
+    xs = rng.normal(size=(T, B, size.I)).astype(dtype)
+    state0 = {
+        st: rng.uniform(-0.8, 0.8, shape).astype(dtype)
+        for st, shape in k.state_shapes(B, size.H, **declared).items()
+    }
+    wide = {n: v.astype(np.float64) for n, v in cast.items()}
+    ys, final, _ = k.forward(xs.astype(np.float64), {st: v.astype(np.float64) for st, v in
+                                                     state0.items()}, wide)  # fmt: skip
+    order = [p.name for p in load_cell(cell).params]
+    seq_ys, seq_final, stream_ys, stream_final = Driver(cell).check(
+        dtype, [cast[n] for n in order], xs, [state0[st] for st in k.states], size
+    )
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    assert seq_ys.shape == ys.shape and np.max(np.abs(seq_ys - ys)) <= tol * np.max(np.abs(ys))
+    for got, st in zip(seq_final, k.states, strict=True):
+        assert np.max(np.abs(got - final[st])) <= tol * np.max(np.abs(final[st])), st
+    assert np.array_equal(stream_ys, seq_ys)
+    assert all(np.array_equal(a, b) for a, b in zip(stream_final, seq_final, strict=True))
+
+
+def test_sizes_name_a_cells_declared_sizes():
+    assert Size.parse("I1,H64,P32") == Size(1, 64, (("P", 32),))
+    assert Size.parse("1x64,P=32") == Size(1, 64, (("P", 32),)) and str(Size(1, 64)) == "I1,H64"
+    report = bench_infer.run(["lstmp", "lstm"], [Size(2, 8, (("P", 4),))], T=30, rounds=1)
+    lstmp, lstm = report.rows
+    assert (lstmp.declared, lstm.declared) == ("P4", "")  # lstm takes no P: it is lstmp's
+    assert lstmp.macs_per_step == 2 * 4 * 8 + 4 * 4 * 8 + 8 * 4  # W x, U r (r of size P), W_p h
+    assert "lstmp P4" in report.table()
+    default = bench_infer.run(["lstmp"], [Size(2, 8)], T=30, rounds=1).rows[0]
+    assert default.declared == "P8"  # P defaults to H
+    sru = bench_infer._cell_sizes(load_cell("sru"), None)  # its input used elementwise: I = H
+    assert [(s.I, s.H) for s in sru] == [(h, h) for h in bench_infer.DEFAULT_HIDDEN]
+
+
 def test_cli_prints_json_and_rejects_bad_sizes(capsys):
     assert main(["bench", "--infer", "gru_reset_after", "--sizes", "I3,H5", "--steps", "20",
                  "--rounds", "1", "--json"]) == 0  # fmt: skip
@@ -111,6 +159,14 @@ def test_cli_prints_json_and_rejects_bad_sizes(capsys):
     assert len(err) == 1 and "I0,H4" in err[0]
     assert main(["bench", "--infer", "no_such_cell"]) == 2
     assert "unknown cell" in capsys.readouterr().err
+    for args, says in (
+        (["lstmp", "--sizes", "I3,H5,Q2"], "Q is no size of these cells (P)"),
+        (["sru", "--sizes", "I3,H5"], "sru uses its input elementwise, so I must equal H"),
+        (["lstmp", "--sizes", "I3,H5,P0"], "I3,H5,P0"),
+    ):
+        assert main(["bench", "--infer", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
 
 
 @pytest.mark.parametrize("compiler", ["gcc", "clang"])
