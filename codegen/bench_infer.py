@@ -5,10 +5,10 @@ cell's C and the kernels' flags, and run once per size: it packs deterministic r
 then times T calls of one step each with the state carried (per-sample streaming, as an audio
 plugin runs) and one call over all T steps, after a warm-up of each; the result is the median of
 `rounds` samples. The samples are taken in rounds over all cases, each round running every case
-once in a fresh driver process, so that a slow spell of a shared host (a case can run 30-50 %
-slower for a second or more) falls on every case alike instead of on whichever case runs during
-it. Time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so that on a shared machine the time
-spent descheduled is not counted.
+once in a fresh driver process, so that a slow spell of a shared host (a case can run up to
+twice as slow for a second or more) falls on every case alike instead of on whichever case runs
+during it. Time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so that on a shared
+machine the time spent descheduled is not counted.
 
 The bounds: multiply-adds per step over the machine's multiply-add rate, measured by the driver
 (16 independent chains of vector FMAs, the widest the build targets); packed weight bytes per
