@@ -472,7 +472,8 @@ def _cell_sizes(spec: CellSpec, given: list[Size] | None) -> list[Size]:
 
 def bfloat16_bytes(cell: str | Path, size: Size) -> int:
     """Bytes of pack_bf16_f32's weights: the header and vectors in float, the matrices in 16 bits
-    (the plan's packed sizes with Hp = H rounded up to 16, each row's last panel padded to 32)."""
+    (the plan's packed sizes with H and the declared sizes padded to 16 as inference pads them,
+    each row's last panel padded to 32)."""
     from .kernel import build_kernel
     from .registry import load_cell
 
